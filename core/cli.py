@@ -1,0 +1,137 @@
+"""The `python -m core` command line. Every command exits non-zero with a one-line message on error."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from core import config
+from core.errors import BrainScanError
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _command_train(arguments: argparse.Namespace) -> int:
+    from core.train import train
+
+    command = "python -m core " + " ".join(shlex.quote(part) for part in sys.argv[1:])
+    model_path = train(
+        [Path(path) for path in arguments.data], Path(arguments.out), name=arguments.name,
+        image_size=arguments.image_size, epochs=arguments.epochs, batch_size=arguments.batch_size,
+        width=arguments.width, seed=arguments.seed, command=command,
+    )
+    print(f"wrote {model_path} and its card")
+    return 0
+
+
+def _command_evaluate(arguments: argparse.Namespace) -> int:
+    import json
+
+    from core.evaluate import evaluate_files, files_for, format_report, select_split
+    from core.inference import Classifier
+
+    classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
+    files = files_for([Path(path) for path in arguments.data])
+    if arguments.split:
+        manifest = Path(arguments.manifest) if arguments.manifest else (
+            classifier.card.model_path.parent / classifier.card.data["training"]["split_manifest"])
+        files = select_split(files, manifest, arguments.split)
+    report = evaluate_files(classifier, files)
+    report["data"] = [str(path) for path in arguments.data] + ([f"split={arguments.split}"] if arguments.split else [])
+    print(format_report(report, classifier.card.display_names))
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {arguments.json}")
+    return 0
+
+
+def _iter_input_files(paths: list[str]):
+    """Files named directly, and every file under named folders (recursive, sorted)."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            yield from (child for child in sorted(path.rglob("*")) if child.is_file() and not child.name.startswith("."))
+        else:
+            yield path
+
+
+def _command_predict(arguments: argparse.Namespace) -> int:
+    import csv
+
+    from core.inference import Classifier
+    from core.pipeline import analyse_many
+    from core.progress import progress
+
+    classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
+    files = list(_iter_input_files(arguments.paths))
+    columns = ["file", "sha256", "status", "predicted_class"] + [f"p_{name}" for name in classifier.classes] + ["message"]
+    handle = open(arguments.csv, "w", newline="", encoding="utf-8") if arguments.csv else sys.stdout
+    rejected = 0
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        results = analyse_many(classifier, ((str(path), path.read_bytes) for path in files))
+        for result in progress(results, total=len(files), description="classifying"):
+            rejected += result.status != "ok"
+            probabilities = [f"{result.probabilities[name]:.6f}" if result.probabilities else "" for name in classifier.classes]
+            writer.writerow([result.filename, result.sha256, result.status, result.label or ""] + probabilities + [result.message])
+    finally:
+        if handle is not sys.stdout:
+            handle.close()
+    if not files:
+        print("error: no files found", file=sys.stderr)
+        return 2
+    print(f"{len(files) - rejected} classified, {rejected} rejected", file=sys.stderr)
+    return 1 if rejected else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m core`."""
+    parser = argparse.ArgumentParser(prog="python -m core", description="BrainScan Review command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train, calibrate, evaluate and card a model from scratch")
+    train.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
+    train.add_argument("--out", default=str(config.MODELS_DIR), help="output folder (default: models/)")
+    train.add_argument("--name", default="brainscan-default", help="model file stem")
+    train.add_argument("--image-size", type=int, default=config.IMAGE_SIZE)
+    train.add_argument("--epochs", type=int, default=32, help="maximum epochs (early stopping may end sooner)")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--width", type=int, default=32, help="channels of the first stage")
+    train.add_argument("--seed", type=int, default=1234)
+    train.set_defaults(handler=_command_train)
+
+    evaluate = commands.add_parser("evaluate", help="measure a model on folders of class subfolders")
+    evaluate.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
+    evaluate.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    evaluate.add_argument("--json", help="write the metrics JSON here")
+    evaluate.add_argument("--split", choices=("train", "validation", "test"),
+                          help="only the files of this split of the model's manifest")
+    evaluate.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
+    evaluate.set_defaults(handler=_command_evaluate)
+
+    predict = commands.add_parser("predict", help="classify files or folders; one CSV row per file")
+    predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    predict.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    predict.add_argument("--csv", help="write the CSV here instead of standard output")
+    predict.set_defaults(handler=_command_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run one command; return the process exit code."""
+    _quiet_tensorflow()
+    arguments = build_parser().parse_args(argv)
+    try:
+        return arguments.handler(arguments)
+    except BrainScanError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

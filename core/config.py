@@ -1,0 +1,68 @@
+"""One place for paths and tunable constants, each overridable by one environment variable.
+
+| variable                    | meaning                                          | default                         |
+| --------------------------- | ------------------------------------------------ | ------------------------------- |
+| BRAINSCAN_MODEL             | the `.keras` model file (its card sits beside it) | models/brainscan-default.keras |
+| BRAINSCAN_HISTORY_DB        | SQLite file holding the review history           | data/history.sqlite3            |
+| BRAINSCAN_MAX_UPLOAD_MB     | largest scan file accepted, in megabytes         | 50                              |
+| BRAINSCAN_MAX_PIXELS        | largest decoded image accepted, in pixels        | 40000000                        |
+| BRAINSCAN_LOW_CONFIDENCE    | probability under which a prediction is flagged  | 0.80                            |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = ROOT / "models"
+DATA_DIR = ROOT / "data"
+
+DEFAULT_MODEL_PATH = MODELS_DIR / "brainscan-default.keras"
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else default
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not a number") from None
+
+
+def model_path() -> Path:
+    """The model file the app and CLI load unless told otherwise."""
+    return _env_path("BRAINSCAN_MODEL", DEFAULT_MODEL_PATH)
+
+
+def history_db_path() -> Path:
+    """The SQLite history database; its folder is created on first use."""
+    return _env_path("BRAINSCAN_HISTORY_DB", DATA_DIR / "history.sqlite3")
+
+
+def max_upload_bytes() -> int:
+    """Largest accepted scan file, in bytes."""
+    return int(_env_float("BRAINSCAN_MAX_UPLOAD_MB", 50.0) * 1024 * 1024)
+
+
+def max_pixels() -> int:
+    """Largest accepted decoded image area, in pixels (guards against decompression bombs)."""
+    return int(_env_float("BRAINSCAN_MAX_PIXELS", 40_000_000))
+
+
+def low_confidence_threshold() -> float:
+    """Calibrated probability under which a prediction is flagged as low confidence."""
+    return _env_float("BRAINSCAN_LOW_CONFIDENCE", 0.80)
+
+
+# The model's input contract. The card of a trained model is the source of truth at run time;
+# these are the values new models are trained with.
+IMAGE_SIZE = 128
+COLOR_MODE = "grayscale"
+VALUE_RANGE = (0.0, 1.0)

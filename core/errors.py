@@ -1,0 +1,23 @@
+"""The project's exceptions: each carries a message a reviewer or operator can act on."""
+
+from __future__ import annotations
+
+
+class BrainScanError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ScanRejected(BrainScanError):
+    """A scan file cannot be classified; `reason` says why in plain words."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DatasetError(BrainScanError):
+    """A dataset folder is malformed (unknown class folder, no images, ...)."""
+
+
+class ModelContractError(BrainScanError):
+    """A model file and its card disagree, or one of them is missing or unreadable."""

@@ -1,0 +1,80 @@
+"""Evaluating a model on labelled folders through the same path the app serves scans with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from core.classes import class_index
+from core.dataset import LabelledFile, find_labelled_files
+from core.errors import DatasetError
+from core.metrics import classification_report
+from core.pipeline import analyse_many
+from core.progress import progress
+from core.split import read_manifest
+
+
+def select_split(files: list[LabelledFile], manifest_path: Path, split: str) -> list[LabelledFile]:
+    """The files whose manifest row (matched by relative path) is in `split`."""
+    wanted = {row.path for row in read_manifest(manifest_path) if row.split == split}
+    chosen = [item for item in files if item.relative_path in wanted]
+    if not chosen:
+        raise DatasetError(f"no file of these folders is in the '{split}' split of {manifest_path.name}")
+    return chosen
+
+
+def evaluate_files(classifier, files: list[LabelledFile]) -> dict:
+    """Metrics of `classifier` on labelled files: accuracy, macro_f1, per_class, confusion_matrix, ece, n.
+
+    Files the intake rejects are counted in `rejected` and left out of the metrics; files the
+    out-of-distribution gate flags are kept in the metrics (the model's answer is still scored)
+    and counted in `ood_flagged`.
+    """
+    readers = [(str(item.path), item.path.read_bytes) for item in files]
+    probabilities, truths, rejected, flagged = [], [], [], 0
+    results = analyse_many(classifier, readers)
+    for item, result in progress(zip(files, results), total=len(files), description="evaluating"):
+        if result.probabilities:
+            probabilities.append([result.probabilities[name] for name in classifier.classes])
+            truths.append(class_index(item.label))
+            flagged += result.status != "ok"
+        else:
+            rejected.append({"file": result.filename, "reason": result.message})
+    if not probabilities:
+        raise DatasetError("no file could be classified")
+    report = classification_report(np.array(truths), np.array(probabilities), classifier.classes)
+    report["rejected"] = rejected
+    report["ood_flagged"] = flagged
+    report["ood_pass_rate"] = 1.0 - flagged / len(truths)
+    report["model"] = classifier.version
+    return report
+
+
+def format_report(report: dict, display_names: dict[str, str]) -> str:
+    """A plain-text report: headline figures, per-class table and confusion matrix."""
+    names = list(report["per_class"])
+    lines = [
+        f"n = {report['n']}   accuracy = {report['accuracy']:.4f}   macro-F1 = {report['macro_f1']:.4f}   "
+        f"ECE = {report['ece']:.4f}",
+        f"out-of-distribution gate: {report.get('ood_flagged', 0)} flagged "
+        f"(pass rate {report.get('ood_pass_rate', 1.0):.4f}); rejected at intake: {len(report.get('rejected', []))}",
+        "",
+        f"{'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+    ]
+    for name in names:
+        row = report["per_class"][name]
+        lines.append(f"{display_names.get(name, name):<18}{row['precision']:>10.4f}{row['recall']:>10.4f}"
+                     f"{row['f1']:>10.4f}{row['support']:>10d}")
+    lines += ["", "confusion (rows: true, columns: predicted)", " " * 18 + "".join(f"{name[:9]:>10}" for name in names)]
+    for name, row in zip(names, report["confusion_matrix"]):
+        lines.append(f"{display_names.get(name, name):<18}" + "".join(f"{count:>10d}" for count in row))
+    return "\n".join(lines)
+
+
+def files_for(data_dirs: list[Path]) -> list[LabelledFile]:
+    """Every labelled file of the given dataset folders."""
+    files: list[LabelledFile] = []
+    for data_dir in data_dirs:
+        files.extend(find_labelled_files(Path(data_dir)))
+    return files

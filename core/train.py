@@ -1,0 +1,264 @@
+"""Training the default classifier from scratch, then calibrating, evaluating and carding it.
+
+`train` runs the whole pipeline: load and preprocess every image of the given datasets, group
+near-duplicates and split by group, fit the CNN with augmentation and early stopping on the
+validation split, fit the temperature on validation, fit the out-of-distribution gate, measure
+on the held-out test split, and write the model, its card and the split manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as _datetime
+import hashlib
+import os
+import platform
+import shlex
+import sys
+import time
+from collections import Counter
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+from core import config
+from core.calibration import fit_temperature, softmax
+from core.card import file_sha256, write_card
+from core.classes import CLASS_NAMES, DISPLAY_NAMES, class_index
+from core.dataset import LabelledFile, find_labelled_files
+from core.metrics import classification_report
+from core.preprocess import prepare_bytes
+from core.progress import progress
+from core.split import ManifestRow, assign_splits, group_near_duplicates, thumbnail_vectors, write_manifest
+
+MODEL_VERSION = "1.0.0"
+
+
+def _prepare_file(task: tuple[str, int]) -> tuple[np.ndarray, str]:
+    path, image_size = task
+    data = Path(path).read_bytes()
+    return prepare_bytes(data, Path(path).name, image_size), hashlib.sha256(data).hexdigest()
+
+
+def load_prepared(files: list[LabelledFile] | list[Path], image_size: int, workers: int | None = None,
+                  description: str = "preprocessing") -> tuple[np.ndarray, list[str]]:
+    """Preprocess files with the serving path -> (N, S, S, 1) float32 tensors and their sha256 digests."""
+    paths = [str(getattr(item, "path", item)) for item in files]
+    tasks = [(path, image_size) for path in paths]
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(tasks) > 64:
+        with Pool(workers) as pool:
+            results = list(progress(pool.imap(_prepare_file, tasks, chunksize=32), total=len(tasks), description=description))
+    else:
+        results = [_prepare_file(task) for task in progress(tasks, total=len(tasks), description=description)]
+    tensors = np.stack([tensor for tensor, _ in results]).astype(np.float32)
+    return tensors, [digest for _, digest in results]
+
+
+def _augmenter(seed: int):
+    import keras
+    from keras import layers
+
+    # Slices arrive mirrored, slightly rotated, zoomed and with varying contrast from different
+    # scanners and exports; vertical flips are left out because no export shows the head upside down.
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.04, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom((-0.12, 0.12), fill_mode="constant", seed=seed + 2),
+            layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 3),
+            layers.RandomContrast(0.25, seed=seed + 4),
+            layers.RandomBrightness(0.12, value_range=(0.0, 1.0), seed=seed + 5),
+        ],
+        name="augmentation",
+    )
+
+
+def _fit(train_x, train_y, validation_x, validation_y, image_size, epochs, batch_size, seed, work_dir, width):
+    import keras
+    import tensorflow as tf
+
+    from core.model import build_model
+
+    keras.utils.set_random_seed(seed)
+    class_count = len(CLASS_NAMES)
+    counts = np.bincount(train_y, minlength=class_count)
+    class_weight = {index: float(len(train_y) / (class_count * counts[index])) for index in range(class_count)}
+    augmenter = _augmenter(seed)
+
+    def augment(images, labels):
+        images = augmenter(images, training=True)
+        return tf.clip_by_value(images, 0.0, 1.0), labels
+
+    train_data = (
+        tf.data.Dataset.from_tensor_slices((train_x, keras.utils.to_categorical(train_y, class_count)))
+        .shuffle(len(train_x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(2)
+    )
+    validation_data = tf.data.Dataset.from_tensor_slices(
+        (validation_x, keras.utils.to_categorical(validation_y, class_count))
+    ).batch(128)
+    model = build_model(image_size, width=width)
+    steps = epochs * int(np.ceil(len(train_x) / batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        1e-4, decay_steps=steps, warmup_target=2e-3, warmup_steps=steps // epochs
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=1e-4),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.05),
+        metrics=["accuracy"],
+    )
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=7, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(str(work_dir / "best.keras"), monitor="val_loss", save_best_only=True),
+        keras.callbacks.CSVLogger(str(work_dir / "history.csv")),
+    ]
+    history = model.fit(
+        train_data, validation_data=validation_data, epochs=epochs, class_weight=class_weight,
+        callbacks=callbacks, verbose=2 if not sys.stdout.isatty() else 1,
+    )
+    return model, len(history.history["loss"])
+
+
+def feature_and_logit_model(model):
+    """A Keras model sharing `model`'s weights that returns (pooled features, logits)."""
+    import keras
+
+    from core.model import FEATURES_LAYER
+
+    return keras.Model(model.inputs, [model.get_layer(FEATURES_LAYER).output, model.outputs[0]])
+
+
+def train(
+    data_dirs: list[Path],
+    out_dir: Path,
+    name: str = "brainscan-default",
+    image_size: int = config.IMAGE_SIZE,
+    epochs: int = 32,
+    batch_size: int = 64,
+    width: int = 32,
+    seed: int = 1234,
+    command: str | None = None,
+) -> Path:
+    """Train, calibrate, evaluate and card a model; return the path of the written `.keras` file."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(config.ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    files: list[LabelledFile] = []
+    for data_dir in data_dirs:
+        files.extend(find_labelled_files(Path(data_dir)))
+    tensors, digests = load_prepared(files, image_size)
+    labels = [item.label for item in files]
+    label_indices = np.array([class_index(label) for label in labels])
+
+    groups = group_near_duplicates(thumbnail_vectors(tensors), digests)
+    splits = np.array(assign_splits(groups, labels, seed=seed))
+    relative = [item.relative_path for item in files]
+    manifest_rows = [
+        ManifestRow(path, digest, label, int(group), split)
+        for path, digest, label, group, split in zip(relative, digests, labels, groups, splits)
+    ]
+    manifest_path = out_dir / f"{name}.split.csv"
+    manifest_sha256 = write_manifest(manifest_rows, manifest_path)
+    split_counts = {
+        split: dict(Counter(label for label, chosen in zip(labels, splits) if chosen == split))
+        for split in ("train", "validation", "test")
+    }
+    print(f"groups: {groups.max() + 1}; split counts: {split_counts}", flush=True)
+
+    is_train, is_validation, is_test = (splits == name_ for name_ in ("train", "validation", "test"))
+    model, epochs_run = _fit(
+        tensors[is_train], label_indices[is_train], tensors[is_validation], label_indices[is_validation],
+        image_size, epochs, batch_size, seed, work_dir, width,
+    )
+    model_path = out_dir / f"{name}.keras"
+    model.save(model_path)
+
+    extractor = feature_and_logit_model(model)
+    outputs = {}
+    for split_name, mask in (("train", is_train), ("validation", is_validation), ("test", is_test)):
+        features, logits = extractor.predict(tensors[mask], batch_size=128, verbose=0)
+        outputs[split_name] = (np.asarray(features), np.asarray(logits))
+    temperature = fit_temperature(outputs["validation"][1], label_indices[is_validation])
+
+    from core.ood import fit_gate
+
+    gate = fit_gate(outputs["train"][0], label_indices[is_train], outputs["validation"][0], len(CLASS_NAMES))
+    ood_path = out_dir / f"{name}.ood.npz"
+    gate.save(ood_path)
+
+    metrics = {}
+    for split_name, mask in (("validation", is_validation), ("test", is_test)):
+        features, logits = outputs[split_name]
+        report = classification_report(label_indices[mask], softmax(logits, temperature), CLASS_NAMES)
+        report["ece_uncalibrated"] = classification_report(label_indices[mask], softmax(logits), CLASS_NAMES)["ece"]
+        report["ood_pass_rate"] = float(gate.is_in_distribution(features).mean())
+        metrics[split_name] = report
+    test = metrics["test"]
+    print(
+        f"test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, ECE {test['ece_uncalibrated']:.4f} -> "
+        f"{test['ece']:.4f} at T={temperature:.3f}, OOD pass {test['ood_pass_rate']:.3f}, n={test['n']}",
+        flush=True,
+    )
+
+    card = {
+        "name": name,
+        "version": MODEL_VERSION,
+        "created": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
+        "classes": list(CLASS_NAMES),
+        "display_names": {key: DISPLAY_NAMES[key] for key in CLASS_NAMES},
+        "input": {
+            "image_size": image_size,
+            "color_mode": config.COLOR_MODE,
+            "value_range": list(config.VALUE_RANGE),
+            "preprocessing": "core.preprocess.prepare_image: decode to greyscale, crop to the head, "
+            "resize to image_size x image_size, scale the 99.5th intensity percentile to 1.0",
+        },
+        "output": "logits; probabilities = softmax(logits / temperature)",
+        "temperature": temperature,
+        "ood": {
+            "method": "class-conditional Mahalanobis distance on pooled penultimate features",
+            "file": ood_path.name,
+            "sha256": file_sha256(ood_path),
+            "threshold": gate.threshold,
+            "threshold_rule": "99th percentile of the validation split's distances",
+        },
+        "architecture": {"type": "residual CNN from scratch", "width": width, "parameters": int(model.count_params())},
+        "training": {
+            "data": [
+                {"folder": Path(data_dir).name, "images": sum(1 for item in files if item.source == Path(data_dir).name)}
+                for data_dir in data_dirs
+            ],
+            "split_manifest": manifest_path.name,
+            "split_manifest_sha256": manifest_sha256,
+            "split_rule": "groups of near-duplicates (16x16 thumbnail correlation > 0.95 or equal sha256) "
+            "never straddle splits; stratified by group majority label",
+            "split_counts": split_counts,
+            "near_duplicate_groups": int(groups.max() + 1),
+            "seed": seed,
+            "epochs_max": epochs,
+            "epochs_run": epochs_run,
+            "batch_size": batch_size,
+            "command": command or "python -m core train " + " ".join(f"--data {d}" for d in data_dirs) + f" --out {out_dir}",
+            "duration_seconds": round(time.time() - started),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        },
+        "metrics": metrics,
+        "metrics_data": "held-out test split of the manifest (files whose split is 'test')",
+        "intended_use": "A review aid: shows a trained classifier's opinion on single 2-D brain MRI slices "
+        "so a qualified reviewer can confirm or override it. Not a diagnostic device.",
+        "limitations": [
+            "Trained on two public Kaggle collections of JPEG slices (T1, T1 contrast, T2, FLAIR; axial, "
+            "coronal and sagittal); accuracy on other scanners, sequences and sites is unknown until measured.",
+            "Four classes only: any other finding (haemorrhage, stroke, metastasis, ...) is forced into one of them.",
+            "Labels in the source data are not perfectly clean; some near-identical slices carry different labels.",
+            "Works on one slice at a time, with no patient context or volume information.",
+        ],
+    }
+    write_card(model_path, card)
+    return model_path

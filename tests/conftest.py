@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny untrained model with its card, and synthetic scans."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest
+
+from tests.synthetic import encode, make_tiny_model, synthetic_slice
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """Path of a tiny `.keras` model with a valid card and a permissive gate (shared, read-only)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_model_path):
+    """The tiny model loaded as a `core.inference.Classifier`."""
+    from core.inference import Classifier
+
+    return Classifier.load(tiny_model_path)
+
+
+@pytest.fixture
+def scan_png() -> bytes:
+    """PNG bytes of one synthetic head-like slice."""
+    return encode(synthetic_slice(7, 96))
