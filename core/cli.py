@@ -63,21 +63,35 @@ def _iter_input_files(paths: list[str]):
 def _command_predict(arguments: argparse.Namespace) -> int:
     import csv
 
+    from dataclasses import replace
+
     from core.inference import Classifier
+    from core.intake import duplicates_by_digest
     from core.pipeline import analyse_many
     from core.progress import progress
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     files = list(_iter_input_files(arguments.paths))
+    # Identical files in one batch are classified once; later copies repeat the first one's row.
+    duplicate_of = duplicates_by_digest((str(path), _file_digest(path)) for path in files)
     columns = ["file", "sha256", "status", "predicted_class"] + [f"p_{name}" for name in classifier.classes] + ["message"]
     handle = open(arguments.csv, "w", newline="", encoding="utf-8") if arguments.csv else sys.stdout
     rejected = 0
     try:
         writer = csv.writer(handle)
         writer.writerow(columns)
-        results = analyse_many(classifier, ((str(path), path.read_bytes) for path in files))
-        for result in progress(results, total=len(files), description="classifying"):
-            rejected += result.status != "ok"
+        unique = [path for path in files if str(path) not in duplicate_of]
+        results = analyse_many(classifier, ((str(path), path.read_bytes) for path in unique))
+        first_results = {}
+        for path in progress(files, total=len(files), description="classifying"):
+            name = str(path)
+            if name in duplicate_of:
+                first = first_results[duplicate_of[name]]
+                status, message = "duplicate", f"identical to {first.filename} (classified once)"
+                result = replace(first, filename=name, status=status, message=message)
+            else:
+                result = first_results[name] = next(results)
+                rejected += result.status != "ok"
             probabilities = [f"{result.probabilities[name]:.6f}" if result.probabilities else "" for name in classifier.classes]
             writer.writerow([result.filename, result.sha256, result.status, result.label or ""] + probabilities + [result.message])
     finally:
@@ -86,8 +100,19 @@ def _command_predict(arguments: argparse.Namespace) -> int:
     if not files:
         print("error: no files found", file=sys.stderr)
         return 2
-    print(f"{len(files) - rejected} classified, {rejected} rejected", file=sys.stderr)
+    duplicates = f", {len(duplicate_of)} duplicates" if duplicate_of else ""
+    print(f"{len(unique) - rejected} classified, {rejected} rejected{duplicates}", file=sys.stderr)
     return 1 if rejected else 0
+
+
+def _file_digest(path: Path) -> str | None:
+    """sha256 of a file, or None if it cannot be read (the analysis then reports why)."""
+    from core.card import file_sha256
+
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
