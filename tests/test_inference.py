@@ -1,0 +1,149 @@
+"""The fast inference paths give the model's own answers, from any thread, and refuse to drift."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from core.calibration import softmax
+from core.errors import ModelContractError
+from core.inference import Classifier, cache_root, outputs_agree, probe_tensors
+from core.preprocess import prepare_image
+from tests.synthetic import TINY_IMAGE_SIZE, synthetic_slice
+
+
+@pytest.fixture(scope="module")
+def tensors() -> np.ndarray:
+    """Six prepared synthetic scans (6, S, S, 1) float32, as the pipeline would feed them."""
+    return np.stack([prepare_image(synthetic_slice(seed, 96, seed % 4), TINY_IMAGE_SIZE) for seed in range(6)])
+
+
+@pytest.fixture(scope="module")
+def classifiers(tiny_model_path) -> dict[str, Classifier]:
+    return {runtime: Classifier.load(tiny_model_path, runtime=runtime) for runtime in ("tensorflow", "openvino")}
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """An empty conversion cache for this test only."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("BRAINSCAN_RUNTIME_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture
+def model_copy(tiny_model_path, tmp_path):
+    """A private copy of the tiny model, card and gate."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for source in tiny_model_path.parent.iterdir():
+        if source.is_file():
+            shutil.copy(source, folder / source.name)
+    return folder / tiny_model_path.name
+
+
+def _reference(classifier: Classifier, tensors: np.ndarray) -> np.ndarray:
+    """What the plain Keras model says: softmax(model(x) / T), float64 (N, C)."""
+    logits = np.asarray(classifier.model(tensors, training=False))
+    return softmax(logits, classifier.card.temperature)
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "openvino"])
+def test_fast_path_equals_the_keras_model(classifiers, tensors, runtime):
+    classifier = classifiers[runtime]
+    assert classifier.runtime == runtime
+    expected = _reference(classifier, tensors)
+    batch = classifier.predict_tensors(tensors)
+    singles = np.concatenate([classifier.predict_tensors(tensor[np.newaxis]).probabilities for tensor in tensors])
+    np.testing.assert_allclose(batch.probabilities, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(singles, expected, atol=1e-5, rtol=0)
+    assert batch.logits.shape == (6, 4) and batch.features.shape[0] == 6
+    np.testing.assert_allclose(batch.probabilities.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_runtimes_give_the_same_features_for_the_gate(classifiers, tensors):
+    tensorflow = classifiers["tensorflow"].predict_tensors(tensors)
+    openvino = classifiers["openvino"].predict_tensors(tensors)
+    np.testing.assert_allclose(openvino.features, tensorflow.features, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(openvino.logits, tensorflow.logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "openvino"])
+def test_concurrent_threads_get_the_serial_answers(classifiers, tensors, runtime):
+    classifier = classifiers[runtime]
+    # Mixed batch sizes, so the single-scan and the batch functions run at the same time.
+    jobs = [tensors[index % 6:index % 6 + 1 + index % 3] for index in range(24)]
+    serial = [classifier.predict_tensors(job).probabilities for job in jobs]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        concurrent = list(pool.map(lambda job: classifier.predict_tensors(job).probabilities, jobs))
+    for expected, actual in zip(serial, concurrent):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_wrong_tensor_shape_is_refused(tiny_classifier):
+    with pytest.raises(ValueError, match="expected"):
+        tiny_classifier.predict_tensors(np.zeros((1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), np.float32))
+    with pytest.raises(ValueError, match="expected"):
+        tiny_classifier.predict_tensors(np.zeros((1, 8, 8, 1), np.float32))
+
+
+def test_empty_batch_gives_empty_output(tiny_classifier):
+    output = tiny_classifier.predict_tensors(np.zeros((0, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 1), np.float32))
+    assert output.probabilities.shape == (0, 4)
+
+
+def test_conversion_is_cached_and_ignored_by_git(model_copy, private_cache):
+    first = Classifier.load(model_copy, runtime="openvino")
+    entries = [path for path in private_cache.iterdir() if path.is_dir()]
+    assert len(entries) == 1 and (entries[0] / "network.xml").is_file()
+    assert (private_cache / ".gitignore").read_text().strip() == "*"
+    written = (entries[0] / "network.bin").stat().st_mtime_ns
+    second = Classifier.load(model_copy, runtime="openvino")
+    assert (entries[0] / "network.bin").stat().st_mtime_ns == written  # reused, not converted again
+    probes = probe_tensors(TINY_IMAGE_SIZE)
+    np.testing.assert_array_equal(second.predict_tensors(probes).probabilities,
+                                  first.predict_tensors(probes).probabilities)
+
+
+def test_a_drifted_conversion_falls_back_to_tensorflow(model_copy, private_cache):
+    Classifier.load(model_copy, runtime="openvino")
+    (entry,) = [path for path in private_cache.iterdir() if path.is_dir()]
+    with np.load(entry / "reference.npz") as stored:
+        saved = dict(stored)
+    saved["logits"] = saved["logits"] + 1e-3  # as if the converted network had drifted from the model
+    np.savez(entry / "reference.npz", **saved)
+    assert Classifier.load(model_copy, runtime="auto").runtime == "tensorflow"
+    with pytest.raises(ModelContractError, match="differs"):
+        Classifier.load(model_copy, runtime="openvino")
+
+
+def test_a_damaged_cache_falls_back_to_tensorflow(model_copy, private_cache):
+    Classifier.load(model_copy, runtime="openvino")
+    (entry,) = [path for path in private_cache.iterdir() if path.is_dir()]
+    (entry / "network.bin").write_bytes(b"\0" * 16)
+    classifier = Classifier.load(model_copy, runtime="auto")
+    assert classifier.runtime == "tensorflow"
+    assert classifier.predict_tensors(probe_tensors(TINY_IMAGE_SIZE)).probabilities.shape == (4, 4)
+
+
+def test_agreement_check_catches_a_small_difference():
+    rng = np.random.default_rng(0)
+    features, logits = rng.random((4, 16), dtype=np.float32), rng.normal(size=(4, 4)).astype(np.float32)
+    assert outputs_agree((features, logits), (features + 1e-6, logits - 1e-6), 1.0) is not None
+    assert outputs_agree((features, logits), (features, logits + 5e-4), 1.0) is None
+    assert outputs_agree((features, logits), (features + 5e-4, logits), 1.0) is None
+
+
+def test_default_cache_lives_in_the_ignored_data_folder(monkeypatch):
+    from core import config
+
+    monkeypatch.delenv("BRAINSCAN_RUNTIME_CACHE", raising=False)
+    assert cache_root().parent == config.DATA_DIR
+
+
+def test_unknown_runtime_is_refused(tiny_model_path):
+    with pytest.raises(ValueError, match="runtime"):
+        Classifier.load(tiny_model_path, runtime="cuda")
