@@ -1,0 +1,111 @@
+"""Grad-CAM: which part of a scan pushed the classifier towards a class, as a heat-map.
+
+The heat-map is computed on the model's input tensor (the head crop resized to S x S) from the
+activations of the layer named `core.model.LAST_CONV_LAYER` and the gradient of one class's logit
+(Selvaraju et al., 2017). `overlay` maps it back into the head's box on the original picture, the
+same box `core.preprocess.prepare_image` cropped, so the colours sit on the anatomy they explain.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import cv2
+import numpy as np
+
+from core.model import LAST_CONV_LAYER
+from core.preprocess import content_box
+
+# One compiled gradient function per loaded classifier, dropped with the classifier.
+_gradient_functions: "weakref.WeakKeyDictionary[object, object]" = weakref.WeakKeyDictionary()
+_build_lock = threading.Lock()
+
+
+def gradcam(classifier, tensor: np.ndarray, class_index: int | None = None) -> np.ndarray:
+    """Prepared tensor (S, S, 1) float32 -> Grad-CAM heat-map (S, S) float32 in [0, 1].
+
+    `class_index` indexes `classifier.classes`; None explains the predicted class. A map of zeros
+    means no region of the last convolutional layer argues for the class.
+    """
+    import tensorflow as tf
+
+    size = classifier.image_size
+    tensor = np.asarray(tensor, dtype=np.float32)
+    if tensor.shape != (size, size, 1):
+        raise ValueError(f"expected a ({size}, {size}, 1) tensor, got {tensor.shape}")
+    if class_index is not None and not 0 <= int(class_index) < len(classifier.classes):
+        raise ValueError(f"class_index must be in 0..{len(classifier.classes) - 1}, got {class_index}")
+    function = _gradient_function(classifier)
+    heatmap = function(tensor[np.newaxis], tf.constant(-1 if class_index is None else int(class_index), tf.int32))
+    return heatmap.numpy()
+
+
+def warm_up(classifier) -> None:
+    """Build and trace the classifier's gradient function now (loads TensorFlow: seconds, once)."""
+    _gradient_function(classifier)
+
+
+def overlay(grey: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> np.ndarray:
+    """Greyscale uint8 (H, W) scan + heat-map (S, S) in [0, 1] -> RGB uint8 (H, W, 3) picture.
+
+    The heat-map is stretched over the head's box (`content_box`, as in preprocessing), coloured
+    with the jet map and blended with a per-pixel weight of `opacity * heat`, so regions with no
+    heat keep the plain scan.
+    """
+    if grey.ndim != 2 or grey.dtype != np.uint8:
+        raise ValueError(f"overlay needs a 2-D uint8 image, got {grey.dtype} {grey.shape}")
+    if heatmap.ndim != 2:
+        raise ValueError(f"overlay needs a 2-D heat-map, got shape {heatmap.shape}")
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    top, bottom, left, right = content_box(grey)
+    heat = np.zeros(grey.shape, np.float32)
+    heat[top:bottom, left:right] = cv2.resize(np.clip(heatmap, 0.0, 1.0).astype(np.float32),
+                                              (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
+    colours = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+    weight = (opacity * heat)[:, :, np.newaxis]
+    blended = grey[:, :, np.newaxis].astype(np.float32) * (1.0 - weight) + colours.astype(np.float32) * weight
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def _gradient_function(classifier):
+    function = _gradient_functions.get(classifier)
+    if function is None:
+        with _build_lock:
+            function = _gradient_functions.get(classifier)
+            if function is None:
+                function = _build_gradient_function(classifier)
+                _gradient_functions[classifier] = function
+    return function
+
+
+def _build_gradient_function(classifier):
+    """A traced function (1, S, S, 1) images, class index (-1: predicted) -> (S, S) heat-map."""
+    import keras
+    import tensorflow as tf
+
+    model = classifier.model
+    size = classifier.image_size
+    probe = keras.Model(model.inputs[0], [model.get_layer(LAST_CONV_LAYER).output, model.outputs[0]])
+
+    def heatmap(images, class_index):
+        with tf.GradientTape() as tape:
+            # Watching the input records the whole forward pass, even for a model whose
+            # weights were frozen (variables are only watched when trainable).
+            tape.watch(images)
+            activations, logits = probe(images, training=False)
+            predicted = tf.argmax(logits[0], output_type=tf.int32)
+            chosen = tf.where(class_index >= 0, class_index, predicted)
+            score = tf.gather(logits[0], chosen)
+        gradients = tape.gradient(score, activations)
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # (1, 1, 1, K): one weight per channel
+        cam = tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1, keepdims=True))
+        cam = tf.image.resize(cam, (size, size), method="bilinear")[0, :, :, 0]
+        peak = tf.reduce_max(cam)
+        return tf.where(peak > 0.0, cam / tf.maximum(peak, 1e-12), tf.zeros_like(cam))
+
+    signature = [tf.TensorSpec([1, size, size, 1], tf.float32), tf.TensorSpec([], tf.int32)]
+    function = tf.function(heatmap, input_signature=signature, autograph=False).get_concrete_function()
+    function(tf.zeros([1, size, size, 1]), tf.constant(-1, tf.int32))  # Trace and allocate once, here.
+    return function
