@@ -115,8 +115,54 @@ def _file_digest(path: Path) -> str | None:
         return None
 
 
+def _command_ood_eval(arguments: argparse.Namespace) -> int:
+    import datetime
+    import json
+
+    from core.card import write_card
+    from core.evaluate import files_for, select_split
+    from core.inference import Classifier
+    from core.nonmri import build_nonmri_set
+    from core.ood import evaluate_gate, format_gate_report
+
+    classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
+    files = files_for([Path(path) for path in arguments.data])
+    if arguments.split != "all":
+        manifest = Path(arguments.manifest) if arguments.manifest else (
+            classifier.card.model_path.parent / classifier.card.data["training"]["split_manifest"])
+        files = select_split(files, manifest, arguments.split)
+    non_mri = build_nonmri_set(arguments.seed)
+    report = evaluate_gate(classifier, [(str(item.path), item.path.read_bytes) for item in files],
+                           [(name, lambda data=data: data) for name, data in non_mri])
+    command = "python -m core " + " ".join(shlex.quote(part) for part in sys.argv[1:])
+    report["mri"]["data"] = [str(path) for path in arguments.data] + [f"split={arguments.split}"]
+    report["non_mri"]["set"] = f"core.nonmri.build_nonmri_set(seed={arguments.seed})"
+    report["command"] = command
+    print(format_gate_report(report))
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {arguments.json}")
+    if arguments.write_card:
+        card = dict(classifier.card.data)
+        card["ood"] = dict(card.get("ood") or {})
+        card["ood"]["evaluation"] = {
+            "mri_pass_rate": report["mri"]["pass_rate"], "mri_n": report["mri"]["n"],
+            "mri_data": report["mri"]["data"],
+            "non_mri_flag_rate": report["non_mri"]["flag_rate"], "non_mri_n": report["non_mri"]["n"],
+            "non_mri_set": report["non_mri"]["set"], "non_mri_by_category": report["non_mri"]["by_category"],
+            "floors": report["floors"], "meets_floors": report["meets_floors"],
+            "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": command,
+        }
+        write_card(classifier.card.model_path, card)
+        print(f"updated the out-of-distribution evaluation in the card of {classifier.card.model_path.name}")
+    return 0 if report["meets_floors"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m core`."""
+    from core.nonmri import DEVELOPMENT_SEED, EVALUATION_SEED
+
     parser = argparse.ArgumentParser(prog="python -m core", description="BrainScan Review command line")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -145,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
     predict.add_argument("--csv", help="write the CSV here instead of standard output")
     predict.set_defaults(handler=_command_predict)
+
+    ood_eval = commands.add_parser(
+        "ood-eval", help="measure the not-a-brain-MRI gate: share of MRI slices passed, share of non-MRI images flagged")
+    ood_eval.add_argument("--data", action="append", required=True, help="MRI dataset folder (repeatable)")
+    ood_eval.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    ood_eval.add_argument("--split", choices=("train", "validation", "test", "all"), default="test",
+                          help="MRI files of this split of the model's manifest (default: test)")
+    ood_eval.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
+    ood_eval.add_argument("--seed", type=int, default=EVALUATION_SEED,
+                          help=f"seed of the non-MRI set (default {EVALUATION_SEED}, the evaluation seed; "
+                          f"{DEVELOPMENT_SEED} is the development seed)")
+    ood_eval.add_argument("--json", help="write the full report JSON here")
+    ood_eval.add_argument("--write-card", action="store_true",
+                          help="record the result under ood.evaluation in the model card (the model file is unchanged)")
+    ood_eval.set_defaults(handler=_command_ood_eval)
     return parser
 
 
