@@ -1,0 +1,241 @@
+"""The history store: append-only events, idempotent predictions, verdict rules, durability, concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from core.classes import CLASS_NAMES
+from core.history import (COLUMNS, HistoryStore, VerdictRejected, filter_rows, row_date, summarise)
+
+ROOT = Path(__file__).resolve().parents[1]
+SESSION = "a" * 32
+OTHER_SESSION = "b" * 32
+MODEL = "tiny 0.0.1-test"
+PROBABILITIES = {"glioma": 0.7, "meningioma": 0.1, "pituitary": 0.15, "no_tumor": 0.05}
+
+
+def digest(number: int) -> str:
+    return f"{number:064x}"
+
+
+def predict(store: HistoryStore, number: int = 1, session: str = SESSION, model: str = MODEL, label="glioma"):
+    return store.record_prediction(session_id=session, reviewer="Ann", file_name=f"scan-{number}.png",
+                                   sha256=digest(number), model_version=model, predicted_class=label,
+                                   probabilities=PROBABILITIES)
+
+
+def verdict(store: HistoryStore, number: int = 1, kind: str = "confirm", reviewer: str = "Ann",
+            session: str = SESSION, label: str = "glioma", **extra) -> int:
+    return store.record_verdict(session_id=session, reviewer=reviewer, file_name=f"scan-{number}.png",
+                                sha256=digest(number), model_version=MODEL, predicted_class=label,
+                                probabilities=PROBABILITIES, verdict=kind, **extra)
+
+
+@pytest.fixture
+def store(tmp_path) -> HistoryStore:
+    return HistoryStore(tmp_path / "nested" / "history.sqlite3")
+
+
+def test_the_database_is_created_in_wal_mode_with_its_folder(store):
+    assert store.path.is_file()
+    with sqlite3.connect(store.path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_prediction_seen_again_in_the_same_session_is_recorded_once(store):
+    first = predict(store)
+    assert first is not None
+    assert predict(store) is None
+    assert len(store.events()) == 1
+    assert predict(store, session=OTHER_SESSION) is not None
+    assert predict(store, model="tiny 0.0.2") is not None
+    assert len(store.events()) == 3
+
+
+def test_current_state_is_new_until_a_verdict_then_follows_the_latest_verdict(store):
+    predict(store)
+    [state] = store.current_state()
+    assert state["status"] == "new" and state["verdict"] is None
+    verdict(store, kind="confirm")
+    assert store.current_state()[0]["final_label"] == "glioma"
+    verdict(store, kind="override", override_label="meningioma", reason="enhancing dural tail", note="see prior")
+    [state] = store.current_state()
+    assert (state["status"], state["verdict"], state["final_label"]) == ("reviewed", "override", "meningioma")
+    assert state["reason"] == "enhancing dural tail" and state["event_count"] == 3
+    verdict(store, kind="flag", reviewer="Bob")
+    [state] = store.current_state()
+    assert (state["status"], state["final_label"], state["reviewer"]) == ("flagged", None, "Bob")
+    kinds = [(event["kind"], event["verdict"]) for event in store.events()]
+    assert kinds == [("prediction", None), ("verdict", "confirm"), ("verdict", "override"), ("verdict", "flag")]
+
+
+def test_saving_the_same_verdict_again_adds_no_row_but_another_reviewer_does(store):
+    first = verdict(store, note="clear")
+    assert verdict(store, note="clear") == first
+    assert verdict(store, note="clear", reviewer="Bob") != first
+    assert len(store.events()) == 2
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"reviewer": "  "}, "enter your name"),
+    ({"kind": "override", "override_label": "meningioma"}, "needs a reason"),
+    ({"kind": "override", "override_label": "glioma", "reason": "x"}, "confirm it instead"),
+    ({"kind": "override", "reason": "x"}, "choose the class"),
+    ({"kind": "confirm", "label": None}, "no model prediction"),
+    ({"kind": "maybe"}, "unknown verdict"),
+    ({"note": "x" * 2001}, "note"),
+])
+def test_a_verdict_that_breaks_a_rule_is_refused_and_not_stored(store, arguments, message):
+    with pytest.raises(VerdictRejected, match=message):
+        verdict(store, **arguments)
+    assert store.events() == []
+
+
+def test_events_cannot_be_updated_or_deleted(store):
+    verdict(store)
+    with sqlite3.connect(store.path) as connection:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            connection.execute("UPDATE events SET verdict = 'flag'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            connection.execute("DELETE FROM events")
+    assert store.events()[0]["verdict"] == "confirm"
+
+
+def test_only_non_identifying_fields_exist_in_the_database(store):
+    with sqlite3.connect(store.path) as connection:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(events)")]
+    assert tuple(columns) == COLUMNS
+    assert set(columns) <= {"id", "time", "session_id", "reviewer", "kind", "sha256", "file_name", "model_version",
+                            "predicted_class", "p_glioma", "p_meningioma", "p_pituitary", "p_no_tumor", "verdict",
+                            "final_label", "reason", "note"}
+
+
+def test_session_and_scan_filters_of_the_current_state(store):
+    predict(store, 1)
+    predict(store, 2, session=OTHER_SESSION)
+    verdict(store, 2, session=SESSION)  # This session reviewed a scan another session uploaded.
+    assert {row["sha256"] for row in store.current_state(session_id=SESSION)} == {digest(1), digest(2)}
+    assert {row["sha256"] for row in store.current_state(session_id=OTHER_SESSION)} == {digest(2)}
+    assert set(store.latest_by_sha256([digest(2), digest(9)], MODEL)) == {digest(2)}
+    assert store.latest_by_sha256([digest(2)], "another model") == {}
+    assert [event["sha256"] for event in store.events(session_id=OTHER_SESSION)] == [digest(2)]
+
+
+def test_filter_rows_by_class_verdict_reviewer_and_dates():
+    today = date.today()
+    rows = [
+        {"time": f"{today}T10:00:00.000+00:00", "reviewer": "Ann", "predicted_class": "glioma",
+         "final_label": "meningioma", "verdict": "override"},
+        {"time": f"{today - timedelta(days=3)}T10:00:00.000+00:00", "reviewer": "Bob", "predicted_class": "pituitary",
+         "final_label": None, "verdict": None},
+    ]
+    assert len(filter_rows(rows)) == 2
+    assert [row["reviewer"] for row in filter_rows(rows, classes=["meningioma"])] == ["Ann"]
+    assert [row["reviewer"] for row in filter_rows(rows, verdicts=[None])] == ["Bob"]
+    assert [row["reviewer"] for row in filter_rows(rows, reviewers=["Bob"])] == ["Bob"]
+    assert [row["reviewer"] for row in filter_rows(rows, start=today - timedelta(days=1))] == ["Ann"]
+    assert [row["reviewer"] for row in filter_rows(rows, end=today - timedelta(days=1))] == ["Bob"]
+    assert row_date(rows[0]) == today
+
+
+def test_summary_counts_agreement_and_confusion():
+    states = [
+        {"predicted_class": "glioma", "final_label": "glioma", "status": "reviewed"},
+        {"predicted_class": "glioma", "final_label": "meningioma", "status": "reviewed"},
+        {"predicted_class": "no_tumor", "final_label": None, "status": "flagged"},
+        {"predicted_class": "pituitary", "final_label": None, "status": "new"},
+    ]
+    summary = summarise(states)
+    assert summary["cases_per_class"] == {"glioma": 2, "meningioma": 0, "pituitary": 1, "no_tumor": 1}
+    assert summary["status_counts"] == {"new": 1, "reviewed": 2, "flagged": 1}
+    assert (summary["decided"], summary["agreed"], summary["agreement"]) == (2, 1, 0.5)
+    glioma, meningioma = CLASS_NAMES.index("glioma"), CLASS_NAMES.index("meningioma")
+    assert summary["confusion"][glioma][glioma] == 1 and summary["confusion"][glioma][meningioma] == 1
+    assert sum(map(sum, summary["confusion"])) == 2
+    assert summarise([])["agreement"] is None
+
+
+def test_two_threads_saving_at_the_same_moment_both_land(store):
+    start = threading.Barrier(8)
+    failures = []
+
+    def save(number: int) -> None:
+        try:
+            start.wait()
+            verdict(store, number % 2, reviewer=f"reviewer-{number}")
+        except Exception as error:  # Collected and asserted below: a thread's exception is otherwise lost.
+            failures.append(error)
+
+    threads = [threading.Thread(target=save, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert sorted(event["reviewer"] for event in store.events()) == sorted(f"reviewer-{n}" for n in range(8))
+
+
+WRITER = """
+import sys, time
+from core.history import HistoryStore
+store = HistoryStore(sys.argv[1])
+start_at, count, reviewer = float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+time.sleep(max(0.0, start_at - time.time()))
+for index in range(count):
+    event_id = store.record_verdict(
+        session_id="c" * 32, reviewer=reviewer, file_name=f"scan-{index}.png", sha256=f"{index:064x}",
+        model_version="tiny 1", predicted_class="glioma", probabilities={"glioma": 1.0}, verdict="confirm",
+        note=f"note {index}")
+    print(event_id, flush=True)
+"""
+
+
+def _writer(path: Path, start_at: float, count: int, reviewer: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(start_at), str(count), reviewer],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_saving_at_the_same_moment_all_land(store):
+    import time
+
+    start_at = time.time() + 1.5  # Both interpreters are up by then; their writes then overlap.
+    writers = [_writer(store.path, start_at, 25, name) for name in ("process-a", "process-b")]
+    outputs = [writer.communicate(timeout=60) for writer in writers]
+    assert [writer.returncode for writer in writers] == [0, 0], [error for _, error in outputs]
+    reported = {int(line) for output, _ in outputs for line in output.split()}
+    events = store.events()
+    assert len(reported) == 50
+    assert {event["id"] for event in events} == reported
+    assert sorted({event["reviewer"] for event in events}) == ["process-a", "process-b"]
+
+
+def test_a_writer_killed_mid_stream_loses_nothing_it_reported_saved(store):
+    import time
+
+    reported: set[int] = set()
+    for round_number in range(2):
+        writer = _writer(store.path, 0.0, 100_000, f"round-{round_number}")
+        for line in writer.stdout:
+            reported.add(int(line))
+            if len(reported) >= 40 * (round_number + 1):
+                break
+        os.kill(writer.pid, signal.SIGKILL)
+        remaining, _ = writer.communicate(timeout=30)
+        reported.update(int(line) for line in remaining.split())  # Printed after commit, before the kill.
+        assert writer.returncode == -signal.SIGKILL
+        time.sleep(0.05)
+    with sqlite3.connect(store.path) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = {event["id"] for event in store.events()}
+    assert reported <= stored
+    assert len(stored) - len(reported) <= 2  # At most the commit in flight at each kill went unreported.
+    verdict(store, 1)  # The database still takes writes after the crashes.
