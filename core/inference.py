@@ -10,11 +10,12 @@ mismatch. The `.keras` file is the only source of truth; two runtimes execute it
 - "tensorflow": compiled `tf.function`s with fixed input signatures (batch 1 and any batch),
   traced and warmed up at load, so a request never pays tracing or `model.predict` set-up costs.
 
+`$BRAINSCAN_RUNTIME` (auto, openvino, tensorflow) picks one for every load that does not name it.
 The conversion is cached in `data/runtime-cache/` (or `$BRAINSCAN_RUNTIME_CACHE`), keyed by the
-model file's sha256, together with reference outputs that TensorFlow computed from the `.keras` file for a few probe
-tensors. Every load runs the probes through the converted network and uses it only if its
-features, logits and calibrated probabilities agree with the reference within `TOLERANCE`;
-otherwise, or when OpenVINO is not installed, it falls back to TensorFlow. The Keras model itself
+model file's sha256, together with reference outputs that TensorFlow computed from the `.keras`
+file for a few probe tensors. Every load runs the probes through the converted network and uses
+it only if its features, logits and calibrated probabilities agree with the reference within
+`TOLERANCE`; otherwise, or when OpenVINO is not installed, it falls back to TensorFlow. The Keras model itself
 is loaded lazily, on the first call that needs it (e.g. Grad-CAM), and then kept.
 """
 
@@ -73,12 +74,14 @@ class Classifier:
         self._model_lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_path: Path | None = None, runtime: str = "auto") -> "Classifier":
+    def load(cls, model_path: Path | None = None, runtime: str | None = None) -> "Classifier":
         """Load model, card and gate; raise `ModelContractError` saying what is wrong.
 
         `runtime` is "auto" (OpenVINO when it reproduces TensorFlow, else TensorFlow), "openvino"
-        (raise `ModelContractError` if it cannot be used) or "tensorflow".
+        (raise `ModelContractError` if it cannot be used) or "tensorflow"; None reads
+        $BRAINSCAN_RUNTIME, default "auto".
         """
+        runtime = runtime or os.environ.get("BRAINSCAN_RUNTIME") or "auto"
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         model_path = Path(model_path or config.model_path())
