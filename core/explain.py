@@ -2,7 +2,10 @@
 
 The heat-map is computed on the model's input tensor (the head crop resized to S x S) from the
 activations of the layer named `core.model.LAST_CONV_LAYER` and the gradient of one class's logit
-(Selvaraju et al., 2017). `overlay` maps it back into the head's box on the original picture, the
+(Selvaraju et al., 2017). With the OpenVINO runtime and the project's pooled dense head, the
+classifier gives the maps directly (`Classifier.class_activation_maps`: the gradient of such a
+head is its kernel), so no TensorFlow is loaded; otherwise a traced TensorFlow gradient function,
+built once per classifier, computes them. `overlay` maps it back into the head's box on the original picture, the
 same box `core.preprocess.prepare_image` cropped, so the colours sit on the anatomy they explain.
 """
 
@@ -14,7 +17,6 @@ import weakref
 import cv2
 import numpy as np
 
-from core.model import LAST_CONV_LAYER
 from core.preprocess import content_box
 
 # One compiled gradient function per loaded classifier, dropped with the classifier.
@@ -28,22 +30,33 @@ def gradcam(classifier, tensor: np.ndarray, class_index: int | None = None) -> n
     `class_index` indexes `classifier.classes`; None explains the predicted class. A map of zeros
     means no region of the last convolutional layer argues for the class.
     """
-    import tensorflow as tf
-
     size = classifier.image_size
     tensor = np.asarray(tensor, dtype=np.float32)
     if tensor.shape != (size, size, 1):
         raise ValueError(f"expected a ({size}, {size}, 1) tensor, got {tensor.shape}")
     if class_index is not None and not 0 <= int(class_index) < len(classifier.classes):
         raise ValueError(f"class_index must be in 0..{len(classifier.classes) - 1}, got {class_index}")
+    direct = classifier.class_activation_maps(tensor)
+    if direct is not None:
+        logits, maps = direct
+        chosen = int(np.argmax(logits)) if class_index is None else int(class_index)
+        cam = np.maximum(maps[:, :, chosen], 0.0).astype(np.float32)
+        # INTER_LINEAR samples at pixel centres, as tf.image.resize's bilinear does in the gradient path.
+        cam = cv2.resize(cam, (size, size), interpolation=cv2.INTER_LINEAR)
+        peak = float(cam.max())
+        return cam / peak if peak > 0.0 else np.zeros_like(cam)
+    import tensorflow as tf
+
     function = _gradient_function(classifier)
     heatmap = function(tensor[np.newaxis], tf.constant(-1 if class_index is None else int(class_index), tf.int32))
     return heatmap.numpy()
 
 
 def warm_up(classifier) -> None:
-    """Build and trace the classifier's gradient function now (loads TensorFlow: seconds, once)."""
-    _gradient_function(classifier)
+    """Make the first `gradcam` as fast as the next: trace the gradient function if one is needed."""
+    size = classifier.image_size
+    if classifier.class_activation_maps(np.zeros((size, size, 1), np.float32)) is None:
+        _gradient_function(classifier)  # Loads TensorFlow and traces: seconds, once per classifier.
 
 
 def overlay(grey: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> np.ndarray:
@@ -84,6 +97,8 @@ def _build_gradient_function(classifier):
     """A traced function (1, S, S, 1) images, class index (-1: predicted) -> (S, S) heat-map."""
     import keras
     import tensorflow as tf
+
+    from core.model import LAST_CONV_LAYER  # imports Keras, so only here
 
     model = classifier.model
     size = classifier.image_size

@@ -16,7 +16,13 @@ model file's sha256, together with reference outputs that TensorFlow computed fr
 file for a few probe tensors. Every load runs the probes through the converted network and uses
 it only if its features, logits and calibrated probabilities agree with the reference within
 `TOLERANCE`; otherwise, or when OpenVINO is not installed, it falls back to TensorFlow. The Keras model itself
-is loaded lazily, on the first call that needs it (e.g. Grad-CAM), and then kept.
+is loaded lazily, on the first call that needs it, and then kept.
+
+For Grad-CAM the converted network also returns the activations of `core.model.LAST_CONV_LAYER`.
+When the model's head is global average pooling, dropout and a linear dense layer (as
+`core.model.build_model` makes it), the gradient of a logit with respect to those activations is
+the dense kernel's column divided by the number of cells, exactly, so `class_activation_maps`
+gives `core.explain` the Grad-CAM maps with no TensorFlow in the process.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ RUNTIMES = ("auto", "openvino", "tensorflow")
 # Largest difference allowed between the converted network and TensorFlow on the probe tensors,
 # for features, logits and probabilities alike (measured differences are about 1e-6).
 TOLERANCE = 1e-4
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 _CACHE_ENTRIES_KEPT = 8  # older conversions (of replaced or test models) are deleted
 _PROBE_COUNT = 4
 
@@ -104,6 +110,20 @@ class Classifier:
     def version(self) -> str:
         return f"{self.card.name} {self.card.version}"
 
+    def class_activation_maps(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """One tensor (S, S, 1) -> logits (C,) and per-class maps (h, w, C) float32, or None.
+
+        Map c is sum_k A_k * W[k, c], with A the last convolutional activations and W the dense
+        head's kernel: Grad-CAM's weighted sum before its ReLU, up to the positive factor 1/(h*w).
+        None when the runtime cannot give it directly; `core.explain` then uses gradients.
+        """
+        if self._engine.name != "openvino" or self._engine.head_kernel is None:
+            return None
+        tensor = np.ascontiguousarray(tensor, dtype=np.float32).reshape(1, self.image_size, self.image_size, 1)
+        with self._lock:
+            logits, activations = self._engine.run_with_activations(tensor)
+        return logits[0], activations[0] @ self._engine.head_kernel
+
     @property
     def model(self):
         """The Keras model of the `.keras` file, loaded on first use (imports TensorFlow)."""
@@ -159,9 +179,10 @@ class _OpenVinoEngine:
 
     name = "openvino"
 
-    def __init__(self, network, image_size: int):
+    def __init__(self, network, image_size: int, head_kernel: np.ndarray | None = None):
         import openvino
 
+        self.head_kernel = head_kernel
         core = openvino.Core()
         # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise lower the precision.
         properties = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
@@ -178,6 +199,12 @@ class _OpenVinoEngine:
         request.infer([tensors])
         # Copies: the request's output buffers are reused by the next call.
         return (request.get_tensor("features").data.copy(), request.get_tensor("logits").data.copy())
+
+    def run_with_activations(self, tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and last convolutional activations, for the Grad-CAM maps."""
+        request = self._single if len(tensors) == 1 else self._batch
+        request.infer([tensors])
+        return request.get_tensor("logits").data.copy(), request.get_tensor("activations").data.copy()
 
 
 def _keras():
@@ -197,12 +224,37 @@ def _check_keras_model(card: ModelCard, model) -> None:
     check_model_matches_card(card, int(model.outputs[0].shape[-1]), tuple(model.inputs[0].shape))
 
 
-def _extractor(model):
-    """A model with the same input and two named outputs: pooled features and logits."""
-    from core.model import FEATURES_LAYER
+def _extractor(model, with_activations: bool = False):
+    """A model with the same input and named outputs: pooled features, logits (and activations)."""
+    from core.model import FEATURES_LAYER, LAST_CONV_LAYER
 
-    return _keras().Model(model.inputs[0], {"features": model.get_layer(FEATURES_LAYER).output,
-                                            "logits": model.outputs[0]})
+    outputs = {"features": model.get_layer(FEATURES_LAYER).output, "logits": model.outputs[0]}
+    if with_activations:
+        outputs["activations"] = model.get_layer(LAST_CONV_LAYER).output
+    return _keras().Model(model.inputs[0], outputs)
+
+
+def dense_head_kernel(model) -> np.ndarray | None:
+    """The (K, C) kernel of a head `last_conv -> global average pooling -> dropout* -> linear dense`, else None.
+
+    For such a head d logit_c / d A[i, j, k] = W[k, c] / (h * w) everywhere, which makes Grad-CAM's
+    channel weights the kernel's columns; any other head needs real gradients.
+    """
+    from core.model import LAST_CONV_LAYER
+
+    keras = _keras()
+    layer = model.outputs[0]._keras_history.operation
+    if not isinstance(layer, keras.layers.Dense) or layer.activation is not keras.activations.linear:
+        return None
+    dense = layer
+    layer = layer.input._keras_history.operation
+    while isinstance(layer, keras.layers.Dropout):
+        layer = layer.input._keras_history.operation
+    if not isinstance(layer, keras.layers.GlobalAveragePooling2D) or layer.data_format != "channels_last":
+        return None
+    if layer.input._keras_history.operation.name != LAST_CONV_LAYER:
+        return None
+    return np.asarray(dense.kernel.numpy(), dtype=np.float32)
 
 
 def probe_tensors(image_size: int) -> np.ndarray:
@@ -215,12 +267,12 @@ def probe_tensors(image_size: int) -> np.ndarray:
     return np.stack(probes)[..., np.newaxis]
 
 
-def outputs_agree(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray],
+def outputs_agree(reference: tuple[np.ndarray, ...], candidate: tuple[np.ndarray, ...],
                   temperature: float) -> float | None:
-    """Largest difference between two (features, logits) pairs, or None when over `TOLERANCE`.
+    """Largest difference between two (features, logits, ...) tuples, or None when over `TOLERANCE`.
 
-    Features and logits are compared relative to their size (tolerance times max(1, |value|)),
-    calibrated probabilities absolutely.
+    Arrays are compared relative to their size (tolerance times max(1, |value|)); the calibrated
+    probabilities from the logits (second item) absolutely.
     """
     worst = 0.0
     for expected, actual in zip(reference, candidate):
@@ -264,10 +316,11 @@ def _openvino_engine(card: ModelCard, required: bool):
             _convert_to_cache(model, card, folder)
         network = openvino.Core().read_model(folder / "network.xml")
         _check_network(card, network)
-        engine = _OpenVinoEngine(network, card.image_size)
         with np.load(folder / "reference.npz") as stored:
-            probes, reference = stored["probes"], (stored["features"], stored["logits"])
-        gap = outputs_agree(reference, engine.run(probes), card.temperature)
+            probes, reference = stored["probes"], (stored["features"], stored["logits"], stored["activations"])
+            head_kernel = stored["head_kernel"] if "head_kernel" in stored else None
+        engine = _OpenVinoEngine(network, card.image_size, head_kernel)
+        gap = outputs_agree(reference, engine.run(probes) + engine.run_with_activations(probes)[1:], card.temperature)
         if gap is None:
             raise ModelContractError(f"the converted network differs from the model by more than {TOLERANCE}")
         logger.info("openvino runtime for %s, largest difference from TensorFlow %.2g", card.model_path.name, gap)
@@ -285,8 +338,9 @@ def _openvino_engine(card: ModelCard, required: bool):
 
 def _check_network(card: ModelCard, network) -> None:
     names = {name for output in network.outputs for name in output.get_names()}
-    if not {"features", "logits"} <= names:
-        raise ModelContractError(f"the cached network has outputs {sorted(names)}, not features and logits")
+    if not {"features", "logits", "activations"} <= names:
+        raise ModelContractError(
+            f"the cached network has outputs {sorted(names)}, not features, logits and activations")
     logits_shape = network.output("logits").get_partial_shape()
     input_shape = network.input(0).get_partial_shape()
     check_model_matches_card(card, logits_shape[-1].get_length(),
@@ -298,7 +352,7 @@ def _convert_to_cache(model, card: ModelCard, folder: Path) -> None:
     import openvino
     import tensorflow as tf
 
-    extractor = _extractor(model)
+    extractor = _extractor(model, with_activations=True)
     size = card.image_size
     function = tf.function(lambda images: extractor(images, training=False), autograph=False,
                            input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32, name="scan")])
@@ -313,8 +367,10 @@ def _convert_to_cache(model, card: ModelCard, folder: Path) -> None:
     try:
         # Full precision on disk too: save_model would otherwise halve the weights to float16.
         openvino.save_model(network, staging / "network.xml", compress_to_fp16=False)
+        head_kernel = dense_head_kernel(model)
         np.savez(staging / "reference.npz", probes=probes, features=np.asarray(outputs["features"]),
-                 logits=np.asarray(outputs["logits"]))
+                 logits=np.asarray(outputs["logits"]), activations=np.asarray(outputs["activations"]),
+                 **({"head_kernel": head_kernel} if head_kernel is not None else {}))
         (staging / "source.json").write_text(json.dumps({
             "model_file": card.model_path.name, "model_sha256": card.data["model_sha256"],
             "openvino": openvino.__version__}, indent=2) + "\n", encoding="utf-8")

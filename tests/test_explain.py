@@ -15,7 +15,7 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def brightness_classifier(tmp_path_factory) -> Classifier:
+def brightness_model(tmp_path_factory):
     """A hand-made model whose glioma logit is +10x and meningioma logit -10x the mean of `last_conv`.
 
     `last_conv` is the input averaged over 4x4 blocks (8x8 cells), so the only place that can argue
@@ -41,7 +41,15 @@ def brightness_classifier(tmp_path_factory) -> Classifier:
         "display_names": {name: DISPLAY_NAMES[name] for name in CLASS_NAMES},
         "input": {"image_size": SIZE, "color_mode": "grayscale", "value_range": [0.0, 1.0]}, "temperature": 1.0,
     })
-    return Classifier.load(path, runtime="tensorflow")
+    return path
+
+
+@pytest.fixture(scope="module", params=["tensorflow", "openvino"])
+def brightness_classifier(request, brightness_model) -> Classifier:
+    """The hand-made model through either runtime: gradients in TensorFlow, direct maps in OpenVINO."""
+    classifier = Classifier.load(brightness_model, runtime=request.param)
+    assert classifier.runtime == request.param
+    return classifier
 
 
 def _tensor_with_lesion(rows: slice, columns: slice) -> np.ndarray:
@@ -79,15 +87,46 @@ def test_default_class_is_the_predicted_one(brightness_classifier):
     np.testing.assert_array_equal(gradcam(brightness_classifier, tensor), gradcam(brightness_classifier, tensor, 0))
 
 
-def test_real_architecture_gives_a_normalised_map_and_builds_once(tiny_classifier):
+@pytest.fixture(scope="module")
+def both_runtimes(tiny_model_path) -> dict[str, Classifier]:
+    return {runtime: Classifier.load(tiny_model_path, runtime=runtime) for runtime in ("tensorflow", "openvino")}
+
+
+def test_real_architecture_gives_a_normalised_map_and_builds_once(both_runtimes):
+    classifier = both_runtimes["tensorflow"]
     tensor = prepare_image(synthetic_slice(5, 96, 2), TINY_IMAGE_SIZE)
-    first = gradcam(tiny_classifier, tensor)
-    function = _gradient_functions[tiny_classifier]
-    second = gradcam(tiny_classifier, tensor, class_index=3)
-    assert _gradient_functions[tiny_classifier] is function
+    first = gradcam(classifier, tensor)
+    function = _gradient_functions[classifier]
+    second = gradcam(classifier, tensor, class_index=3)
+    assert _gradient_functions[classifier] is function
     for heatmap in (first, second):
         assert heatmap.shape == (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE) and heatmap.dtype == np.float32
         assert np.isfinite(heatmap).all() and heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+
+
+@pytest.mark.parametrize("class_index", [None, 0, 1, 2, 3])
+def test_direct_maps_equal_the_gradient_maps(both_runtimes, class_index):
+    assert both_runtimes["openvino"].class_activation_maps(np.zeros((TINY_IMAGE_SIZE,) * 2 + (1,))) is not None
+    for seed in range(3):
+        tensor = prepare_image(synthetic_slice(seed, 96, seed), TINY_IMAGE_SIZE)
+        gradients = gradcam(both_runtimes["tensorflow"], tensor, class_index)
+        direct = gradcam(both_runtimes["openvino"], tensor, class_index)
+        np.testing.assert_allclose(direct, gradients, atol=1e-5)
+
+
+def test_only_a_pooled_linear_head_counts_as_direct(tiny_classifier):
+    import keras
+    from keras import layers
+
+    from core.inference import dense_head_kernel
+
+    assert dense_head_kernel(tiny_classifier.model).shape == (tiny_classifier.model.get_layer("features").output.shape[-1], 4)
+    inputs = keras.Input((SIZE, SIZE, 1))
+    activations = layers.Activation("linear", name="last_conv")(layers.Conv2D(4, 3)(inputs))
+    pooled = layers.GlobalAveragePooling2D(name="features")(activations)
+    assert dense_head_kernel(keras.Model(inputs, layers.Dense(4, activation="relu")(pooled))) is None
+    assert dense_head_kernel(keras.Model(inputs, layers.Dense(4)(layers.Dense(8)(pooled)))) is None
+    assert dense_head_kernel(keras.Model(inputs, layers.Dense(4)(layers.GlobalMaxPooling2D()(activations)))) is None
 
 
 def test_bad_arguments_are_refused(tiny_classifier):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +18,8 @@ from core.errors import ModelContractError
 from core.inference import Classifier, cache_root, outputs_agree, probe_tensors
 from core.preprocess import prepare_image
 from tests.synthetic import TINY_IMAGE_SIZE, synthetic_slice
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +149,27 @@ def test_default_cache_lives_in_the_ignored_data_folder(monkeypatch):
 
     monkeypatch.delenv("BRAINSCAN_RUNTIME_CACHE", raising=False)
     assert cache_root().parent == config.DATA_DIR
+
+
+def test_a_cached_model_classifies_and_explains_without_tensorflow(tiny_model_path):
+    # What keeps the app's cold start and memory small: TensorFlow is never imported.
+    Classifier.load(tiny_model_path, runtime="openvino")  # makes sure the cache exists
+    code = (
+        "import sys, numpy as np\n"
+        "from core.inference import Classifier\n"
+        "from core.explain import gradcam\n"
+        f"classifier = Classifier.load({str(tiny_model_path)!r})\n"
+        "tensor = np.random.default_rng(0).random((classifier.image_size, classifier.image_size, 1), np.float32)\n"
+        "print(classifier.runtime, classifier.predict_tensors(tensor[None]).probabilities.shape,\n"
+        "      gradcam(classifier, tensor).shape, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))
+    environment.pop("BRAINSCAN_RUNTIME", None)
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                              env=environment, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    size = TINY_IMAGE_SIZE
+    assert finished.stdout.split("\n")[0] == f"openvino (1, 4) ({size}, {size}) False False"
 
 
 def test_unknown_runtime_is_refused(tiny_model_path):
