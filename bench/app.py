@@ -1,0 +1,384 @@
+"""The app as reviewers meet it: cold start, browser latency, concurrent sessions and server memory.
+
+    python bench/app.py [--model PATH] [--data DIR] [--sessions 8] [--scans 20] [--rounds 3]
+
+It starts `streamlit run streamlit_app.py` on a free loopback port (a fresh history database, the
+given model) and drives headless Chromium (Debian's, /usr/bin/chromium) with Playwright:
+
+1. cold start: from launching `streamlit run` to the first scan's probability bars visible in a
+   page that opened the app and uploaded it (the browser itself is started beforehand);
+2. latency, one session: choose a file -> its probability bars visible, one scan at a time,
+   clearing the worklist in between (median and p95);
+3. latency, N concurrent sessions: the same in N browser contexts at once; every answer is checked
+   against `python -m core predict` on the same file (class and calibrated probability shown);
+4. memory: N sessions each upload S scans at once (a worklist), clear, and do it again for R
+   rounds; the server's resident memory is sampled every 100 ms from /proc, and its growth from
+   the end of the first round to the end of the last is reported.
+Every wait is bounded; the server is stopped at the end. Exit status 1 if any answer was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHROMIUM = next((path for path in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.access(path, os.X_OK)), None)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+WAIT_MS = 120_000  # the longest any single step may take before the bench gives up
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or models/brainscan-default.keras)")
+    parser.add_argument("--data", help="folder of scans (default: synthetic scans)")
+    parser.add_argument("--sessions", type=int, default=8, help="concurrent browser sessions")
+    parser.add_argument("--scans", type=int, default=20, help="scans each session uploads in the memory rounds")
+    parser.add_argument("--single", type=int, default=15, help="one-at-a-time uploads in the one-session latency run")
+    parser.add_argument("--per-session", type=int, default=5, help="one-at-a-time uploads per concurrent session")
+    parser.add_argument("--rounds", type=int, default=3, help="memory rounds (upload S scans, clear)")
+    parser.add_argument("--json", help="also write the figures here")
+    arguments = parser.parse_args(argv)
+    if CHROMIUM is None:
+        raise SystemExit("error: no Chromium at /usr/bin/chromium (make browser installs it)")
+
+    from core import config
+
+    model_path = Path(arguments.model) if arguments.model else config.model_path()
+    with tempfile.TemporaryDirectory(prefix="brainscan-app-bench-") as scratch:
+        scratch = Path(scratch)
+        if not model_path.is_file():
+            if arguments.model:
+                raise SystemExit(f"error: model {model_path} does not exist")
+            from bench.inference import _untrained_model
+
+            model_path = _untrained_model(scratch / "model")
+        count = max(arguments.sessions * arguments.scans, arguments.single + arguments.sessions * arguments.per_session)
+        files, data_note = _scans(arguments.data, count, scratch / "scans")
+        runtime, load_s = _warm_runtime_cache(model_path)
+        expected = _expected(model_path, files, scratch / "expected.csv")
+        files = [path for path in files if expected[path.name]["status"] == "ok"]
+        print(f"model {model_path}, runtime {runtime}; {len(files)} scans that the CLI classifies ({data_note})",
+              flush=True)
+        figures = {"machine": _machine(), "model": str(model_path), "runtime": runtime, "data": data_note,
+                   "sessions": arguments.sessions, "scans_per_session": arguments.scans}
+        figures.update(asyncio.run(_bench(arguments, model_path, files, expected, scratch)))
+    _print(figures)
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return 1 if figures["wrong_answers"] else 0
+
+
+async def _bench(arguments, model_path: Path, files: list[Path], expected: dict, scratch: Path) -> dict:
+    from playwright.async_api import async_playwright
+
+    figures: dict = {"wrong_answers": []}
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            # 1. Cold start: the clock starts when `streamlit run` is launched.
+            context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = await context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            started = time.perf_counter()
+            server = _Server(model_path, scratch)
+            try:
+                await asyncio.to_thread(server.wait_healthy)
+                healthy = time.perf_counter() - started
+                await page.goto(server.url)
+                await _wait_idle(page)
+                await page.get_by_text("Upload brain MRI slices").wait_for()
+                page_ready = time.perf_counter() - started
+                first = files[0]
+                await _upload(page, [first])
+                await _wait_for_bars(page, first.name)
+                figures["cold_start"] = {"server_healthy_s": healthy, "page_ready_s": page_ready,
+                                         "first_bars_s": time.perf_counter() - started}
+                figures["rss_after_first_prediction_mb"] = server.rss_mb()
+                figures["wrong_answers"] += await _check_answer(page, first, expected)
+                print(f"cold start: {figures['cold_start']['first_bars_s']:.1f} s", flush=True)
+
+                # 2. One session, one scan at a time.
+                latencies = []
+                for path in files[1:1 + arguments.single]:
+                    latency, wrong = await _timed_upload(page, path, expected)
+                    latencies.append(latency)
+                    figures["wrong_answers"] += wrong
+                figures["single_session"] = _summary(latencies)
+                await context.close()
+                print(f"one session: median {figures['single_session']['median_s']:.2f} s", flush=True)
+
+                # 3. N sessions at once, each one scan at a time.
+                offset = 1 + arguments.single
+                chunks = [files[offset + index * arguments.per_session: offset + (index + 1) * arguments.per_session]
+                          for index in range(arguments.sessions)]
+                results = await asyncio.gather(*(_session_latencies(browser, server.url, chunk, expected)
+                                                 for chunk in chunks))
+                concurrent = [latency for latencies, _ in results for latency in latencies]
+                figures["concurrent_sessions"] = _summary(concurrent)
+                figures["wrong_answers"] += [wrong for _, wrongs in results for wrong in wrongs]
+                print(f"{arguments.sessions} sessions: p95 {figures['concurrent_sessions']['p95_s']:.2f} s", flush=True)
+
+                # 4. Memory: N sessions x S scans at once, cleared, R rounds; RSS sampled throughout.
+                figures["memory"] = await _memory_rounds(browser, server, arguments, files)
+            finally:
+                figures["server_log_tail"] = server.stop()
+        finally:
+            await browser.close()
+    return figures
+
+
+async def _session_latencies(browser, url: str, files: list[Path], expected: dict) -> tuple[list[float], list[str]]:
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = await context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        await page.goto(url)
+        await page.get_by_text("Upload brain MRI slices").wait_for()
+        await _wait_idle(page)
+        latencies, wrongs = [], []
+        for path in files:
+            latency, wrong = await _timed_upload(page, path, expected)
+            latencies.append(latency)
+            wrongs += wrong
+        return latencies, wrongs
+    finally:
+        await context.close()
+
+
+async def _timed_upload(page, path: Path, expected: dict) -> tuple[float, list[str]]:
+    """Clear the worklist, then time choosing `path` until its probability bars are visible."""
+    clear = page.get_by_role("button", name="Clear worklist")
+    if await clear.count():
+        await clear.click()
+        await page.locator("[data-testid='stVegaLiteChart']").first.wait_for(state="detached")
+        await _wait_idle(page)
+    started = time.perf_counter()
+    await _upload(page, [path])
+    await _wait_for_bars(page, path.name)
+    latency = time.perf_counter() - started
+    return latency, await _check_answer(page, path, expected)
+
+
+async def _memory_rounds(browser, server, arguments, files: list[Path]) -> dict:
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+    started = time.perf_counter()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.perf_counter() - started, server.rss_mb()))
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    contexts = [await browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(arguments.sessions)]
+    pages = [await context.new_page() for context in contexts]
+    baseline = server.rss_mb()
+    after_round = []
+    try:
+        for page in pages:
+            page.set_default_timeout(WAIT_MS)
+        await asyncio.gather(*(page.goto(server.url) for page in pages))
+        await asyncio.gather(*(page.get_by_text("Upload brain MRI slices").wait_for() for page in pages))
+        for round_index in range(arguments.rounds):
+            batches = [files[(index * arguments.scans) % len(files):][: arguments.scans] for index in range(len(pages))]
+            await asyncio.gather(*(_upload_batch(page, batch) for page, batch in zip(pages, batches)))
+            await asyncio.sleep(1.0)  # let the server settle before reading its resident memory
+            after_round.append(server.rss_mb())
+            print(f"memory round {round_index + 1}: {after_round[-1]:.0f} MB", flush=True)
+    finally:
+        stop.set()
+        sampler.join()
+        for context in contexts:
+            await context.close()
+    return {"rss_before_mb": baseline, "rss_after_each_round_mb": after_round,
+            "peak_rss_mb": max(value for _, value in samples), "server_vm_hwm_mb": server.high_water_mb(),
+            "growth_first_to_last_round_mb": after_round[-1] - after_round[0], "samples": len(samples)}
+
+
+async def _upload_batch(page, batch: list[Path]) -> None:
+    """Clear, upload a worklist of scans at once and wait until all are classified and shown."""
+    clear = page.get_by_role("button", name="Clear worklist")
+    if await clear.count():
+        await clear.click()
+        await _wait_idle(page)
+    await _upload(page, batch)
+    await page.get_by_text(f"{len(batch)} new").first.wait_for()  # the worklist's status line
+    await page.locator("[data-testid='stVegaLiteChart']").first.wait_for()
+    await _wait_idle(page)
+
+
+async def _upload(page, paths: list[Path]) -> None:
+    await page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files([str(path) for path in paths])
+
+
+async def _wait_for_bars(page, file_name: str) -> None:
+    await page.get_by_role("heading", name=file_name).wait_for()
+    await page.locator("[data-testid='stVegaLiteChart']").first.wait_for()
+
+
+async def _wait_idle(page) -> None:
+    await page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+
+
+async def _check_answer(page, path: Path, expected: dict) -> list[str]:
+    """The page's class and calibrated probability must be the CLI's for the same file."""
+    metrics = {}
+    for metric in await page.locator("[data-testid='stMetric']").all():
+        label = (await metric.locator("[data-testid='stMetricLabel']").inner_text()).strip()
+        metrics[label] = (await metric.locator("[data-testid='stMetricValue']").inner_text()).strip()
+    want = expected[path.name]
+    shown_class, shown_probability = metrics.get("Model's class"), metrics.get("Calibrated probability", "")
+    try:
+        probability = float(shown_probability.rstrip("%")) / 100.0
+    except ValueError:
+        probability = float("nan")
+    if shown_class != want["display_name"] or not abs(probability - want["probability"]) <= 0.0011:
+        return [f"{path.name}: page shows {shown_class} {shown_probability}, "
+                f"CLI says {want['display_name']} {want['probability']:.1%}"]
+    return []
+
+
+class _Server:
+    """`streamlit run streamlit_app.py` on a free loopback port, with a fresh history database."""
+
+    def __init__(self, model_path: Path, scratch: Path):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = scratch / "streamlit.log"
+        environment = dict(os.environ, BRAINSCAN_MODEL=str(model_path), PYTHONPATH=str(ROOT),
+                           BRAINSCAN_HISTORY_DB=str(scratch / "history.sqlite3"), TF_CPP_MIN_LOG_LEVEL="3")
+        command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+                   "--server.port", str(port), "--server.address", "127.0.0.1",
+                   "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"streamlit did not start:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+
+    def _status_mb(self, field: str) -> float:
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, ValueError):
+            pass
+        return float("nan")
+
+    def rss_mb(self) -> float:
+        return self._status_mb("VmRSS")
+
+    def high_water_mb(self) -> float:
+        return self._status_mb("VmHWM")
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+        return self.log_path.read_text(errors="replace")[-1500:]
+
+
+def _warm_runtime_cache(model_path: Path) -> tuple[str, float]:
+    """Load the model once here so the server's first load finds the converted network cached."""
+    started = time.perf_counter()
+    from core.inference import Classifier
+
+    classifier = Classifier.load(model_path)
+    return classifier.runtime, time.perf_counter() - started
+
+
+def _expected(model_path: Path, files: list[Path], output: Path) -> dict:
+    """What `python -m core predict` says for each file: status, class display name, probability."""
+    from core.card import load_card
+
+    display_names = load_card(model_path).display_names
+    subprocess.run([sys.executable, "-m", "core", "predict", str(files[0].parent), "--model", str(model_path),
+                    "--csv", str(output)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                   capture_output=True, timeout=900, check=False)
+    expected = {}
+    with open(output, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            name = Path(row["file"]).name
+            label = row["predicted_class"]
+            expected[name] = {"status": row["status"], "display_name": display_names.get(label),
+                              "probability": float(row[f"p_{label}"]) if label else float("nan")}
+    return expected
+
+
+def _scans(data: str | None, count: int, folder: Path) -> tuple[list[Path], str]:
+    from bench.inference import _scans as make_scans
+
+    return make_scans(data, count, folder)
+
+
+def _machine() -> dict:
+    return {"cores": len(os.sched_getaffinity(0)), "load_average_1min": os.getloadavg()[0]}
+
+
+def _summary(latencies: list[float]) -> dict:
+    ordered = sorted(latencies)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return {"n": len(ordered), "median_s": statistics.median(ordered), "p95_s": p95, "max_s": ordered[-1]}
+
+
+def _print(figures: dict) -> None:
+    cold, single, concurrent, memory = (figures["cold_start"], figures["single_session"],
+                                        figures["concurrent_sessions"], figures["memory"])
+    print(f"\nmachine: {figures['machine']['cores']} cores, load average at start "
+          f"{figures['machine']['load_average_1min']:.2f}; runtime {figures['runtime']}; data: {figures['data']}\n")
+    print("| measurement | result | target |")
+    print("| --- | ---: | ---: |")
+    print(f"| cold start: `streamlit run` -> first prediction's bars visible | {cold['first_bars_s']:.1f} s "
+          f"(server up {cold['server_healthy_s']:.1f} s, page ready {cold['page_ready_s']:.1f} s) | < 10 s |")
+    print(f"| choose a file -> bars visible, 1 session, median (p95) of {single['n']} | "
+          f"{single['median_s']:.2f} s ({single['p95_s']:.2f} s) | median < 1.5 s |")
+    print(f"| same, {figures['sessions']} concurrent sessions, median (p95) of {concurrent['n']} | "
+          f"{concurrent['median_s']:.2f} s ({concurrent['p95_s']:.2f} s) | p95 < 4 s |")
+    rounds = ", ".join(f"{value:.0f}" for value in memory["rss_after_each_round_mb"])
+    print(f"| server peak RSS, {figures['sessions']} sessions x {figures['scans_per_session']} scans | "
+          f"{memory['peak_rss_mb']:.0f} MB (VmHWM {memory['server_vm_hwm_mb']:.0f} MB) | < 1500 MB |")
+    print(f"| server RSS after each round (MB) | {rounds}; growth first -> last "
+          f"{memory['growth_first_to_last_round_mb']:+.0f} MB | no growth |")
+    wrong = figures["wrong_answers"]
+    checked = 1 + single["n"] + concurrent["n"]
+    print(f"\ncorrectness: {checked - len(wrong)} of {checked} answers equal `python -m core predict` "
+          f"(class and calibrated probability shown)")
+    for line in wrong[:10]:
+        print(f"  WRONG {line}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
