@@ -1,0 +1,148 @@
+"""History: every prediction and verdict, filters, summary charts and a spreadsheet-safe CSV export."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+import app_support
+from core.classes import CLASS_NAMES, DISPLAY_NAMES
+from core.export import CASE_COLUMNS, EVENT_COLUMNS, csv_bytes
+from core.history import PROBABILITY_COLUMNS, VERDICT_NAMES, VERDICTS, filter_rows, row_date, summarise
+
+VIEWS = {"cases": "Cases (latest state)", "events": "Every event"}
+NO_VERDICT = "none"
+VERDICT_FILTER_NAMES = {NO_VERDICT: "No verdict yet", **VERDICT_NAMES}
+
+
+def table(rows: list[dict], view: str, display_names: dict[str, str]) -> pd.DataFrame:
+    """History rows as the on-screen table: display names, sha256 prefix, UTC time to the second."""
+    def name(value):
+        return display_names.get(value, value) if value else ""
+
+    frame = pd.DataFrame({
+        "Time (UTC)": [row["time"][:19].replace("T", " ") for row in rows],
+        "Reviewer": [row["reviewer"] for row in rows],
+        "File": [row["file_name"] for row in rows],
+        "sha256": [row["sha256"][:12] for row in rows],
+        "Model version": [row["model_version"] for row in rows],
+        **({"Event": [row["kind"] for row in rows]} if view == "events" else {}),
+        "Model's class": [name(row["predicted_class"]) for row in rows],
+        **{f"P({display_names.get(column[2:], column[2:])})": [row[column] for row in rows]
+           for column in PROBABILITY_COLUMNS},
+        "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in rows],
+        "Final label": [name(row["final_label"]) for row in rows],
+        "Reason": [row["reason"] for row in rows],
+        "Note": [row["note"] for row in rows],
+    })
+    return frame
+
+
+def cases_chart(summary: dict, display_names: dict[str, str]) -> alt.Chart:
+    """Bars: scans per class the model gave."""
+    frame = pd.DataFrame({"Class": [display_names.get(name, name) for name in CLASS_NAMES],
+                          "Scans": [summary["cases_per_class"][name] for name in CLASS_NAMES]})
+    return alt.Chart(frame, title="Scans per model class").mark_bar(cornerRadiusEnd=3).encode(
+        y=alt.Y("Class:N", sort=list(frame["Class"]), title=None, axis=alt.Axis(labelOverlap=False)),
+        x=alt.X("Scans:Q", title="Scans", axis=alt.Axis(tickMinStep=1)),
+        tooltip=["Class:N", "Scans:Q"],
+    ).properties(height=220)
+
+
+def confusion_chart(summary: dict, display_names: dict[str, str]) -> alt.Chart:
+    """Heat map: the model's class against the reviewer's final label, over scans with a final label."""
+    names = [display_names.get(name, name) for name in CLASS_NAMES]
+    frame = pd.DataFrame([
+        {"Model class": names[row], "Final label": names[column], "Scans": summary["confusion"][row][column]}
+        for row in range(len(names)) for column in range(len(names))
+    ])
+    # Vega-Lite field names must not contain quotes, hence "Model class" rather than "Model's class".
+    base = alt.Chart(frame, title="Model's class against final label").encode(
+        x=alt.X("Final label:N", sort=names, axis=alt.Axis(labelAngle=0, labelLimit=110)),
+        y=alt.Y("Model class:N", sort=names, title="Model's class"),
+    )
+    cells = base.mark_rect().encode(color=alt.Color("Scans:Q", scale=alt.Scale(scheme="blues"), legend=None),
+                                    tooltip=["Model class:N", "Final label:N", "Scans:Q"])
+    peak = max(1, max(max(row) for row in summary["confusion"]))
+    text = base.mark_text(fontSize=13).encode(
+        text="Scans:Q",
+        color=alt.condition(alt.datum.Scans > peak / 2, alt.value("white"), alt.value("#1a202c")),
+    )
+    return (cells + text).properties(height=220)
+
+
+def main() -> None:
+    st.title("History")
+    session = app_support.session_id()
+    status = app_support.model_status()
+    display_names = status.classifier.card.display_names if status.classifier is not None else dict(DISPLAY_NAMES)
+    store = app_support.history_store()
+    if store is None:
+        return
+
+    top = st.columns([3, 2], vertical_alignment="bottom")
+    view = top[0].segmented_control("Show", list(VIEWS), format_func=VIEWS.get, default="cases", required=True,
+                                    key="history_view") or "cases"
+    everyone = top[1].toggle("All sessions", value=False, key="history_all_sessions",
+                             help="Off: only the scans of this browser session. On: everything ever recorded.")
+    scope = None if everyone else session
+    try:
+        cases = store.current_state(session_id=scope)
+        rows = cases if view == "cases" else store.events(session_id=scope)
+    except sqlite3.Error as error:
+        st.error(f"The history database could not be read ({error}).", icon=":material/database:")
+        return
+    if not rows:
+        st.info("Nothing recorded yet in this session. Review a scan, or switch on **All sessions**."
+                if not everyone else "Nothing has been recorded yet.", icon=":material/inbox:")
+        return
+
+    filters = st.columns(4)
+    classes = filters[0].multiselect("Class (model or final)", CLASS_NAMES, key="history_classes",
+                                     format_func=lambda name: display_names.get(name, name))
+    verdicts = filters[1].multiselect("Verdict", [NO_VERDICT, *VERDICTS], key="history_verdicts",
+                                      format_func=VERDICT_FILTER_NAMES.get)
+    reviewers = filters[2].multiselect("Reviewer", sorted({row["reviewer"] for row in rows if row["reviewer"]}),
+                                       key="history_reviewers")
+    days = sorted({row_date(row) for row in rows})
+    chosen_days = filters[3].date_input("Dates (UTC)", value=[], min_value=days[0], max_value=days[-1],
+                                        key="history_dates")
+    start = chosen_days[0] if len(chosen_days) > 0 else None
+    end = chosen_days[1] if len(chosen_days) > 1 else start
+    criteria = {"classes": classes, "reviewers": reviewers, "start": start, "end": end,
+                "verdicts": [None if verdict == NO_VERDICT else verdict for verdict in verdicts]}
+    shown = filter_rows(rows, **criteria)
+    summary = summarise(filter_rows(cases, **criteria))
+
+    figures = st.columns(4)
+    figures[0].metric("Scans", sum(summary["cases_per_class"].values()))
+    figures[1].metric("Reviewed", summary["status_counts"]["reviewed"])
+    figures[2].metric("Flagged", summary["status_counts"]["flagged"])
+    figures[3].metric("Model-reviewer agreement",
+                      "-" if summary["agreement"] is None else f"{summary['agreement']:.0%}",
+                      help=f"{summary['agreed']} of {summary['decided']} scans with a final label kept the "
+                           "model's class.")
+    charts = st.columns(2, gap="large")
+    charts[0].altair_chart(cases_chart(summary, display_names), width="stretch")
+    charts[1].altair_chart(confusion_chart(summary, display_names), width="stretch")
+
+    st.subheader(f"{len(shown)} of {len(rows)} {'scans' if view == 'cases' else 'events'}", divider="gray")
+    probability_columns = {f"P({display_names.get(column[2:], column[2:])})": st.column_config.NumberColumn(
+        format="percent") for column in PROBABILITY_COLUMNS}
+    st.dataframe(table(shown, view, display_names), hide_index=True, key="history_table",
+                 column_config=probability_columns)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    # Built once per run from exactly the rows on screen; a download button is never nested in a button.
+    st.download_button(
+        "Export CSV", data=csv_bytes(shown, CASE_COLUMNS if view == "cases" else EVENT_COLUMNS),
+        file_name=f"brainscan-history-{view}-{stamp}.csv", mime="text/csv", key="history_export",
+        on_click="ignore", icon=":material/download:", type="primary",
+        help="The rows shown above. Text that a spreadsheet would run as a formula is prefixed with '.",
+    )
+
+
+main()

@@ -1,0 +1,203 @@
+"""Model: the loaded model's card - classes, input contract, training data, metrics, calibration, limits.
+
+Every section but the header reads optional card keys and says "not recorded" when one is absent,
+so an older or partial card still renders.
+"""
+
+from __future__ import annotations
+
+import json
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+import app_support
+
+NOT_RECORDED = "not recorded in the card"
+
+
+def _text(value) -> str:
+    return app_support.escape_markdown(str(value))
+
+
+def _number(value, style: str = "{:.3f}") -> str:
+    return style.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _section(title: str) -> None:
+    st.subheader(title, divider="gray")
+
+
+def render_overview(data: dict, card) -> None:
+    """Name, version, intended use and limitations: what a reviewer must know first."""
+    st.title(f"{card.name} · version {card.version}")
+    st.caption(f"Model file {data.get('model_file', card.model_path.name)} · "
+               f"sha256 {str(data.get('model_sha256', ''))[:12]}…")
+    _section("Intended use")
+    st.markdown(_text(data["intended_use"]) if data.get("intended_use") else NOT_RECORDED)
+    _section("Limitations")
+    limitations = data.get("limitations") or []
+    if isinstance(limitations, str):
+        limitations = [limitations]
+    st.markdown("\n".join(f"- {_text(item)}" for item in limitations) if limitations else NOT_RECORDED)
+
+
+def render_contract(data: dict, card) -> None:
+    """Class order and display names, and the input the model expects."""
+    _section("Classes and input")
+    left, right = st.columns(2, gap="large")
+    left.dataframe(pd.DataFrame({"Output": range(len(card.classes)), "Class": list(card.classes),
+                                 "Shown as": [card.display_names.get(name, name) for name in card.classes]}),
+                   hide_index=True, key="model_classes")
+    contract = data.get("input") or {}
+    facts = {"Image size": f"{contract['image_size']} × {contract['image_size']} pixels"
+             if "image_size" in contract else "-",
+             "Colour": contract.get("color_mode", "-"), "Value range": contract.get("value_range", "-"),
+             "Preprocessing": contract.get("preprocessing", "-"), "Architecture": data.get("architecture", "-")}
+    right.dataframe(pd.DataFrame({"Input": list(facts), "Value": [_flat(value) for value in facts.values()]}),
+                    hide_index=True, key="model_input")
+
+
+def _flat(value) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def render_training(data: dict) -> None:
+    """Training data, the split and the command that produced the model."""
+    _section("Training data and split")
+    training = data.get("training") or {}
+    if not training:
+        st.markdown(NOT_RECORDED)
+        return
+    sources = training.get("data") or []
+    if isinstance(sources, (str, dict)):
+        sources = [sources]
+    st.markdown("**Data**: " + (", ".join(_text(_flat(source)) for source in sources) if sources else NOT_RECORDED))
+    if training.get("split_manifest"):
+        st.markdown(f"**Split manifest**: `{training['split_manifest']}`")
+    counts = training.get("split_counts") or {}
+    if counts and all(isinstance(value, dict) for value in counts.values()):
+        st.dataframe(pd.DataFrame(counts).fillna(0).astype(int, errors="ignore"), key="model_split_counts")
+    elif counts:
+        st.dataframe(pd.DataFrame({"Split": list(counts), "Scans": [_flat(value) for value in counts.values()]}),
+                     hide_index=True, key="model_split_counts")
+    if training.get("command"):
+        st.markdown("**Command**")
+        st.code(str(training["command"]), language="bash")
+    rest = {key: value for key, value in training.items() if key not in {"data", "split_manifest", "split_counts",
+                                                                         "command"}}
+    if rest:
+        with st.expander("Other training settings"):
+            st.json(rest)
+
+
+def render_metrics(data: dict, card) -> None:
+    """Test (and validation) metrics, per-class table and confusion matrix."""
+    _section("Measured performance")
+    metrics = data.get("metrics") or {}
+    if not metrics:
+        st.markdown(NOT_RECORDED)
+        return
+    if data.get("metrics_data"):
+        st.caption(f"Measured on: {_text(_flat(data['metrics_data']))}")
+    splits = [split for split in ("test", "validation") if isinstance(metrics.get(split), dict)]
+    summary = pd.DataFrame({
+        "Split": splits,
+        "Scans": [_number(metrics[split].get("n"), "{:.0f}") for split in splits],
+        "Accuracy": [_number(metrics[split].get("accuracy"), "{:.1%}") for split in splits],
+        "Macro F1": [_number(metrics[split].get("macro_f1")) for split in splits],
+        "ECE (calibrated)": [_number(metrics[split].get("ece")) for split in splits],
+    })
+    st.dataframe(summary, hide_index=True, key="model_metrics")
+    test = metrics.get("test") or metrics.get(splits[0] if splits else "", {}) or {}
+    per_class = test.get("per_class") or {}
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.markdown("**Per class (test)**")
+        if per_class:
+            names = [name for name in card.classes if name in per_class]
+            st.dataframe(pd.DataFrame({
+                "Class": [card.display_names.get(name, name) for name in names],
+                "Precision": [_number(per_class[name].get("precision")) for name in names],
+                "Recall": [_number(per_class[name].get("recall")) for name in names],
+                "F1": [_number(per_class[name].get("f1")) for name in names],
+                "Support": [_number(per_class[name].get("support"), "{:.0f}") for name in names],
+            }), hide_index=True, key="model_per_class")
+        else:
+            st.markdown(NOT_RECORDED)
+    with right:
+        st.markdown("**Confusion matrix (test)**")
+        matrix = test.get("confusion_matrix")
+        if _is_square(matrix, len(card.classes)):
+            st.altair_chart(confusion_chart(matrix, [card.display_names.get(name, name) for name in card.classes]),
+                            width="stretch")
+        else:
+            st.markdown(NOT_RECORDED)
+
+
+def _is_square(matrix, size: int) -> bool:
+    return isinstance(matrix, list) and len(matrix) == size and all(
+        isinstance(row, list) and len(row) == size for row in matrix)
+
+
+def confusion_chart(matrix: list[list[int]], names: list[str]) -> alt.Chart:
+    """Heat map of a confusion matrix: rows are true classes, columns the model's."""
+    # Vega-Lite field names must not contain quotes, hence "Model class" rather than "Model's class".
+    frame = pd.DataFrame([{"True class": names[row], "Model class": names[column], "Scans": matrix[row][column]}
+                          for row in range(len(names)) for column in range(len(names))])
+    base = alt.Chart(frame).encode(x=alt.X("Model class:N", sort=names, title="Model's class",
+                                           axis=alt.Axis(labelAngle=0, labelLimit=110)),
+                                   y=alt.Y("True class:N", sort=names))
+    peak = max(1, max(max(row) for row in matrix))
+    cells = base.mark_rect().encode(color=alt.Color("Scans:Q", scale=alt.Scale(scheme="blues"), legend=None),
+                                    tooltip=["True class:N", "Model class:N", "Scans:Q"])
+    text = base.mark_text(fontSize=13).encode(
+        text="Scans:Q", color=alt.condition(alt.datum.Scans > peak / 2, alt.value("white"), alt.value("#1a202c")))
+    return (cells + text).properties(height=240)
+
+
+def render_calibration(data: dict) -> None:
+    """Temperature scaling and its effect, and the out-of-distribution gate."""
+    _section("Calibration and out-of-distribution gate")
+    test = (data.get("metrics") or {}).get("test") or {}
+    facts = {
+        "Temperature": _number(data.get("temperature")),
+        "ECE before calibration (test)": _number(test.get("ece_uncalibrated")),
+        "ECE after calibration (test)": _number(test.get("ece")),
+    }
+    ood = data.get("ood") or {}
+    if ood:
+        facts["Out-of-distribution threshold"] = str(ood.get("threshold", "-"))
+        for key, value in ood.items():
+            if key not in {"file", "sha256", "threshold"}:
+                facts[f"Gate: {key.replace('_', ' ')}"] = _flat(value)
+    if "ood_pass_rate" in test:
+        facts["MRI test scans passing the gate"] = _number(test.get("ood_pass_rate"), "{:.1%}")
+    st.dataframe(pd.DataFrame({"Measure": list(facts), "Value": list(facts.values())}), hide_index=True,
+                 key="model_calibration")
+    st.caption("Probabilities shown on the Review page are calibrated by temperature scaling; ECE is the expected "
+               "calibration error (lower is better).")
+
+
+def main() -> None:
+    status = app_support.model_status()
+    if status.classifier is None:
+        st.title("Model")
+        st.error(f"**The model is not available**: {app_support.escape_markdown(status.error)}.",
+                 icon=":material/error:")
+        return
+    card = status.classifier.card
+    data = card.data
+    render_overview(data, card)
+    render_contract(data, card)
+    render_training(data)
+    render_metrics(data, card)
+    render_calibration(data)
+    with st.expander("The whole card (JSON)"):
+        st.json(data, expanded=False)
+
+
+main()

@@ -1,0 +1,124 @@
+"""The only Streamlit-aware glue: the cached model, the history store, the session id and the shared sidebar.
+
+`core/` never imports Streamlit; pages never load models or open databases themselves.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from core import config
+from core.history import MAX_REVIEWER_CHARS, HistoryStore
+
+NOTICE = (
+    "**Review aid only - not a diagnostic device.** The model's output may be wrong; every decision "
+    "rests with a qualified reader."
+)
+SESSION_PARAMETER = "session"
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'])")
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """The shared classifier, or why there is none: exactly one of `classifier` and `error` is set."""
+
+    path: Path
+    classifier: object | None = None
+    error: str | None = None
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=2)
+def _load_classifier(model_path: str, stamp: tuple[int, int]):
+    # One load per process and file version, shared by every session: the stamp (modification
+    # time and size) makes a replaced model file load afresh. Failures raise and are therefore
+    # not cached, so fixing the file takes effect on the next rerun without a restart.
+    from core.inference import Classifier
+
+    classifier = Classifier.load(Path(model_path))  # Traces and warms up inference.
+    try:
+        from core.explain import warm_up
+    except ImportError:
+        return classifier
+    warm_up(classifier)  # The first heat-map a reviewer asks for then costs one call, not a trace.
+    return classifier
+
+
+def model_status() -> ModelStatus:
+    """Load (once per process) the configured model; never raises."""
+    from core.card import card_path_for
+    from core.errors import ModelContractError
+
+    path = config.model_path()
+    try:
+        stamps = [(file.stat().st_mtime_ns, file.stat().st_size) for file in (path, card_path_for(path))]
+        stamp = (max(mtime for mtime, _ in stamps), sum(size for _, size in stamps))
+    except OSError:
+        stamp = (0, 0)
+    try:
+        return ModelStatus(path, classifier=_load_classifier(str(path), stamp))
+    except ModelContractError as error:
+        return ModelStatus(path, error=str(error))
+    except Exception as error:  # Whatever else breaks loading, the page must explain it, not crash.
+        return ModelStatus(path, error=f"the model at {path} could not be loaded ({type(error).__name__}: {error})")
+
+
+def history_store() -> HistoryStore | None:
+    """The history database named by BRAINSCAN_HISTORY_DB, or None after showing why it cannot be opened.
+
+    Cheap to call on every run: connections are opened per operation, the schema once per process.
+    """
+    path = config.history_db_path()
+    try:
+        return HistoryStore(path)
+    except (OSError, sqlite3.Error) as error:
+        st.error(f"**The history database {escape_markdown(str(path))} cannot be opened** ({error}). Nothing can "
+                 "be recorded until it is fixed: check BRAINSCAN_HISTORY_DB and the folder's permissions.",
+                 icon=":material/database:")
+        return None
+
+
+def session_id() -> str:
+    """This browser tab's id, kept in session state and mirrored in the URL so a refresh keeps it."""
+    if "session_id" not in st.session_state:
+        from_url = st.query_params.get(SESSION_PARAMETER, "")
+        st.session_state["session_id"] = from_url if _SESSION_ID.fullmatch(from_url) else uuid.uuid4().hex
+    identifier = st.session_state["session_id"]
+    if st.query_params.get(SESSION_PARAMETER) != identifier:
+        st.query_params[SESSION_PARAMETER] = identifier
+    return identifier
+
+
+def reviewer_name() -> str:
+    """The reviewer name typed in the sidebar, stripped; empty until given."""
+    return str(st.session_state.get("reviewer_name") or "").strip()
+
+
+def escape_markdown(text: str) -> str:
+    """User-supplied text (a file name, a note) made inert for st.markdown: no markup, links, emoji or LaTeX."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def render_sidebar(status: ModelStatus) -> None:
+    """The sidebar every page shares: model status, reviewer name and the not-for-diagnosis notice."""
+    with st.sidebar:
+        if status.classifier is not None:
+            card = status.classifier.card
+            st.markdown(f"**Model** {escape_markdown(card.name)} · version {escape_markdown(card.version)}")
+            st.caption(":green[●] loaded")
+        else:
+            st.markdown("**Model** not loaded")
+            st.error(status.error, icon=":material/error:")
+        st.text_input(
+            "Reviewer name", key="reviewer_name", max_chars=MAX_REVIEWER_CHARS, placeholder="Your name",
+            help="Asked once per session; recorded with every verdict you save.",
+        )
+        if not reviewer_name():
+            st.caption("Enter your name to save verdicts.")
+        st.warning(NOTICE, icon=":material/info:")

@@ -1,0 +1,153 @@
+"""The History page through AppTest: a saved verdict appears, scope, filters, summary and the exported CSV."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.history import HistoryStore
+from tests.synthetic import encode, synthetic_slice
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS, THEIRS = "1" * 32, "2" * 32
+TODAY = datetime.now(timezone.utc).date()  # History dates are UTC dates.
+TEN_DAYS_AGO = TODAY - timedelta(days=10)
+PROBABILITIES = {"glioma": 0.6, "meningioma": 0.2, "pituitary": 0.1, "no_tumor": 0.1}
+
+
+@pytest.fixture
+def history_path(tmp_path, tiny_model_path, monkeypatch) -> Path:
+    path = tmp_path / "history.sqlite3"
+    monkeypatch.setenv("BRAINSCAN_MODEL", str(tiny_model_path))
+    monkeypatch.setenv("BRAINSCAN_HISTORY_DB", str(path))
+    return path
+
+
+@pytest.fixture
+def downloads(monkeypatch) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of every file handed to a download button, in order."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    captured: list[tuple[str, bytes]] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def spy(self, path_or_data, mimetype, kind, filename=None):
+        captured.append((filename, path_or_data))
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
+    return captured
+
+
+def exported_rows(downloads) -> list[dict]:
+    filename, data = downloads[-1]
+    assert filename.endswith(".csv")
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+
+
+def history_page(session: str) -> AppTest:
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    app.query_params["session"] = session
+    app.run()
+    app.switch_page("app_pages/history.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def metric(app: AppTest, label: str) -> str:
+    return next(element.value for element in app.metric if element.label == label)
+
+
+def the_table(app: AppTest):
+    [frame] = [element.value for element in app.dataframe if "Final label" in element.value.columns]
+    return frame
+
+
+def seed(path: Path) -> None:
+    """Our session: scan 1 confirmed then overridden, scan 2 new. Another session: scan 3 flagged by Bob."""
+    store = HistoryStore(path)
+    common = {"model_version": "tiny 0.0.1-test", "probabilities": PROBABILITIES, "predicted_class": "glioma"}
+    for number, session in ((1, OURS), (2, OURS), (3, THEIRS)):
+        store.record_prediction(session_id=session, reviewer="", file_name=f"scan-{number}.png",
+                                sha256=f"{number:064x}", **common)
+    scan_1 = {"session_id": OURS, "reviewer": "Ann", "file_name": "scan-1.png", "sha256": f"{1:064x}", **common}
+    store.record_verdict(verdict="confirm", **scan_1)
+    store.record_verdict(verdict="override", override_label="meningioma", reason="dural tail", **scan_1)
+    store.record_verdict(session_id=THEIRS, reviewer="Bob", file_name="scan-3.png", sha256=f"{3:064x}",
+                         verdict="flag", note="@second opinion", **common)
+    with sqlite3.connect(path) as connection:  # An old prediction, as if made ten days ago.
+        connection.execute(
+            "INSERT INTO events (time, session_id, kind, sha256, file_name, model_version, predicted_class)"
+            " VALUES (?, ?, 'prediction', ?, 'old.png', 'tiny 0.0.1-test', 'pituitary')",
+            (f"{TEN_DAYS_AGO.isoformat()}T09:00:00.000+00:00", THEIRS, f"{4:064x}"))
+
+
+def test_a_verdict_saved_on_review_appears_in_history_and_in_the_csv(history_path, downloads):
+    scan = encode(synthetic_slice(31, 96))
+    key = hashlib.sha256(scan).hexdigest()[:16]
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    app.text_input(key="reviewer_name").input("@Ann").run()
+    app.file_uploader(key="review_uploads_0").set_value(("=1+1.png", scan, "image/png")).run()
+    app.text_area(key=f"review_note_{key}").input("=HYPERLINK(\"http://x\")").run()
+    app.button(key=f"review_save_{key}").click().run()
+    app.switch_page("app_pages/history.py").run()
+    assert not app.exception, app.exception
+
+    table = the_table(app)
+    assert list(table["File"]) == ["=1+1.png"] and list(table["Verdict"]) == ["Confirmed"]
+    assert table["sha256"][0] == hashlib.sha256(scan).hexdigest()[:12]
+    assert [button.label for button in app.download_button] == ["Export CSV"]
+    [row] = exported_rows(downloads)
+    assert row["verdict"] == "confirm" and row["status"] == "reviewed" and row["final_label"] == row["predicted_class"]
+    assert row["sha256"] == hashlib.sha256(scan).hexdigest()
+    assert (row["file_name"], row["reviewer"], row["note"]) == ("'=1+1.png", "'@Ann", "'=HYPERLINK(\"http://x\")")
+    assert sum(float(row[f"p_{name}"]) for name in ("glioma", "meningioma", "pituitary", "no_tumor")) == \
+        pytest.approx(1.0)
+
+
+def test_this_sessions_cases_by_default_all_sessions_on_request_and_filters(history_path, downloads):
+    seed(history_path)
+    app = history_page(OURS)
+    assert sorted(the_table(app)["File"]) == ["scan-1.png", "scan-2.png"]
+    assert (metric(app, "Scans"), metric(app, "Reviewed"), metric(app, "Flagged")) == ("2", "1", "0")
+    assert metric(app, "Model-reviewer agreement") == "0%"  # The one decided scan was overridden.
+    assert len(exported_rows(downloads)) == 2
+
+    app.toggle(key="history_all_sessions").set_value(True).run()
+    assert sorted(the_table(app)["File"]) == ["old.png", "scan-1.png", "scan-2.png", "scan-3.png"]
+    app.multiselect(key="history_verdicts").set_value(["flag"]).run()
+    assert list(the_table(app)["Reviewer"]) == ["Bob"]
+    assert [row["note"] for row in exported_rows(downloads)] == ["'@second opinion"]
+    app.multiselect(key="history_verdicts").set_value([]).run()
+    app.multiselect(key="history_classes").set_value(["meningioma"]).run()
+    assert list(the_table(app)["File"]) == ["scan-1.png"]
+    app.multiselect(key="history_classes").set_value([]).run()
+    app.date_input(key="history_dates").set_value((TEN_DAYS_AGO, TEN_DAYS_AGO + timedelta(days=1))).run()
+    assert list(the_table(app)["File"]) == ["old.png"]
+    app.date_input(key="history_dates").set_value((TODAY, TODAY)).run()
+    assert "old.png" not in list(the_table(app)["File"])
+
+
+def test_the_event_view_shows_every_change_of_verdict(history_path, downloads):
+    seed(history_path)
+    app = history_page(OURS)
+    app.segmented_control(key="history_view").set_value("events").run()
+    table = the_table(app)
+    assert list(table["Event"]) == ["prediction", "prediction", "verdict", "verdict"]
+    assert list(table["Verdict"]) == ["", "", "Confirmed", "Overridden"]
+    rows = exported_rows(downloads)
+    assert [row["kind"] for row in rows] == ["prediction", "prediction", "verdict", "verdict"]
+    assert rows[-1]["reason"] == "dural tail" and rows[-1]["final_label"] == "meningioma"
+
+
+def test_an_empty_history_says_so(history_path):
+    app = history_page(OURS)
+    assert "Nothing recorded yet" in " ".join(element.value for element in app.info)
+    assert not app.download_button

@@ -1,0 +1,88 @@
+"""The Model page and the shared sidebar through AppTest: a full card, a partial card, a broken model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.card import card_path_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def model_page(model_path: Path, history_path: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("BRAINSCAN_MODEL", str(model_path))
+    monkeypatch.setenv("BRAINSCAN_HISTORY_DB", str(history_path))
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    app.switch_page("app_pages/model_card.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def copy_model(source: Path, folder: Path) -> Path:
+    """A copy of a model with its card and gate, to be altered without touching the shared fixture."""
+    folder.mkdir()
+    for file in source.parent.iterdir():
+        shutil.copy(file, folder / file.name)
+    return folder / source.name
+
+
+def page_text(app: AppTest) -> str:
+    parts = [element.value for kind in ("title", "subheader", "markdown", "caption", "error") for element in
+             app.get(kind)]
+    return "\n".join(str(part) for part in parts)
+
+
+def test_the_card_of_the_loaded_model_is_shown_with_its_metrics(tiny_model_path, tmp_path, monkeypatch):
+    app = model_page(tiny_model_path, tmp_path / "history.sqlite3", monkeypatch)
+    assert app.title[0].value == "tiny · version 0.0.1-test"
+    frames = [element.value for element in app.dataframe]
+    classes = next(frame for frame in frames if "Shown as" in frame.columns)
+    assert list(classes["Class"]) == ["glioma", "meningioma", "pituitary", "no_tumor"]
+    metrics = next(frame for frame in frames if "Macro F1" in frame.columns)
+    assert metrics.iloc[0].to_dict() == {"Split": "test", "Scans": "8", "Accuracy": "25.0%", "Macro F1": "0.250",
+                                         "ECE (calibrated)": "0.100"}
+    per_class = next(frame for frame in frames if "Recall" in frame.columns)
+    assert list(per_class["Support"]) == ["2", "2", "2", "2"]
+    assert len(app.get("vega_lite_chart")) == 1  # The confusion matrix heat map.
+    calibration = next(frame for frame in frames if "Measure" in frame.columns)
+    assert dict(zip(calibration["Measure"], calibration["Value"]))["Temperature"] == "1.500"
+    assert "tiny" in " ".join(element.value for element in app.sidebar.markdown)
+    assert "not a diagnostic device" in " ".join(element.value for element in app.sidebar.warning)
+
+
+def test_a_card_with_only_the_required_keys_still_renders(tiny_model_path, tmp_path, monkeypatch):
+    model = copy_model(tiny_model_path, tmp_path / "partial")
+    card = json.loads(card_path_for(model).read_text())
+    required = {key: card[key] for key in ("version", "model_sha256", "classes", "display_names", "input",
+                                           "temperature")}
+    required["input"] = {"image_size": card["input"]["image_size"]}
+    card_path_for(model).write_text(json.dumps(required))
+    app = model_page(model, tmp_path / "history.sqlite3", monkeypatch)
+    text = page_text(app)
+    assert "not recorded in the card" in text
+    for heading in ("Intended use", "Limitations", "Classes and input", "Training data and split",
+                    "Measured performance", "Calibration and out-of-distribution gate"):
+        assert heading in text
+    assert not app.get("vega_lite_chart")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("model", "does not match its card"),
+    ("card", "is not valid JSON"),
+])
+def test_a_broken_model_gives_a_clear_message_on_every_page(tiny_model_path, tmp_path, monkeypatch, damage, message):
+    model = copy_model(tiny_model_path, tmp_path / "broken")
+    if damage == "model":
+        model.write_bytes(model.read_bytes() + b"tampered")
+    else:
+        card_path_for(model).write_text("{ not json")
+    app = model_page(model, tmp_path / "history.sqlite3", monkeypatch)
+    assert message in " ".join(element.value for element in app.error)
+    assert "not loaded" in " ".join(element.value for element in app.sidebar.markdown)
+    app.switch_page("app_pages/history.py").run()
+    assert not app.exception, app.exception

@@ -1,0 +1,227 @@
+"""The Review page through Streamlit's AppTest: upload, four probabilities, verdicts, worklist, failures."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pyarrow
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.classes import DISPLAY_NAMES
+from core.history import HistoryStore
+from tests.synthetic import encode, synthetic_slice
+
+ROOT = Path(__file__).resolve().parents[1]
+UPLOADER = "review_uploads_0"
+
+
+@pytest.fixture
+def history_path(tmp_path, tiny_model_path, monkeypatch) -> Path:
+    """Point the app at the tiny model and a fresh history database; return the database path."""
+    path = tmp_path / "history.sqlite3"
+    monkeypatch.setenv("BRAINSCAN_MODEL", str(tiny_model_path))
+    monkeypatch.setenv("BRAINSCAN_HISTORY_DB", str(path))
+    return path
+
+
+def start(session: str | None = None, reviewer: str | None = "Ann") -> AppTest:
+    """The app on its Review page, optionally reopened with a session id in the URL and a reviewer named."""
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    if session:
+        app.query_params["session"] = session
+    app.run()
+    if reviewer:
+        app.text_input(key="reviewer_name").input(reviewer).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def key_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def chart_probabilities(app: AppTest) -> dict[str, float]:
+    """The probability bars' data, read from the Vega-Lite chart the page sent: {display name: probability}."""
+    [chart] = app.get("vega_lite_chart")
+    table = pyarrow.ipc.open_stream(chart.proto.datasets[0].data.data).read_pandas()
+    return dict(zip(table["Class"], table["Probability"]))
+
+
+def table_with(app: AppTest, column: str):
+    """The one data frame on the page that has `column` (data frames are elements, not keyed widgets)."""
+    [frame] = [element.value for element in app.dataframe if column in element.value.columns]
+    return frame
+
+
+def texts(elements) -> str:
+    return " | ".join(str(element.value) for element in elements)
+
+
+def test_an_upload_shows_four_probabilities_and_a_saved_verdict_is_on_disk(history_path):
+    scan = encode(synthetic_slice(7, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value(("scan-7.png", scan, "image/png")).run()
+    assert not app.exception, app.exception
+    probabilities = chart_probabilities(app)
+    assert set(probabilities) == set(DISPLAY_NAMES.values())
+    assert sum(probabilities.values()) == pytest.approx(1.0)
+    best = max(probabilities, key=probabilities.get)
+    assert app.metric[0].value == best
+    assert app.metric[1].value == f"{probabilities[best]:.1%}"
+    assert "Low confidence" in texts(app.warning)  # An untrained model is never confident.
+
+    app.text_area(key=f"review_note_{key_of(scan)}").input("clear margins").run()
+    app.button(key=f"review_save_{key_of(scan)}").click().run()
+    assert "Saved: confirmed." in texts(app.success)
+    [prediction, verdict] = HistoryStore(history_path).events()
+    assert (prediction["kind"], verdict["kind"], verdict["verdict"]) == ("prediction", "verdict", "confirm")
+    assert verdict["reviewer"] == "Ann" and verdict["note"] == "clear margins"
+    assert verdict["file_name"] == "scan-7.png" and verdict["sha256"] == hashlib.sha256(scan).hexdigest()
+    assert "Saved verdict: **Confirmed**" in texts(app.info)
+
+
+def test_reruns_and_page_switches_never_infer_again_or_duplicate_rows(history_path, monkeypatch):
+    import core.pipeline
+
+    calls = []
+    original = core.pipeline.analyse_bytes
+    monkeypatch.setattr(core.pipeline, "analyse_bytes", lambda *arguments: calls.append(1) or original(*arguments))
+    scan = encode(synthetic_slice(8, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value(("scan-8.png", scan, "image/png")).run()
+    app.radio(key=f"review_verdict_{key_of(scan)}").set_value("flag").run()
+    app.text_area(key=f"review_note_{key_of(scan)}").input("draft").run()
+    app.switch_page("app_pages/history.py").run()
+    app.switch_page("app_pages/review.py").run()
+    assert not app.exception, app.exception
+    assert len(calls) == 1
+    assert len(HistoryStore(history_path).events()) == 1
+    assert app.metric[0].value in DISPLAY_NAMES.values()  # The worklist outlives the page switch.
+
+
+def test_no_verdict_without_a_reviewer_name(history_path):
+    scan = encode(synthetic_slice(9, 96))
+    app = start(reviewer=None)
+    app.file_uploader(key=UPLOADER).set_value(("scan-9.png", scan, "image/png")).run()
+    assert app.button(key=f"review_save_{key_of(scan)}").disabled
+    assert "Enter your name" in texts(app.caption)
+
+
+def test_an_override_needs_a_reason_and_a_change_of_verdict_is_appended(history_path):
+    scan = encode(synthetic_slice(10, 96))
+    key = key_of(scan)
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value(("scan-10.png", scan, "image/png")).run()
+    app.radio(key=f"review_verdict_{key}").set_value("override").run()
+    predicted = next(name for name, shown in DISPLAY_NAMES.items() if shown == app.metric[0].value)
+    assert predicted not in app.selectbox(key=f"review_override_{key}").options
+    app.button(key=f"review_save_{key}").click().run()
+    assert "needs a reason" in texts(app.error)
+    assert [event["kind"] for event in HistoryStore(history_path).events()] == ["prediction"]
+
+    app.text_input(key=f"review_reason_{key}").input("=mass effect").run()
+    app.button(key=f"review_save_{key}").click().run()
+    app.radio(key=f"review_verdict_{key}").set_value("flag").run()
+    app.button(key=f"review_save_{key}").click().run()
+    events = HistoryStore(history_path).events()
+    assert [event["verdict"] for event in events] == [None, "override", "flag"]
+    assert events[1]["reason"] == "=mass effect" and events[1]["final_label"] != predicted
+    [state] = HistoryStore(history_path).current_state()
+    assert state["status"] == "flagged"
+
+
+def test_a_batch_is_a_worklist_with_status_and_next_unreviewed(history_path):
+    first, second = encode(synthetic_slice(11, 96)), encode(synthetic_slice(12, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value([
+        ("first.png", first, "image/png"), ("second.png", second, "image/png"),
+        ("copy-of-first.png", first, "image/png"), ("broken.png", b"not an image", "image/png"),
+    ]).run()
+    assert not app.exception, app.exception
+    worklist = table_with(app, "Probability")
+    assert list(worklist["File"]) == ["first.png", "second.png", "broken.png"]  # The copy is the same scan.
+    assert list(worklist["Status"]) == ["New", "New", "Rejected"]
+    assert app.selectbox(key="review_current").value == hashlib.sha256(first).hexdigest()
+
+    app.button(key=f"review_save_{key_of(first)}").click().run()
+    assert list(table_with(app, "Probability")["Status"]) == ["Reviewed", "New", "Rejected"]
+    app.button(key="review_next").click().run()
+    assert app.selectbox(key="review_current").value == hashlib.sha256(second).hexdigest()
+    app.selectbox(key="review_current").set_value(next(
+        option for option in app.selectbox(key="review_current").options if "broken.png" in option)).run()
+    assert "Not classified" in texts(app.error)
+    assert len(HistoryStore(history_path).events()) == 3  # Two predictions and one verdict; no rejection.
+
+
+def test_a_refresh_reads_the_saved_verdict_back_from_the_database(history_path):
+    scan = encode(synthetic_slice(13, 96))
+    app = start()
+    session = app.session_state["session_id"]
+    app.file_uploader(key=UPLOADER).set_value(("scan-13.png", scan, "image/png")).run()
+    app.button(key=f"review_save_{key_of(scan)}").click().run()
+
+    refreshed = start(session=session, reviewer=None)  # A new Streamlit session, the same URL.
+    earlier = table_with(refreshed, "Verdict")
+    assert list(earlier["File"]) == ["scan-13.png"] and list(earlier["Verdict"]) == ["Confirmed"]
+    refreshed.file_uploader(key=UPLOADER).set_value(("scan-13.png", scan, "image/png")).run()
+    assert "Saved verdict: **Confirmed**" in texts(refreshed.info)
+    assert len(HistoryStore(history_path).events()) == 2  # Re-uploading in the same session adds nothing.
+
+
+def test_a_missing_model_gives_a_clear_page_and_uploads_are_refused_cleanly(history_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAINSCAN_MODEL", str(tmp_path / "absent.keras"))
+    app = start()
+    assert not app.exception
+    assert "absent.keras does not exist" in texts(app.error)
+    app.file_uploader(key=UPLOADER).set_value(("scan.png", encode(synthetic_slice(1, 96)), "image/png")).run()
+    assert not app.exception
+    assert "not classified - no model is loaded" in texts(app.warning)
+
+
+def test_file_names_are_shown_as_text_and_stored_as_given(history_path):
+    name = "**bold** [link](javascript:alert(1)) :red[x] $x$ <b>.png"
+    scan = encode(synthetic_slice(14, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value((name, scan, "image/png")).run()
+    heading = next(element.value for element in app.markdown if element.value.startswith("#### "))
+    for markup in ("**", "[link]", ":red[", "$x$", "<b>"):
+        assert markup not in heading
+    assert heading.replace("\\", "") == "#### " + name
+    assert HistoryStore(history_path).events()[0]["file_name"] == name
+
+
+def test_no_patient_tag_of_a_dicom_upload_reaches_the_history(history_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    import io
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset("scan.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    image = synthetic_slice(15, 96)
+    dataset.update({"SOPClassUID": MRImageStorage, "SOPInstanceUID": meta.MediaStorageSOPInstanceUID,
+                    "Modality": "MR", "PatientName": "Doe^Jane", "PatientID": "PID-99172",
+                    "PatientBirthDate": "19700101", "InstitutionName": "St Example Hospital",
+                    "Rows": image.shape[0], "Columns": image.shape[1], "SamplesPerPixel": 1,
+                    "PhotometricInterpretation": "MONOCHROME2", "BitsAllocated": 8, "BitsStored": 8,
+                    "HighBit": 7, "PixelRepresentation": 0, "PixelData": image.tobytes()})
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    data = buffer.getvalue()
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value(("slice.dcm", data, "application/dicom")).run()
+    assert not app.exception, app.exception
+    app.button(key=f"review_save_{key_of(data)}").click().run()
+    assert [event["kind"] for event in HistoryStore(history_path).events()] == ["prediction", "verdict"]
+    with sqlite3.connect(history_path) as connection:
+        dump = "\n".join(connection.iterdump())
+    stored = dump.encode() + b"".join(path.read_bytes() for path in history_path.parent.glob("history.sqlite3*"))
+    for secret in (b"Doe^Jane", b"Doe", b"PID-99172", b"19700101", b"St Example Hospital"):
+        assert secret not in stored
