@@ -1,0 +1,227 @@
+"""The app in a real browser: `streamlit run` on a free port, driven by Playwright with Debian's Chromium.
+
+Also the tool that takes the README screenshot:
+    python -m tests.test_browser --screenshot docs/review-page.png [--model M.keras] [--image scan.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+REVIEWER = "Dr Browser"
+# The app's first run imports TensorFlow and loads the model; on a busy two-core machine that is slow.
+APP_TIMEOUT_MS = 60_000
+
+
+def chromium_path() -> str | None:
+    """The Chromium executable to drive, or None where none is installed."""
+    return next((path for path in CHROMIUM_CANDIDATES if os.access(path, os.X_OK)), shutil.which("chromium"))
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def streamlit_server(model_path: Path, history_path: Path, log_path: Path) -> Iterator[str]:
+    """Run `streamlit run streamlit_app.py` on a free port until the block ends; yield its base URL."""
+    port = free_port()
+    environment = dict(os.environ, BRAINSCAN_MODEL=str(model_path), BRAINSCAN_HISTORY_DB=str(history_path),
+                       TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none"]
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"streamlit did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+                time.sleep(0.25)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+@contextmanager
+def browser_page(executable: str, width: int = 1400, height: int = 1000):
+    """A fresh headless Chromium page of the given viewport size."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+            page = context.new_page()
+            page.set_default_timeout(APP_TIMEOUT_MS)
+            # Charts that Vega cannot draw fail silently on screen but log an error here.
+            page.errors = []
+            page.on("pageerror", lambda error: page.errors.append(str(error)))
+            # Resources from the internet (unreachable offline) are not the app's errors.
+            page.on("console", lambda message: page.errors.append(message.text)
+                    if message.type == "error" and "Failed to load resource" not in message.text else None)
+            yield page
+        finally:
+            browser.close()
+
+
+def wait_until_idle(page) -> None:
+    """Wait until the app has finished its current run (Streamlit's 'running' indicator is gone)."""
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+    page.wait_for_timeout(200)
+
+
+def enter_reviewer(page, name: str) -> None:
+    """Type the reviewer name in the sidebar and commit it."""
+    field = page.locator("section[data-testid='stSidebar'] input[type='text']").first
+    field.fill(name)
+    field.press("Enter")
+    wait_until_idle(page)
+
+
+def upload(page, path: Path) -> None:
+    """Put a file into the Review page's uploader."""
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(path))
+
+
+def wait_for_result(page) -> None:
+    """Wait until the uploaded scan's probability bars and verdict form are drawn."""
+    page.get_by_text("Calibrated probability").first.wait_for()
+    page.locator("[data-testid='stVegaLiteChart']").first.wait_for()
+    page.get_by_role("button", name="Save verdict").wait_for()
+    wait_until_idle(page)
+
+
+@pytest.fixture
+def browser_app(tmp_path, tiny_model_path):
+    """(base URL, Chromium page) of the app running the tiny model and a fresh history database."""
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no Chromium at /usr/bin/chromium: install it with `make browser` (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with streamlit_server(tiny_model_path, tmp_path / "history.sqlite3", tmp_path / "streamlit.log") as url:
+        with browser_page(executable) as page:
+            yield url, page
+
+
+def test_upload_review_reload_and_download(browser_app, tmp_path):
+    from tests.synthetic import encode, synthetic_slice
+
+    url, page = browser_app
+    scan = tmp_path / "browser-scan.png"
+    scan.write_bytes(encode(synthetic_slice(21, 160)))
+    page.goto(url)
+    page.get_by_text("Upload brain MRI slices").wait_for()
+    assert "session=" in page.url, "the session id should be kept in the URL so a refresh keeps it"
+    enter_reviewer(page, REVIEWER)
+    upload(page, scan)
+    wait_for_result(page)
+    assert page.get_by_text("browser-scan.png").count() >= 1
+
+    page.get_by_role("button", name="Save verdict").click()
+    page.get_by_text("Saved: confirmed.").wait_for()
+
+    # A refresh starts a new Streamlit session but keeps the session id, so what was saved is read back.
+    page.reload()
+    page.get_by_text("Earlier in this session (1 scans").wait_for()
+    upload(page, scan)
+    wait_for_result(page)
+    page.get_by_text("Saved verdict:").wait_for()
+    assert f"by {REVIEWER}" in page.get_by_text("Saved verdict:").inner_text()
+
+    page.get_by_role("link", name="History").click()
+    page.get_by_role("button", name="Export CSV").wait_for()
+    wait_until_idle(page)
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Export CSV").click()
+    download = download_info.value
+    assert download.suggested_filename.endswith(".csv")
+    rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_bytes().decode("utf-8-sig"))))
+    assert len(rows) == 1, rows
+    assert rows[0]["file_name"] == "browser-scan.png"
+    assert rows[0]["verdict"] == "confirm"
+    assert rows[0]["reviewer"] == REVIEWER
+    assert rows[0]["final_label"] == rows[0]["predicted_class"]
+
+    page.get_by_role("link", name="Model").click()
+    page.get_by_text("Confusion matrix (test)").wait_for()
+    wait_until_idle(page)
+    page.wait_for_timeout(500)
+    assert page.errors == [], f"the browser logged errors: {page.errors}"
+
+
+def take_screenshot(output: Path, model_path: Path, image_path: Path, history_path: Path) -> None:
+    """Save a screenshot of the Review page showing `image_path` classified, its bars and the verdict form."""
+    executable = chromium_path()
+    if executable is None:
+        raise SystemExit("no Chromium found: install it with `make browser`")
+    with tempfile.TemporaryDirectory() as scratch:
+        log_path = Path(scratch) / "streamlit.log"
+        with streamlit_server(model_path, history_path, log_path) as url, browser_page(executable, 1400, 1000) as page:
+            page.goto(url)
+            page.get_by_text("Upload brain MRI slices").wait_for()
+            enter_reviewer(page, "Reviewer A")
+            upload(page, image_path)
+            wait_for_result(page)
+            page.wait_for_timeout(1500)  # Let the charts finish their entry animation.
+            output.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(output), full_page=True)
+
+
+def main() -> None:
+    from core import config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--screenshot", type=Path, required=True, help="where to write the PNG")
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: the configured model)")
+    parser.add_argument("--image", type=Path, default=None, help="scan to show (default: a synthetic slice)")
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        image = arguments.image
+        if image is None:
+            from tests.synthetic import encode, synthetic_slice
+
+            image = Path(scratch) / "synthetic-slice.png"
+            image.write_bytes(encode(synthetic_slice(3, 256)))
+        take_screenshot(arguments.screenshot, arguments.model or config.model_path(), image,
+                        Path(scratch) / "history.sqlite3")
+    print(f"wrote {arguments.screenshot}")
+
+
+if __name__ == "__main__":
+    main()
