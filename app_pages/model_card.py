@@ -54,13 +54,25 @@ def render_contract(data: dict, card) -> None:
     facts = {"Image size": f"{contract['image_size']} × {contract['image_size']} pixels"
              if "image_size" in contract else "-",
              "Colour": contract.get("color_mode", "-"), "Value range": contract.get("value_range", "-"),
-             "Preprocessing": contract.get("preprocessing", "-"), "Architecture": data.get("architecture", "-")}
-    right.dataframe(pd.DataFrame({"Input": list(facts), "Value": [_flat(value) for value in facts.values()]}),
-                    hide_index=True, key="model_input")
+             "Preprocessing": contract.get("preprocessing", "-"), "Output": data.get("output", "-"),
+             "Architecture": data.get("architecture", "-")}
+    # A list rather than a table: the preprocessing and architecture texts are long and must wrap.
+    right.markdown("\n".join(f"- **{name}**: {_text(_flat(value))}" for name, value in facts.items()))
+
+
+def _source(source) -> str:
+    """One training data source: "folder (N images)" when the card says so, else its fields."""
+    if isinstance(source, dict) and "folder" in source:
+        return f"{source['folder']} ({source['images']} images)" if "images" in source else str(source["folder"])
+    if isinstance(source, dict):
+        return ", ".join(f"{key}: {_flat(value)}" for key, value in source.items())
+    return str(source)
 
 
 def _flat(value) -> str:
-    if isinstance(value, (dict, list)):
+    if isinstance(value, dict):
+        return ", ".join(f"{key.replace('_', ' ')}: {_flat(item)}" for key, item in value.items())
+    if isinstance(value, list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
 
@@ -75,9 +87,11 @@ def render_training(data: dict) -> None:
     sources = training.get("data") or []
     if isinstance(sources, (str, dict)):
         sources = [sources]
-    st.markdown("**Data**: " + (", ".join(_text(_flat(source)) for source in sources) if sources else NOT_RECORDED))
+    st.markdown("**Data**: " + (", ".join(_text(_source(source)) for source in sources) if sources else NOT_RECORDED))
     if training.get("split_manifest"):
-        st.markdown(f"**Split manifest**: `{training['split_manifest']}`")
+        st.markdown(f"**Split manifest**: {_text(training['split_manifest'])}")
+    if training.get("split_rule"):
+        st.markdown(f"**Split rule**: {_text(training['split_rule'])}")
     counts = training.get("split_counts") or {}
     if counts and all(isinstance(value, dict) for value in counts.values()):
         st.dataframe(pd.DataFrame(counts).fillna(0).astype(int, errors="ignore"), key="model_split_counts")
@@ -87,8 +101,8 @@ def render_training(data: dict) -> None:
     if training.get("command"):
         st.markdown("**Command**")
         st.code(str(training["command"]), language="bash")
-    rest = {key: value for key, value in training.items() if key not in {"data", "split_manifest", "split_counts",
-                                                                         "command"}}
+    shown = {"data", "split_manifest", "split_rule", "split_counts", "command"}
+    rest = {key: value for key, value in training.items() if key not in shown}
     if rest:
         with st.expander("Other training settings"):
             st.json(rest)
@@ -170,7 +184,9 @@ def render_calibration(data: dict) -> None:
     }
     ood = data.get("ood") or {}
     if ood:
-        facts["Out-of-distribution threshold"] = str(ood.get("threshold", "-"))
+        threshold = ood.get("threshold", "-")
+        facts["Out-of-distribution threshold"] = _number(threshold, "{:.1f}") if isinstance(threshold, (int, float)) \
+            else str(threshold)
         for key, value in ood.items():
             if key not in {"file", "sha256", "threshold"}:
                 facts[f"Gate: {key.replace('_', ' ')}"] = _flat(value)
