@@ -111,6 +111,7 @@ def enter_reviewer(page, name: str) -> None:
     field = page.locator("section[data-testid='stSidebar'] input[type='text']").first
     field.fill(name)
     field.press("Enter")
+    field.blur()
     wait_until_idle(page)
 
 
@@ -192,7 +193,7 @@ def take_screenshot(output: Path, model_path: Path, image_path: Path, history_pa
         raise SystemExit("no Chromium found: install it with `make browser`")
     with tempfile.TemporaryDirectory() as scratch:
         log_path = Path(scratch) / "streamlit.log"
-        with streamlit_server(model_path, history_path, log_path) as url, browser_page(executable, 1400, 1000) as page:
+        with streamlit_server(model_path, history_path, log_path) as url, browser_page(executable, 1400, 1160) as page:
             page.goto(url)
             page.get_by_text("Upload brain MRI slices").wait_for()
             enter_reviewer(page, "Reviewer A")
