@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-session", type=int, default=5, help="one-at-a-time uploads per concurrent session")
     parser.add_argument("--rounds", type=int, default=3, help="memory rounds (upload S scans, clear)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--streamlit-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra `streamlit run` option, e.g. runner.postScriptGC=false (repeatable); "
+                             "the default measures the app as `make run` starts it")
     arguments = parser.parse_args(argv)
     if CHROMIUM is None:
         raise SystemExit("error: no Chromium at /usr/bin/chromium (make browser installs it)")
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model {model_path}, runtime {runtime}; {len(files)} scans that the CLI classifies ({data_note})",
               flush=True)
         figures = {"machine": _machine(), "model": str(model_path), "runtime": runtime, "data": data_note,
-                   "sessions": arguments.sessions, "scans_per_session": arguments.scans}
+                   "sessions": arguments.sessions, "scans_per_session": arguments.scans,
+                   "streamlit_options": arguments.streamlit_option}
         figures.update(asyncio.run(_bench(arguments, model_path, files, expected, scratch)))
     _print(figures)
     if arguments.json:
@@ -96,7 +100,7 @@ async def _bench(arguments, model_path: Path, files: list[Path], expected: dict,
             page = await context.new_page()
             page.set_default_timeout(WAIT_MS)
             started = time.perf_counter()
-            server = _Server(model_path, scratch)
+            server = _Server(model_path, scratch, arguments.streamlit_option)
             try:
                 await asyncio.to_thread(server.wait_healthy)
                 healthy = time.perf_counter() - started
@@ -115,11 +119,13 @@ async def _bench(arguments, model_path: Path, files: list[Path], expected: dict,
 
                 # 2. One session, one scan at a time.
                 latencies = []
+                cpu_before = _cpu_seconds(server.process.pid)
                 for path in files[1:1 + arguments.single]:
                     latency, wrong = await _timed_upload(page, path, expected)
                     latencies.append(latency)
                     figures["wrong_answers"] += wrong
                 figures["single_session"] = _summary(latencies)
+                figures["single_session"]["cpu_s_per_upload"] = _cpu_per_upload(cpu_before, server, len(latencies))
                 await context.close()
                 print(f"one session: median {figures['single_session']['median_s']:.2f} s", flush=True)
 
@@ -127,10 +133,12 @@ async def _bench(arguments, model_path: Path, files: list[Path], expected: dict,
                 offset = 1 + arguments.single
                 chunks = [files[offset + index * arguments.per_session: offset + (index + 1) * arguments.per_session]
                           for index in range(arguments.sessions)]
+                cpu_before = _cpu_seconds(server.process.pid)
                 results = await asyncio.gather(*(_session_latencies(browser, server.url, chunk, expected)
                                                  for chunk in chunks))
                 concurrent = [latency for latencies, _ in results for latency in latencies]
                 figures["concurrent_sessions"] = _summary(concurrent)
+                figures["concurrent_sessions"]["cpu_s_per_upload"] = _cpu_per_upload(cpu_before, server, len(concurrent))
                 figures["wrong_answers"] += [wrong for _, wrongs in results for wrong in wrongs]
                 print(f"{arguments.sessions} sessions: p95 {figures['concurrent_sessions']['p95_s']:.2f} s", flush=True)
 
@@ -258,7 +266,7 @@ async def _check_answer(page, path: Path, expected: dict) -> list[str]:
 class _Server:
     """`streamlit run streamlit_app.py` on a free loopback port, with a fresh history database."""
 
-    def __init__(self, model_path: Path, scratch: Path):
+    def __init__(self, model_path: Path, scratch: Path, options: list[str] = ()):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -268,7 +276,10 @@ class _Server:
                            BRAINSCAN_HISTORY_DB=str(scratch / "history.sqlite3"), TF_CPP_MIN_LOG_LEVEL="3")
         command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
                    "--server.port", str(port), "--server.address", "127.0.0.1",
-                   "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+                   "--browser.gatherUsageStats", "false"]
+        for option in options:
+            name, _, value = option.partition("=")
+            command += [f"--{name}", value]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -344,6 +355,28 @@ def _scans(data: str | None, count: int, folder: Path) -> tuple[list[Path], str]
     return make_scans(data, count, folder)
 
 
+def _cpu_seconds(server_pid: int) -> dict:
+    """CPU seconds used so far by the server and by this bench's Chromium processes."""
+    import psutil
+
+    def used(process) -> float:
+        try:
+            times = process.cpu_times()
+            return times.user + times.system
+        except psutil.Error:
+            return 0.0
+
+    browser = sum(used(child) for child in psutil.Process().children(recursive=True)
+                  if child.pid != server_pid and "chrom" in child.name().lower())
+    return {"server": used(psutil.Process(server_pid)), "browser": browser}
+
+
+def _cpu_per_upload(before: dict, server, uploads: int) -> dict:
+    """Server and browser CPU seconds per upload since `before` (closed browser contexts are not counted)."""
+    after = _cpu_seconds(server.process.pid)
+    return {key: (after[key] - before[key]) / max(uploads, 1) for key in before}
+
+
 def _machine() -> dict:
     return {"cores": len(os.sched_getaffinity(0)), "load_average_1min": os.getloadavg()[0]}
 
@@ -358,7 +391,8 @@ def _print(figures: dict) -> None:
     cold, single, concurrent, memory = (figures["cold_start"], figures["single_session"],
                                         figures["concurrent_sessions"], figures["memory"])
     print(f"\nmachine: {figures['machine']['cores']} cores, load average at start "
-          f"{figures['machine']['load_average_1min']:.2f}; runtime {figures['runtime']}; data: {figures['data']}\n")
+          f"{figures['machine']['load_average_1min']:.2f}; runtime {figures['runtime']}; data: {figures['data']}")
+    print(f"streamlit options beyond `make run`'s: {' '.join(figures['streamlit_options']) or 'none'}\n")
     print("| measurement | result | target |")
     print("| --- | ---: | ---: |")
     print(f"| cold start: `streamlit run` -> first prediction's bars visible | {cold['first_bars_s']:.1f} s "
@@ -374,6 +408,10 @@ def _print(figures: dict) -> None:
           f"{memory['growth_first_to_last_round_mb']:+.0f} MB | no growth |")
     wrong = figures["wrong_answers"]
     checked = 1 + single["n"] + concurrent["n"]
+    for name, figure in (("1 session", single), (f"{figures['sessions']} sessions", concurrent)):
+        cpu = figure["cpu_s_per_upload"]
+        print(f"CPU per upload, {name}: server {cpu['server'] * 1000:.0f} ms, browser (at least) "
+              f"{cpu['browser'] * 1000:.0f} ms")
     print(f"\ncorrectness: {checked - len(wrong)} of {checked} answers equal `python -m core predict` "
           f"(class and calibrated probability shown)")
     for line in wrong[:10]:
