@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=str(config.MODELS_DIR), help="output folder (default: models/)")
     train.add_argument("--name", default="brainscan-default", help="model file stem")
     train.add_argument("--image-size", type=int, default=config.IMAGE_SIZE)
-    train.add_argument("--epochs", type=int, default=32, help="maximum epochs (early stopping may end sooner)")
+    train.add_argument("--epochs", type=int, default=28, help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--width", type=int, default=32, help="channels of the first stage")
     train.add_argument("--seed", type=int, default=1234)
