@@ -6,13 +6,14 @@ split. The threshold is a high percentile of the validation split's distances, s
 data alone; non-MRI images are never used to tune it.
 
 Before the network, `core.pipeline.screen` applies cheap model-free checks measured by
-`image_statistics` (a dark background, one connected head, a near-square frame). `evaluate_gate`
+`image_statistics` (a dark background, one compact connected head, a near-square frame). `evaluate_gate`
 measures both together on held-out MRI slices and on `core.nonmri`'s set of other images; the
 `python -m core ood-eval` command prints and records the result.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,12 @@ class ImageStatistics:
     `dark_fraction`: share of pixels at background level.
     `largest_share`: share of the bright (foreground) pixels that belong to the largest connected
     region; a head is one region, text or a star field is many.
+    `solidity`: area of that region over the area of its convex hull; a head is nearly convex, a
+    hand or a drawing of lines is not.
+    `extent`: area of that region over its bounding box; an ellipse fills about 0.79 of its box,
+    a fan-shaped ultrasound sector or a cross much less.
+    `inner_variation`: standard deviation over mean of the grey levels inside that region; brain
+    tissue varies moderately, a star field or a mostly-dark frame enormously.
     `aspect_ratio`: long side over short side (>= 1).
     `contrast`: standard deviation of the grey levels.
     """
@@ -92,6 +99,9 @@ class ImageStatistics:
     border_brightness: float
     dark_fraction: float
     largest_share: float
+    solidity: float
+    extent: float
+    inner_variation: float
     aspect_ratio: float
     contrast: float
 
@@ -123,11 +133,22 @@ def image_statistics(grey: np.ndarray) -> ImageStatistics:
     blurred = cv2.GaussianBlur(small, (5, 5), 0)
     mask = (blurred > max(8.0, _BACKGROUND_FRACTION * float(np.percentile(blurred, 99)))).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    largest_share = float(areas.max() / areas.sum()) if count > 1 else 0.0
-    return ImageStatistics(border_brightness, dark_fraction, largest_share, max(height, width) / min(height, width),
-                           contrast)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    largest_share = solidity = extent = inner_variation = 0.0
+    if count > 1:
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        largest = 1 + int(np.argmax(areas))
+        largest_share = float(areas.max() / areas.sum())
+        region = (labels == largest).astype(np.uint8)
+        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        outline = max(contours, key=cv2.contourArea)
+        area = float(cv2.contourArea(outline))
+        solidity = area / max(float(cv2.contourArea(cv2.convexHull(outline))), 1.0)
+        extent = area / max(float(stats[largest, cv2.CC_STAT_WIDTH] * stats[largest, cv2.CC_STAT_HEIGHT]), 1.0)
+        inside = values[region.astype(bool)]
+        inner_variation = float(inside.std() / max(float(inside.mean()), 1.0))
+    return ImageStatistics(border_brightness, dark_fraction, largest_share, solidity, extent, inner_variation,
+                           max(height, width) / min(height, width), contrast)
 
 
 FLOORS = {"mri_pass_rate": 0.95, "non_mri_flag_rate": 0.95}
@@ -158,12 +179,13 @@ def evaluate_gate(classifier, mri_items, non_mri_items) -> dict:
     from core.nonmri import category_of
     from core.pipeline import analyse_many
 
-    mri_stages, mri_reasons, statistics = Counter(), Counter(), []
+    mri_stages, mri_reasons, statistics, stopped = Counter(), Counter(), [], []
     for result in analyse_many(classifier, mri_items, keep_scans=True):
         stage = outcome_stage(result)
         mri_stages[stage] += 1
         if stage != "passed":
             mri_reasons[_reason_key(result.message)] += 1
+            stopped.append({"file": result.filename, "stage": stage, "message": result.message})
         if result.scan is not None:
             statistics.append(image_statistics(result.scan.image))
     non_stages, categories, missed = Counter(), {}, []
@@ -184,6 +206,7 @@ def evaluate_gate(classifier, mri_items, non_mri_items) -> dict:
             "pass_rate": mri_stages["passed"] / mri_total if mri_total else float("nan"),
             "by_stage": dict(mri_stages),
             "reasons": dict(mri_reasons.most_common()),
+            "stopped_files": stopped,
             "statistics_percentiles": _percentiles(statistics),
         },
         "non_mri": {
@@ -209,7 +232,7 @@ def _reason_key(message: str) -> str:
     if message.startswith(NOT_MRI_MESSAGE) and "(" in message:
         reason = message[message.index("(") + 1: message.rindex(")")] if ")" in message else message
         # Numbers vary per image; the reason's kind is what is counted.
-        return "".join(character for character in reason if not character.isdigit() and character != ".").strip()
+        return re.sub(r"\d+(\.\d+)?", "#", reason)
     return message
 
 

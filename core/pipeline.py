@@ -20,15 +20,18 @@ NOT_MRI_MESSAGE = "not recognised as a brain MRI slice - review manually"
 # Colour photographs have strong chroma; greyscale MRI exports have almost none.
 MAX_COLOURFULNESS = 12.0
 MIN_CONTRAST = 4.0  # standard deviation of grey levels under which an image is blank
-# Limits of the model-free checks of `core.ood.image_statistics`. Each lies outside the range of
-# the training split's MRI slices (`python -m core ood-eval --split train` prints its percentiles;
-# on a 1500-slice sample the 0.5th percentile of dark fraction is 0.03 and of largest share 0.92,
-# the 99.5th of border brightness 0.17 and of aspect ratio 1.30). The non-MRI development set
-# (seed 0) only informed which checks to have; the reported evaluation uses seed 1.
-MAX_BORDER_BRIGHTNESS = 0.2
-MIN_DARK_FRACTION = 0.02
-MIN_LARGEST_SHARE = 0.8
-MAX_SLICE_ASPECT_RATIO = 1.5
+# Limits of the model-free checks of `core.ood.image_statistics`: each is the 0.1st (or 99.9th)
+# percentile of the 6727 training-split MRI slices, rounded outwards, so each check alone stops
+# about 0.1% of real slices (`python -m core ood-eval --split train` prints the percentiles:
+# aspect 1.60, border 0.37, largest share 0.91, solidity 0.72, extent 0.52, inner variation 0.87).
+# They back up the Mahalanobis gate, catching what it passes (star fields, hand-like outlines);
+# non-MRI images chose which checks exist, never where their limits lie.
+MAX_SLICE_ASPECT_RATIO = 1.6
+MAX_BORDER_BRIGHTNESS = 0.4
+MIN_LARGEST_SHARE = 0.9
+MIN_SOLIDITY = 0.7
+MIN_EXTENT = 0.5
+MAX_INNER_VARIATION = 0.9
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,14 @@ def screen(scan: Scan) -> str | None:
         return f"{NOT_MRI_MESSAGE} (the image is blank or nearly uniform)"
     if statistics.aspect_ratio > MAX_SLICE_ASPECT_RATIO:
         return f"{NOT_MRI_MESSAGE} (the image is {statistics.aspect_ratio:.1f} times longer than wide; slices are near square)"
-    if statistics.border_brightness > MAX_BORDER_BRIGHTNESS or statistics.dark_fraction < MIN_DARK_FRACTION:
+    if statistics.border_brightness > MAX_BORDER_BRIGHTNESS:
         return f"{NOT_MRI_MESSAGE} (no dark background around the subject, as MRI slices have)"
     if statistics.largest_share < MIN_LARGEST_SHARE:
         return f"{NOT_MRI_MESSAGE} (the bright content is scattered, not one head)"
+    if statistics.solidity < MIN_SOLIDITY or statistics.extent < MIN_EXTENT:
+        return f"{NOT_MRI_MESSAGE} (the subject's outline is not head-shaped)"
+    if statistics.inner_variation > MAX_INNER_VARIATION:
+        return f"{NOT_MRI_MESSAGE} (the subject's brightness varies far more than brain tissue does)"
     return None
 
 

@@ -120,9 +120,31 @@ def test_text_on_black_is_flagged_as_scattered():
     assert "scattered" in screen(grey_scan(image))
 
 
+def test_cross_shaped_subject_is_flagged_as_not_head_shaped():
+    cross = np.zeros((160, 160), np.uint8)
+    cv2.rectangle(cross, (65, 10), (95, 150), 150, -1)
+    cv2.rectangle(cross, (10, 65), (150, 95), 150, -1)
+    assert "not head-shaped" in screen(grey_scan(cross))
+
+
+def test_head_outline_with_wildly_varying_brightness_is_flagged():
+    # Mostly dim with rare very bright points inside one oval, as a star field or a speckle pattern.
+    rng = np.random.default_rng(0)
+    image, oval = np.zeros((160, 160), np.uint8), np.zeros((160, 160), np.uint8)
+    cv2.ellipse(oval, (80, 80), (60, 70), 0, 0, 360, 1, -1)
+    image[oval == 1] = np.clip(rng.lognormal(3.6, 1.1, image.shape), 0, 255).astype(np.uint8)[oval == 1]
+    assert "varies far more than brain tissue" in screen(grey_scan(image))
+
+
 def test_image_statistics_measure_what_they_say():
     head = image_statistics(synthetic_slice(1, 128))
     assert head.border_brightness < 0.05 and head.largest_share == 1.0 and 0.2 < head.dark_fraction < 0.8
+    assert head.solidity > 0.95 and abs(head.extent - np.pi / 4) < 0.05 and head.inner_variation < 0.7
+    square = np.zeros((100, 100), np.uint8)
+    square[20:80, 20:80] = 180
+    assert image_statistics(square).extent == pytest.approx(1.0, abs=0.05)
+    # A flat square varies only at its blurred edge, far less than the noisy head.
+    assert image_statistics(square).inner_variation < 0.3
     bright_border = image_statistics(np.full((100, 100), 200, np.uint8))
     assert bright_border.border_brightness == pytest.approx(1.0)
     two_blobs = np.zeros((100, 100), np.uint8)
