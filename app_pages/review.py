@@ -20,11 +20,15 @@ import streamlit as st
 
 import app_support
 from core import config
+from core.dicom import BRAIN_WINDOW
+from core.errors import ScanRejected
 from core.history import VERDICT_NAMES, VERDICTS, VerdictRejected
+from core.intake import load_scan, sniff_format
 from core.pipeline import ScanResult, analyse_bytes
 from core.preprocess import prepare_image
 
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm"]
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "gif", "tif", "tiff", "webp"]
+DICOM_VIEWS_KEPT = 8  # re-classified DICOM frame/window choices kept per session
 THUMBNAIL_SIDE = 512
 STATUS_NAMES = {"new": "New", "reviewed": "Reviewed", "flagged": "Flagged", "rejected": "Rejected"}
 HIGHLIGHT = "#2b6cb0"
@@ -282,6 +286,71 @@ def render_verdict(item: ReviewItem, state: dict | None, classifier, session: st
         (st.success if kind == "success" else st.error)(text)
 
 
+def _set_window(centre_key: str, width_key: str, window: tuple[float, float]) -> None:
+    st.session_state[centre_key], st.session_state[width_key] = float(window[0]), float(window[1])
+
+
+def dicom_view(item: ReviewItem, upload, classifier) -> ReviewItem:
+    """For a DICOM upload: its non-identifying details, a frame picker and window/level; the chosen view's item.
+
+    The file's own middle frame and window are what was classified at upload; another choice is
+    decoded and classified once per (frame, window) and kept in session state, so moving back to
+    a view never re-infers. Other formats return `item` unchanged.
+    """
+    if upload is None:
+        return item
+    data = upload.getvalue()
+    if sniff_format(data) != "dicom" and not upload.name.lower().endswith((".dcm", ".dicom")):
+        return item
+    try:
+        scan = load_scan(data, upload.name)
+    except ScanRejected:
+        return item
+    key = item.widget_key
+    frame_key, centre_key, width_key = (f"review_dicom_{name}_{key}" for name in ("frame", "centre", "width"))
+    low, high = scan.value_range
+    default_centre, default_width = scan.default_window
+    span = max(high - low, default_width, BRAIN_WINDOW[1], 1.0)
+    with st.expander("DICOM details and display", expanded=True):
+        st.dataframe(pd.DataFrame({"Field": list(scan.metadata), "Value": list(scan.metadata.values())}),
+                     hide_index=True, key=f"review_dicom_details_{key}")
+        st.caption("Only these non-identifying fields are read from the file; patient, physician, "
+                   "institution, date and private tags never are.")
+        frame = scan.frame
+        if scan.frame_count > 1:
+            st.session_state.setdefault(frame_key, scan.frame + 1)
+            frame = st.slider("Frame", 1, scan.frame_count, key=frame_key) - 1
+        st.session_state.setdefault(centre_key, float(default_centre))
+        st.session_state.setdefault(width_key, float(default_width))
+        step = 1.0 if span >= 50 else span / 100
+        centre = st.slider("Window centre (level)", float(min(low, default_centre, BRAIN_WINDOW[0])),
+                           float(max(high, default_centre, BRAIN_WINDOW[0])), step=step, key=centre_key)
+        width = st.slider("Window width", float(min(step, default_width)), float(2 * span), step=step, key=width_key)
+        brain, own = st.columns(2)
+        brain.button(f"Brain (W {BRAIN_WINDOW[1]:g}, L {BRAIN_WINDOW[0]:g})", key=f"review_dicom_brain_{key}",
+                     on_click=_set_window, args=(centre_key, width_key, BRAIN_WINDOW), width="stretch")
+        own.button(f"File default (W {default_width:g}, L {default_centre:g})", key=f"review_dicom_default_{key}",
+                   on_click=_set_window, args=(centre_key, width_key, scan.default_window), width="stretch")
+    view = (item.sha256, item.model_version, frame, float(centre), float(width))
+    chosen = item
+    if frame != scan.frame or (centre, width) != scan.default_window:
+        views: dict = st.session_state.setdefault("review_dicom_views", {})
+        if view not in views:
+            with st.spinner("Classifying the chosen frame and window..."):
+                result = analyse_bytes(classifier, data, upload.name, frame=frame, window=(centre, width))
+            views[view] = item_from_result(result, classifier)
+            while len(views) > DICOM_VIEWS_KEPT:
+                del views[next(iter(views))]
+        chosen = views[view]
+        st.caption(f"Showing and classifying frame {frame + 1} at window W {width:g}, L {centre:g}; the "
+                   "prediction recorded at upload used the file's own frame and window.")
+    shown: dict = st.session_state.setdefault("review_dicom_shown", {})
+    if shown.get(item.sha256, view) != view:  # The heat-map belongs to the view it was computed for.
+        st.session_state.get("review_heatmaps", {}).pop(item.sha256, None)
+    shown[item.sha256] = view
+    return chosen
+
+
 def render_scan(item: ReviewItem, state: dict | None, classifier, session: str, upload=None) -> None:
     """Everything about one scan: picture left, result and verdict right.
 
@@ -292,6 +361,7 @@ def render_scan(item: ReviewItem, state: dict | None, classifier, session: str, 
     st.caption(f"sha256 {item.sha256[:12]}… · model {app_support.escape_markdown(item.model_version)}")
     left, right = st.columns([5, 6], gap="large")
     with left:
+        item = dicom_view(item, upload, classifier)
         render_image(item, classifier)
     with right:
         if item.status != "ok":

@@ -88,11 +88,15 @@ def result_from_output(filename: str, digest: str, scan: Scan, probabilities: np
     return ScanResult(filename, digest, "ok", "", label, named, distance, scan)
 
 
-def analyse_bytes(classifier, data: bytes, filename: str) -> ScanResult:
-    """Classify one uploaded file; bad input yields a "rejected" result, never an exception."""
+def analyse_bytes(classifier, data: bytes, filename: str, *, frame: int | None = None,
+                  window: tuple[float, float] | None = None) -> ScanResult:
+    """Classify one uploaded file; bad input yields a "rejected" result, never an exception.
+
+    `frame` and `window` choose a DICOM file's frame and (centre, width) window, as in `load_scan`.
+    """
     digest = hashlib.sha256(data).hexdigest()
     try:
-        scan = load_scan(data, filename)
+        scan = load_scan(data, filename, frame=frame, window=window)
     except ScanRejected as rejection:
         return ScanResult(filename, digest, "rejected", rejection.reason)
     reason = screen(scan)

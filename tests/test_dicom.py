@@ -352,3 +352,66 @@ def test_colour_dicom_becomes_greyscale_with_its_colour_measured():
     dataset.save_as(buffer)
     scan = load_scan(buffer.getvalue(), "a.dcm")
     assert scan.image.shape == (64, 64) and scan.colourfulness > 30
+
+
+# ---------------------------------------------------------------- the pipeline and the Review page
+
+
+def test_analyse_bytes_classifies_the_chosen_frame_and_window(tiny_classifier):
+    from core.pipeline import analyse_bytes
+
+    frames = np.stack([synthetic_slice(seed, 96) for seed in (1, 2, 3)])
+    data = make_dicom(frames)
+    default = analyse_bytes(tiny_classifier, data, "a.dcm")
+    chosen = analyse_bytes(tiny_classifier, data, "a.dcm", frame=0, window=(100.0, 120.0))
+    assert default.status == chosen.status == "ok"
+    assert default.scan.frame == 1 and chosen.scan.frame == 0 and chosen.scan.window == (100.0, 120.0)
+    assert default.sha256 == chosen.sha256  # the same file, another view of it
+    assert default.probabilities != chosen.probabilities
+    assert "frame 9 was requested" in analyse_bytes(tiny_classifier, data, "a.dcm", frame=8).message
+
+
+def _page_text(app) -> str:
+    parts = [str(element.value) for kind in ("markdown", "caption", "metric", "info", "warning", "error", "success")
+             for element in getattr(app, kind)]
+    parts += [element.value.to_string() for element in app.dataframe]
+    return "\n".join(parts)
+
+
+def test_review_page_dicom_controls_show_details_frames_and_window_without_patient_data(tiny_model_path, tmp_path,
+                                                                                       monkeypatch):
+    import hashlib
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("BRAINSCAN_MODEL", str(tiny_model_path))
+    monkeypatch.setenv("BRAINSCAN_HISTORY_DB", str(tmp_path / "history.sqlite3"))
+    frames = np.stack([synthetic_slice(seed, 96) for seed in (1, 2, 3)])
+    data = identifying_dicom(frames, NumberOfFrames=3)
+    key = hashlib.sha256(data).hexdigest()[:16]
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "streamlit_app.py"), default_timeout=60)
+    app.run()
+    app.file_uploader(key="review_uploads_0").set_value(("series.dcm", data, "application/dicom")).run()
+    assert not app.exception, app.exception
+    text = _page_text(app)
+    assert "AX T1 POST" in text and "HEAD" in text  # the details panel
+    for value in list(IDENTIFYING.values()) + [PRIVATE_VALUE]:
+        for part in value.replace("^", " ").split():
+            if len(part) > 3:
+                assert part not in text
+    assert app.slider(key=f"review_dicom_frame_{key}").value == 2  # the middle frame by default
+    assert app.slider(key=f"review_dicom_centre_{key}").value == 128.0  # the file's own window
+    assert app.slider(key=f"review_dicom_width_{key}").value == 256.0
+
+    app.slider(key=f"review_dicom_frame_{key}").set_value(3).run()
+    assert not app.exception, app.exception
+    assert "Showing and classifying frame 3" in _page_text(app)
+    assert len(app.metric) == 2  # the chosen frame was classified
+
+    app.button(key=f"review_dicom_brain_{key}").click().run()
+    assert app.slider(key=f"review_dicom_centre_{key}").value == 40.0
+    assert app.slider(key=f"review_dicom_width_{key}").value == 80.0
+    app.button(key=f"review_dicom_default_{key}").click().run()
+    assert app.slider(key=f"review_dicom_width_{key}").value == 256.0
+    assert not app.exception, app.exception
