@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=_command_predict)
 
     ood_eval = commands.add_parser(
-        "ood-eval", help="measure the not-a-brain-MRI gate: share of MRI slices passed, share of non-MRI images flagged")
+        "ood-eval", help="measure the not-a-brain-MRI gate: share of MRI slices passed, share of non-MRI images "
+        "flagged; exits 1 when either is under its 95%% floor")
     ood_eval.add_argument("--data", action="append", required=True, help="MRI dataset folder (repeatable)")
     ood_eval.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
     ood_eval.add_argument("--split", choices=("train", "validation", "test", "all"), default="test",
