@@ -29,6 +29,14 @@ def _command_train(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _command_calibrate(arguments: argparse.Namespace) -> int:
+    from core.train import calibrate
+
+    model_path = calibrate(Path(arguments.model or config.model_path()), [Path(path) for path in arguments.data])
+    print(f"rewrote the card of {model_path}")
+    return 0
+
+
 def _command_evaluate(arguments: argparse.Namespace) -> int:
     import json
 
@@ -176,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--width", type=int, default=32, help="channels of the first stage")
     train.add_argument("--seed", type=int, default=1234)
     train.set_defaults(handler=_command_train)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="re-fit temperature and gate and re-measure a trained model from its split manifest")
+    calibrate.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
+    calibrate.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    calibrate.set_defaults(handler=_command_calibrate)
 
     evaluate = commands.add_parser("evaluate", help="measure a model on folders of class subfolders")
     evaluate.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
