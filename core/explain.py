@@ -2,10 +2,13 @@
 
 The heat-map is computed on the model's input tensor (the head crop resized to S x S) from the
 activations of the layer named `core.model.LAST_CONV_LAYER` and the gradient of one class's logit
-(Selvaraju et al., 2017). With the OpenVINO runtime and the project's pooled dense head, the
-classifier gives the maps directly (`Classifier.class_activation_maps`: the gradient of such a
-head is its kernel), so no TensorFlow is loaded; otherwise a traced TensorFlow gradient function,
-built once per classifier, computes them. `overlay` maps it back into the head's box on the original picture, the
+(Selvaraju et al., 2017). With mirror averaging (see `core.inference`) the served logit's gradient
+reaches both passes, and the mirror's map is flipped back before the two are added.
+
+With the OpenVINO runtime and the project's pooled dense head, the classifier gives the maps
+directly (`Classifier.class_activation_maps`: the gradient of such a head is its kernel), so no
+TensorFlow is loaded; otherwise a traced TensorFlow gradient function, built once per classifier,
+computes them. `overlay` maps the heat-map back into the head's box on the original picture, the
 same box `core.preprocess.prepare_image` cropped, so the colours sit on the anatomy they explain.
 """
 
@@ -104,18 +107,26 @@ def _build_gradient_function(classifier):
     size = classifier.image_size
     probe = keras.Model(model.inputs[0], [model.get_layer(LAST_CONV_LAYER).output, model.outputs[0]])
 
+    mirror = classifier.mirror
+
     def heatmap(images, class_index):
         with tf.GradientTape() as tape:
             # Watching the input records the whole forward pass, even for a model whose
             # weights were frozen (variables are only watched when trainable).
             tape.watch(images)
-            activations, logits = probe(images, training=False)
-            predicted = tf.argmax(logits[0], output_type=tf.int32)
+            batch = tf.concat([images, tf.reverse(images, axis=[2])], axis=0) if mirror else images
+            activations, logits = probe(batch, training=False)
+            served = tf.reduce_mean(logits, axis=0)  # with mirror averaging, the mean of both passes
+            predicted = tf.argmax(served, output_type=tf.int32)
             chosen = tf.where(class_index >= 0, class_index, predicted)
-            score = tf.gather(logits[0], chosen)
+            score = tf.gather(served, chosen)
         gradients = tape.gradient(score, activations)
-        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # (1, 1, 1, K): one weight per channel
-        cam = tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1, keepdims=True))
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # (P, 1, 1, K): one weight per channel
+        weighted = tf.reduce_sum(activations * weights, axis=-1, keepdims=True)  # (P, h, w, 1), P passes
+        if mirror:
+            # The mirror pass's map, flipped back, adds to the slice's: both feed the served logit.
+            weighted = weighted[0:1] + tf.reverse(weighted[1:2], axis=[2])
+        cam = tf.nn.relu(weighted)
         cam = tf.image.resize(cam, (size, size), method="bilinear")[0, :, :, 0]
         peak = tf.reduce_max(cam)
         return tf.where(peak > 0.0, cam / tf.maximum(peak, 1e-12), tf.zeros_like(cam))

@@ -18,6 +18,10 @@ it only if its features, logits and calibrated probabilities agree with the refe
 `TOLERANCE`; otherwise, or when OpenVINO is not installed, it falls back to TensorFlow. The Keras model itself
 is loaded lazily, on the first call that needs it, and then kept.
 
+A card may ask for test-time augmentation (`test_time_augmentation`, written by `core.train`): the
+served logits are then the mean of the slice's and its left-right mirror's, while the features
+for the gate come from the slice as given. Both runtimes compute the two passes inside one call.
+
 For Grad-CAM the converted network also returns the activations of `core.model.LAST_CONV_LAYER`.
 When the model's head is global average pooling, dropout and a linear dense layer (as
 `core.model.build_model` makes it), the gradient of a logit with respect to those activations is
@@ -51,7 +55,9 @@ RUNTIMES = ("auto", "openvino", "tensorflow")
 # Largest difference allowed between the converted network and TensorFlow on the probe tensors,
 # for features, logits and probabilities alike (measured differences are about 1e-6).
 TOLERANCE = 1e-4
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
+# The card's `test_time_augmentation` values this module knows how to serve (see `core.train`).
+MIRROR_MEAN = "mean of logits over the slice and its left-right mirror"
 _CACHE_ENTRIES_KEPT = 8  # older conversions (of replaced or test models) are deleted
 _PROBE_COUNT = 4
 
@@ -73,6 +79,7 @@ class Classifier:
         self.gate = gate
         self.image_size = card.image_size
         self.classes = card.classes
+        self.mirror = mirror_averaged(card)
         self.runtime = engine.name
         self._engine = engine
         self._model = model
@@ -97,13 +104,14 @@ class Classifier:
             from core.ood import MahalanobisGate
 
             gate = MahalanobisGate.load(card.ood_path)
+        mirror = mirror_averaged(card)
         engine, model = None, None
         if runtime != "tensorflow":
             engine, model = _openvino_engine(card, required=runtime == "openvino")
         if engine is None:
             model = model or _load_keras_model(model_path)
             _check_keras_model(card, model)
-            engine = _TensorFlowEngine(model, card.image_size)
+            engine = _TensorFlowEngine(model, card.image_size, mirror)
         return cls(engine, card, gate, model)
 
     @property
@@ -115,6 +123,8 @@ class Classifier:
 
         Map c is sum_k A_k * W[k, c], with A the last convolutional activations and W the dense
         head's kernel: Grad-CAM's weighted sum before its ReLU, up to the positive factor 1/(h*w).
+        With mirror averaging, A is the mean of the slice's activations and the mirror's, flipped
+        back, which is what the gradient of the averaged logit weights.
         None when the runtime cannot give it directly; `core.explain` then uses gradients.
         """
         if self._engine.name != "openvino" or self._engine.head_kernel is None:
@@ -151,13 +161,13 @@ class _TensorFlowEngine:
 
     name = "tensorflow"
 
-    def __init__(self, model, image_size: int):
+    def __init__(self, model, image_size: int, mirror: bool = False):
         import tensorflow as tf
 
-        extractor = _extractor(model)
+        served = served_function(model, mirror)
 
         def infer(images):
-            outputs = extractor(images, training=False)
+            outputs = served(images)
             return outputs["features"], outputs["logits"]
 
         shape = [image_size, image_size, 1]
@@ -249,6 +259,43 @@ def _extractor(model, with_activations: bool = False):
     return _keras().Model(model.inputs[0], outputs)
 
 
+def mirror_averaged(card: ModelCard) -> bool:
+    """Whether the card asks for logits averaged with the left-right mirror; refuse unknown requests."""
+    requested = card.data.get("test_time_augmentation")
+    if not requested:
+        return False
+    if requested == MIRROR_MEAN:
+        return True
+    raise ModelContractError(f"the model card asks for test-time augmentation {requested!r}, "
+                             f"which this version cannot serve (it knows {MIRROR_MEAN!r})")
+
+
+def served_function(model, mirror: bool, with_activations: bool = False):
+    """A TensorFlow function images (N, S, S, 1) -> {"features", "logits"[, "activations"]} as served.
+
+    With `mirror`, one forward pass runs the slices and their left-right mirrors together; the
+    logits are the mean of the two, the features those of the slices as given, and the
+    activations the mean of the slice's and the mirror's flipped back into the slice's frame.
+    """
+    import tensorflow as tf
+
+    extractor = _extractor(model, with_activations)
+
+    def served(images):
+        if not mirror:
+            return extractor(images, training=False)
+        count = tf.shape(images)[0]
+        outputs = extractor(tf.concat([images, tf.reverse(images, axis=[2])], axis=0), training=False)
+        result = {"features": outputs["features"][:count],
+                  "logits": (outputs["logits"][:count] + outputs["logits"][count:]) / 2.0}
+        if with_activations:
+            activations = outputs["activations"]
+            result["activations"] = (activations[:count] + tf.reverse(activations[count:], axis=[2])) / 2.0
+        return result
+
+    return served
+
+
 def dense_head_kernel(model) -> np.ndarray | None:
     """The (K, C) kernel of a head `last_conv -> global average pooling -> dropout* -> linear dense`, else None.
 
@@ -311,7 +358,8 @@ def _cache_folder(card: ModelCard) -> Path:
 
     version = openvino.__version__.split("-")[0]
     sha = str(card.data["model_sha256"])
-    return cache_root() / f"{card.model_path.stem}-{sha[:16]}-openvino-{version}-v{_CACHE_FORMAT}"
+    serving = "-mirror" if mirror_averaged(card) else ""
+    return cache_root() / f"{card.model_path.stem}-{sha[:16]}{serving}-openvino-{version}-v{_CACHE_FORMAT}"
 
 
 def _openvino_engine(card: ModelCard, required: bool):
@@ -367,13 +415,13 @@ def _convert_to_cache(model, card: ModelCard, folder: Path) -> None:
     import openvino
     import tensorflow as tf
 
-    extractor = _extractor(model, with_activations=True)
+    served = served_function(model, mirror_averaged(card), with_activations=True)
     size = card.image_size
-    function = tf.function(lambda images: extractor(images, training=False), autograph=False,
+    function = tf.function(served, autograph=False,
                            input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32, name="scan")])
     network = openvino.convert_model(function.get_concrete_function())
     probes = probe_tensors(size)
-    outputs = extractor(probes, training=False)
+    outputs = function(probes)
     root = folder.parent
     root.mkdir(parents=True, exist_ok=True)
     # The cache must never be committed, wherever $BRAINSCAN_RUNTIME_CACHE points.

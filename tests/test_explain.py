@@ -7,7 +7,7 @@ import pytest
 
 from core.classes import CLASS_NAMES, DISPLAY_NAMES
 from core.explain import _gradient_functions, gradcam, overlay
-from core.inference import Classifier
+from core.inference import MIRROR_MEAN, Classifier
 from core.preprocess import content_box, prepare_image
 from tests.synthetic import TINY_IMAGE_SIZE, synthetic_slice
 
@@ -34,21 +34,27 @@ def brightness_model(tmp_path_factory):
     model = keras.Model(inputs, logits)
     model.get_layer("logits").set_weights([np.array([[10.0, -10.0, 0.0, 0.0]], np.float32), np.zeros(4, np.float32)])
     folder = tmp_path_factory.mktemp("brightness-model")
-    path = folder / "brightness.keras"
-    model.save(path)
-    write_card(path, {
-        "name": "brightness", "version": "0-test", "classes": list(CLASS_NAMES),
-        "display_names": {name: DISPLAY_NAMES[name] for name in CLASS_NAMES},
-        "input": {"image_size": SIZE, "color_mode": "grayscale", "value_range": [0.0, 1.0]}, "temperature": 1.0,
-    })
-    return path
+    paths = {}
+    for mirror in (False, True):
+        path = folder / f"brightness{'-mirror' if mirror else ''}.keras"
+        model.save(path)
+        write_card(path, {
+            "name": path.stem, "version": "0-test", "classes": list(CLASS_NAMES),
+            "display_names": {name: DISPLAY_NAMES[name] for name in CLASS_NAMES},
+            "input": {"image_size": SIZE, "color_mode": "grayscale", "value_range": [0.0, 1.0]}, "temperature": 1.0,
+            **({"test_time_augmentation": MIRROR_MEAN} if mirror else {}),
+        })
+        paths[mirror] = path
+    return paths
 
 
-@pytest.fixture(scope="module", params=["tensorflow", "openvino"])
+@pytest.fixture(scope="module", params=[("tensorflow", False), ("openvino", False), ("tensorflow", True),
+                                        ("openvino", True)], ids=["tf", "ov", "tf-mirror", "ov-mirror"])
 def brightness_classifier(request, brightness_model) -> Classifier:
-    """The hand-made model through either runtime: gradients in TensorFlow, direct maps in OpenVINO."""
-    classifier = Classifier.load(brightness_model, runtime=request.param)
-    assert classifier.runtime == request.param
+    """The hand-made model through either runtime (gradients / direct maps), with and without mirror averaging."""
+    runtime, mirror = request.param
+    classifier = Classifier.load(brightness_model[mirror], runtime=runtime)
+    assert classifier.runtime == runtime and classifier.mirror == mirror
     return classifier
 
 
@@ -66,6 +72,7 @@ def test_heatmap_is_hottest_where_the_lesion_is(brightness_classifier):
     assert 3 <= row <= 8 and 23 <= column <= 28, (row, column)
     assert heatmap[4:8, 24:28].mean() > 0.6  # bilinear upsampling softens the 4x4 cell's edges
     assert heatmap[20:, :12].mean() < 0.2  # far from the lesion it is cool
+    assert heatmap[4:8, 4:8].mean() < 0.2  # and so is the lesion's mirror image (mirror maps are flipped back)
 
 
 def test_heatmap_follows_the_lesion_when_it_moves(brightness_classifier):
@@ -87,9 +94,29 @@ def test_default_class_is_the_predicted_one(brightness_classifier):
     np.testing.assert_array_equal(gradcam(brightness_classifier, tensor), gradcam(brightness_classifier, tensor, 0))
 
 
-@pytest.fixture(scope="module")
-def both_runtimes(tiny_model_path) -> dict[str, Classifier]:
-    return {runtime: Classifier.load(tiny_model_path, runtime=runtime) for runtime in ("tensorflow", "openvino")}
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "mirror"])
+def both_runtimes(request, tiny_model_path, tmp_path_factory) -> dict[str, Classifier]:
+    path = tiny_model_path
+    if request.param:
+        path = _with_mirror_averaging(tiny_model_path, tmp_path_factory.mktemp("tiny-mirror"))
+    return {runtime: Classifier.load(path, runtime=runtime) for runtime in ("tensorflow", "openvino")}
+
+
+def _with_mirror_averaging(model_path, folder):
+    """A copy of a model whose card asks for logits averaged with the left-right mirror."""
+    import json
+    import shutil
+
+    from core.card import card_path_for
+
+    for source in model_path.parent.iterdir():
+        if source.is_file():
+            shutil.copy(source, folder / source.name)
+    card = card_path_for(folder / model_path.name)
+    data = json.loads(card.read_text())
+    data["test_time_augmentation"] = MIRROR_MEAN
+    card.write_text(json.dumps(data))
+    return folder / model_path.name
 
 
 def test_real_architecture_gives_a_normalised_map_and_builds_once(both_runtimes):

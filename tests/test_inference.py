@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 
 from core.calibration import softmax
 from core.errors import ModelContractError
-from core.inference import Classifier, cache_root, outputs_agree, probe_tensors
+from core.card import card_path_for
+from core.inference import MIRROR_MEAN, Classifier, cache_root, outputs_agree, probe_tensors
 from core.preprocess import prepare_image
 from tests.synthetic import TINY_IMAGE_SIZE, synthetic_slice
 
@@ -134,6 +136,47 @@ def test_a_damaged_cache_falls_back_to_tensorflow(model_copy, private_cache):
     classifier = Classifier.load(model_copy, runtime="auto")
     assert classifier.runtime == "tensorflow"
     assert classifier.predict_tensors(probe_tensors(TINY_IMAGE_SIZE)).probabilities.shape == (4, 4)
+
+
+@pytest.fixture
+def mirror_model(model_copy):
+    """The tiny model whose card asks for logits averaged over the slice and its left-right mirror."""
+    card = card_path_for(model_copy)
+    data = json.loads(card.read_text())
+    data["test_time_augmentation"] = MIRROR_MEAN
+    card.write_text(json.dumps(data))
+    return model_copy
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "openvino"])
+def test_mirror_averaging_serves_the_mean_of_both_logits(mirror_model, private_cache, tensors, runtime):
+    classifier = Classifier.load(mirror_model, runtime=runtime)
+    assert classifier.mirror and classifier.runtime == runtime
+    plain = np.asarray(classifier.model(tensors, training=False))
+    mirrored = np.asarray(classifier.model(np.ascontiguousarray(tensors[:, :, ::-1]), training=False))
+    expected = softmax((plain + mirrored) / 2.0, classifier.card.temperature)
+    assert np.abs(expected - softmax(plain, classifier.card.temperature)).max() > 1e-4  # 10x the tolerance below
+    batch = classifier.predict_tensors(tensors)
+    singles = np.concatenate([classifier.predict_tensors(tensor[np.newaxis]).probabilities for tensor in tensors])
+    np.testing.assert_allclose(batch.probabilities, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(singles, expected, atol=1e-5, rtol=0)
+    # The gate's features are those of the slice as given.
+    plain_classifier = Classifier.load(mirror_model, runtime="tensorflow")
+    features = plain_classifier.model.get_layer("features").output
+    import keras
+
+    expected_features = np.asarray(keras.Model(plain_classifier.model.inputs[0], features)(tensors, training=False))
+    np.testing.assert_allclose(batch.features, expected_features, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_test_time_augmentation_is_refused(model_copy, private_cache):
+    card = card_path_for(model_copy)
+    data = json.loads(card.read_text())
+    data["test_time_augmentation"] = "mean over eight rotations"
+    card.write_text(json.dumps(data))
+    for runtime in ("tensorflow", "openvino", "auto"):
+        with pytest.raises(ModelContractError, match="test-time augmentation"):
+            Classifier.load(model_copy, runtime=runtime)
 
 
 def test_agreement_check_catches_a_small_difference():
