@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         runtime, load_s = _warm_runtime_cache(model_path)
         expected = _expected(model_path, files, scratch / "expected.csv")
         files = [path for path in files if expected[path.name]["status"] == "ok"]
+        if len(files) < count // 2:
+            raise SystemExit(f"error: the model classifies only {len(files)} of {count} scans (the others are "
+                             "rejected, e.g. synthetic scans by the out-of-distribution gate); pass --data with "
+                             "real brain MRI slices")
         print(f"model {model_path}, runtime {runtime}; {len(files)} scans that the CLI classifies ({data_note})",
               flush=True)
         figures = {"machine": _machine(), "model": str(model_path), "runtime": runtime, "data": data_note,
