@@ -75,7 +75,8 @@ def confusion_chart(summary: dict, display_names: dict[str, str]) -> alt.Chart:
     return (cells + text).properties(height=220)
 
 
-def main() -> None:
+def render() -> None:
+    """Draw the History page: scope, filters, summary charts, the table and its CSV export."""
     st.title("History")
     session = app_support.session_id()
     status = app_support.model_status()
@@ -145,4 +146,8 @@ def main() -> None:
     )
 
 
-main()
+if __name__ == "__main__":
+    # Only Streamlit's pages-folder fallback runs this file as a script (see pages/__init__.py).
+    import streamlit_app
+
+    streamlit_app.rerun_through_navigation()

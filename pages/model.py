@@ -198,7 +198,8 @@ def render_calibration(data: dict) -> None:
                "calibration error (lower is better).")
 
 
-def main() -> None:
+def render() -> None:
+    """Draw the Model page: the loaded model's card, or why no model is loaded."""
     status = app_support.model_status()
     if status.classifier is None:
         st.title("Model")
@@ -216,4 +217,8 @@ def main() -> None:
         st.json(data, expanded=False)
 
 
-main()
+if __name__ == "__main__":
+    # Only Streamlit's pages-folder fallback runs this file as a script (see pages/__init__.py).
+    import streamlit_app
+
+    streamlit_app.rerun_through_navigation()

@@ -438,7 +438,8 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
         st.caption("Upload a file again to see its picture and change its verdict.")
 
 
-def main() -> None:
+def render() -> None:
+    """Draw the Review page: uploader, worklist, the chosen scan's prediction and the verdict form."""
     st.title("Review scans")
     session = app_support.session_id()
     status = app_support.model_status()
@@ -482,4 +483,8 @@ def main() -> None:
     render_scan(current, states.get(current.sha256), classifier, session, upload)
 
 
-main()
+if __name__ == "__main__":
+    # Only Streamlit's pages-folder fallback runs this file as a script (see pages/__init__.py).
+    import streamlit_app
+
+    streamlit_app.rerun_through_navigation()

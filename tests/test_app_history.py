@@ -13,6 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.history import HistoryStore
+from tests.navigate import open_page
 from tests.synthetic import encode, synthetic_slice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def history_page(session: str) -> AppTest:
     app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
     app.query_params["session"] = session
     app.run()
-    app.switch_page("app_pages/history.py").run()
+    open_page(app, "history")
     assert not app.exception, app.exception
     return app
 
@@ -97,7 +98,7 @@ def test_a_verdict_saved_on_review_appears_in_history_and_in_the_csv(history_pat
     app.file_uploader(key="review_uploads_0").set_value(("=1+1.png", scan, "image/png")).run()
     app.text_area(key=f"review_note_{key}").input("=HYPERLINK(\"http://x\")").run()
     app.button(key=f"review_save_{key}").click().run()
-    app.switch_page("app_pages/history.py").run()
+    open_page(app, "history")
     assert not app.exception, app.exception
 
     table = the_table(app)

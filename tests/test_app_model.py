@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.card import card_path_for
+from tests.navigate import open_page
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +19,7 @@ def model_page(model_path: Path, history_path: Path, monkeypatch) -> AppTest:
     monkeypatch.setenv("BRAINSCAN_MODEL", str(model_path))
     monkeypatch.setenv("BRAINSCAN_HISTORY_DB", str(history_path))
     app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
-    app.switch_page("app_pages/model_card.py").run()
+    open_page(app, "model")
     assert not app.exception, app.exception
     return app
 
@@ -84,5 +85,21 @@ def test_a_broken_model_gives_a_clear_message_on_every_page(tiny_model_path, tmp
     app = model_page(model, tmp_path / "history.sqlite3", monkeypatch)
     assert message in " ".join(element.value for element in app.error)
     assert "not loaded" in " ".join(element.value for element in app.sidebar.markdown)
-    app.switch_page("app_pages/history.py").run()
+    open_page(app, "history")
     assert not app.exception, app.exception
+
+
+def test_every_rerun_on_every_page_runs_the_entry_point_and_keeps_the_reviewer_name(tiny_model_path, tmp_path,
+                                                                                  monkeypatch):
+    # Pages live in pages/, which Streamlit (and AppTest, on every run) treats as a v1 multipage
+    # folder until st.navigation runs: each run must still go through streamlit_app.run().
+    app = model_page(tiny_model_path, tmp_path / "history.sqlite3", monkeypatch)
+    app.text_input(key="reviewer_name").input("Ann").run()
+    for url_path, heading in (("history", "History"), ("review", "Review scans"), ("model", "tiny · version")):
+        open_page(app, url_path)
+        assert not app.exception, app.exception
+        assert app.title[0].value.startswith(heading)
+        assert app.sidebar.text_input(key="reviewer_name").value == "Ann"
+        assert "loaded" in " ".join(element.value for element in app.sidebar.caption)
+    app.run()
+    assert app.sidebar.text_input(key="reviewer_name").value == "Ann"

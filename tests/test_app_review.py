@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.classes import DISPLAY_NAMES
 from core.history import HistoryStore
+from tests.navigate import open_page
 from tests.synthetic import encode, synthetic_slice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,18 +85,18 @@ def test_an_upload_shows_four_probabilities_and_a_saved_verdict_is_on_disk(histo
 
 
 def test_reruns_and_page_switches_never_infer_again_or_duplicate_rows(history_path, monkeypatch):
-    import core.pipeline
+    import pages.review  # The page is an imported module now, so patch the name it calls.
 
     calls = []
-    original = core.pipeline.analyse_bytes
-    monkeypatch.setattr(core.pipeline, "analyse_bytes", lambda *arguments: calls.append(1) or original(*arguments))
+    original = pages.review.analyse_bytes
+    monkeypatch.setattr(pages.review, "analyse_bytes", lambda *arguments: calls.append(1) or original(*arguments))
     scan = encode(synthetic_slice(8, 96))
     app = start()
     app.file_uploader(key=UPLOADER).set_value(("scan-8.png", scan, "image/png")).run()
     app.radio(key=f"review_verdict_{key_of(scan)}").set_value("flag").run()
     app.text_area(key=f"review_note_{key_of(scan)}").input("draft").run()
-    app.switch_page("app_pages/history.py").run()
-    app.switch_page("app_pages/review.py").run()
+    open_page(app, "history")
+    open_page(app, "review")
     assert not app.exception, app.exception
     assert len(calls) == 1
     assert len(HistoryStore(history_path).events()) == 1

@@ -186,6 +186,32 @@ def test_upload_review_reload_and_download(browser_app, tmp_path):
     assert page.errors == [], f"the browser logged errors: {page.errors}"
 
 
+def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(browser_app):
+    # The pages live in pages/, which Streamlit runs the v1 way (that file alone, no sidebar) until
+    # st.navigation first runs in the server process: the first request here goes straight to a page.
+    url, page = browser_app
+    sidebar = page.locator("section[data-testid='stSidebar']")
+    for path, heading in (("history", "History"), ("model", "tiny · version"), ("", "Review scans")):
+        page.goto(f"{url}/{path}")
+        page.get_by_role("heading", name=heading).first.wait_for()
+        wait_until_idle(page)
+        assert page.url.startswith(f"{url}/{path}?session="), page.url
+        assert sidebar.get_by_role("textbox", name="Reviewer name").count() == 1
+        assert sidebar.get_by_text("loaded").count() >= 1
+        assert [link.strip().split()[-1] for link in
+                sidebar.locator("[data-testid='stSidebarNav'] a").all_inner_texts()] == ["Review", "History", "Model"]
+        assert page.get_by_text("Page not found").count() == 0
+        if path == "history":
+            # The first run was the pages-folder fallback; a name typed now must survive the reruns after it.
+            enter_reviewer(page, REVIEWER)
+            sidebar.get_by_text("Enter your name to save verdicts").wait_for(state="detached")
+            sidebar.get_by_role("link", name="Model").click()
+            page.get_by_role("heading", name="tiny · version").first.wait_for()
+            wait_until_idle(page)
+            assert sidebar.get_by_role("textbox", name="Reviewer name").input_value() == REVIEWER
+    assert page.errors == [], f"the browser logged errors: {page.errors}"
+
+
 def take_screenshot(output: Path, model_path: Path, image_path: Path, history_path: Path) -> None:
     """Save a screenshot of the Review page showing `image_path` classified, its bars and the verdict form."""
     executable = chromium_path()
