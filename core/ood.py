@@ -157,13 +157,13 @@ _STATISTIC_PERCENTILES = (0.5, 1.0, 5.0, 50.0, 95.0, 99.0, 99.5)
 
 def outcome_stage(result) -> str:
     """Where a `core.pipeline.ScanResult` stopped: "passed", "intake", "screen" or "gate"."""
-    from core.pipeline import NOT_MRI_MESSAGE
+    from core.pipeline import GATE_MESSAGE
 
     if result.status == "ok":
         return "passed"
-    if result.probabilities:
-        return "gate"
-    return "screen" if result.message.startswith(NOT_MRI_MESSAGE) else "intake"
+    if not result.probabilities:
+        return "intake"
+    return "gate" if result.message == GATE_MESSAGE else "screen"
 
 
 def evaluate_gate(classifier, mri_items, non_mri_items) -> dict:

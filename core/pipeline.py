@@ -17,6 +17,7 @@ from core.intake import Scan, load_scan
 from core.preprocess import prepare_image
 
 NOT_MRI_MESSAGE = "not recognised as a brain MRI slice - review manually"
+GATE_MESSAGE = f"{NOT_MRI_MESSAGE} (unlike the training scans)"
 # Colour photographs have strong chroma; greyscale MRI exports have almost none.
 MAX_COLOURFULNESS = 12.0
 MIN_CONTRAST = 4.0  # standard deviation of grey levels under which an image is blank
@@ -75,14 +76,21 @@ def screen(scan: Scan) -> str | None:
 
 
 def result_from_output(filename: str, digest: str, scan: Scan, probabilities: np.ndarray, features: np.ndarray,
-                       classifier) -> ScanResult:
-    """Build the result of one classified scan, applying the out-of-distribution gate."""
+                       classifier, screen_reason: str | None = None) -> ScanResult:
+    """Build the result of one inferred scan, applying the cheap checks' verdict and the gate.
+
+    A scan either check stops is "rejected" with no label, but keeps the model's probabilities
+    for the record (and so that evaluation scores the model on every decodable MRI slice).
+    """
     named = {name: float(value) for name, value in zip(classifier.classes, probabilities)}
     distance = None
     if classifier.gate is not None:
         distance = float(classifier.gate.distances(features[np.newaxis])[0])
+    if screen_reason:
+        return ScanResult(filename, digest, "rejected", screen_reason, None, named, distance, scan)
+    if distance is not None:
         if distance > classifier.gate.threshold:
-            return ScanResult(filename, digest, "rejected", f"{NOT_MRI_MESSAGE} (unlike the training scans)",
+            return ScanResult(filename, digest, "rejected", GATE_MESSAGE,
                               None, named, distance, scan)
     label = classifier.classes[int(np.argmax(probabilities))]
     return ScanResult(filename, digest, "ok", "", label, named, distance, scan)
@@ -99,12 +107,10 @@ def analyse_bytes(classifier, data: bytes, filename: str, *, frame: int | None =
         scan = load_scan(data, filename, frame=frame, window=window)
     except ScanRejected as rejection:
         return ScanResult(filename, digest, "rejected", rejection.reason)
-    reason = screen(scan)
-    if reason:
-        return ScanResult(filename, digest, "rejected", reason, scan=scan)
     tensor = prepare_image(scan.image, classifier.image_size)
     output = classifier.predict_tensors(tensor[np.newaxis])
-    return result_from_output(filename, digest, scan, output.probabilities[0], output.features[0], classifier)
+    return result_from_output(filename, digest, scan, output.probabilities[0], output.features[0], classifier,
+                              screen(scan))
 
 
 # Scans per inference call in `analyse_many`; measured with bench/inference.py on 2 CPU cores.
@@ -113,6 +119,8 @@ BATCH_SIZE = 16
 
 def _intake_one(item: tuple[str, Callable[[], bytes]], image_size: int, keep_scan: bool = True):
     """Read, decode, screen and prepare one file: (filename, sha256, scan, tensor or None, reason or None).
+
+    A tensor with a reason is a scan the cheap checks stopped; no tensor means intake rejected it.
 
     Runs in a worker thread, so every failure becomes a reason: one bad file must not stop a folder.
     """
@@ -133,14 +141,12 @@ def _intake_one(item: tuple[str, Callable[[], bytes]], image_size: int, keep_sca
         return filename, digest, None, None, f"the file could not be decoded ({type(error).__name__}: {error})"
     del data  # The bytes are not needed once decoded; a folder of large files must not pile them up.
     kept = scan if keep_scan else None
-    reason = screen(scan)
-    if reason:
-        return filename, digest, kept, None, reason
     try:
         tensor = prepare_image(scan.image, image_size)
     except Exception as error:
         return filename, digest, kept, None, f"the image could not be prepared ({type(error).__name__}: {error})"
-    return filename, digest, kept, tensor, None
+    # A screened scan is still inferred: its result carries the reason and the model's probabilities.
+    return filename, digest, kept, tensor, screen(scan)
 
 
 def analyse_many(classifier, items: Iterable[tuple[str, Callable[[], bytes]]], batch_size: int = BATCH_SIZE,
@@ -175,12 +181,12 @@ def analyse_many(classifier, items: Iterable[tuple[str, Callable[[], bytes]]], b
                 output = classifier.predict_tensors(np.stack([prepared[index][3] for index in ready]))
             position = {index: row for row, index in enumerate(ready)}
             for index, (filename, digest, scan, tensor, reason) in enumerate(prepared):
-                if reason is not None:
+                if tensor is None:
                     yield ScanResult(filename, digest, "rejected", reason, scan=scan)
                 else:
                     row = position[index]
                     yield result_from_output(filename, digest, scan, output.probabilities[row],
-                                             output.features[row], classifier)
+                                             output.features[row], classifier, reason)
             pending = upcoming
     finally:
         # A caller that stops early (or fails) must not wait for files it will never see.
