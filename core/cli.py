@@ -32,7 +32,8 @@ def _command_train(arguments: argparse.Namespace) -> int:
 def _command_calibrate(arguments: argparse.Namespace) -> int:
     from core.train import calibrate
 
-    model_path = calibrate(Path(arguments.model or config.model_path()), [Path(path) for path in arguments.data])
+    command = "python -m core " + " ".join(shlex.quote(part) for part in sys.argv[1:])
+    model_path = calibrate(Path(arguments.model or config.model_path()), [Path(path) for path in arguments.data], command)
     print(f"rewrote the card of {model_path}")
     return 0
 

@@ -192,7 +192,7 @@ def _calibrate_and_measure(model, tensors, label_indices, splits, out_dir: Path,
     }
 
 
-def calibrate(model_path: Path, data_dirs: list[Path]) -> Path:
+def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = None) -> Path:
     """Re-fit temperature and gate and re-measure an already trained model from its split manifest.
 
     Reads the manifest named in the model's card, preprocesses the manifest's files found under
@@ -217,6 +217,8 @@ def calibrate(model_path: Path, data_dirs: list[Path]) -> Path:
     splits = np.array([rows[item.relative_path].split for item in files])
     model = keras.models.load_model(model_path, compile=False)
     card.update(_calibrate_and_measure(model, tensors, label_indices, splits, model_path.parent, model_path.stem))
+    # Calibration and metrics now come from this command, not from the training run's own last step.
+    card["calibration_command"] = command or "python -m core calibrate " + " ".join(f"--data {d}" for d in data_dirs)
     write_card(model_path, card)
     return model_path
 
