@@ -175,11 +175,7 @@ async def _session_latencies(browser, url: str, files: list[Path], expected: dic
 
 async def _timed_upload(page, path: Path, expected: dict) -> tuple[float, list[str]]:
     """Clear the worklist, then time choosing `path` until its probability bars are visible."""
-    clear = page.get_by_role("button", name="Clear worklist")
-    if await clear.count():
-        await clear.click()
-        await page.locator("[data-testid='stVegaLiteChart']").first.wait_for(state="detached")
-        await _wait_idle(page)
+    await _clear(page)
     started = time.perf_counter()
     await _upload(page, [path])
     await _wait_for_bars(page, path.name)
@@ -226,13 +222,26 @@ async def _memory_rounds(browser, server, arguments, files: list[Path]) -> dict:
 
 async def _upload_batch(page, batch: list[Path]) -> None:
     """Clear, upload a worklist of scans at once and wait until all are classified and shown."""
-    clear = page.get_by_role("button", name="Clear worklist")
-    if await clear.count():
-        await clear.click()
-        await _wait_idle(page)
+    await _clear(page)
     await _upload(page, batch)
     await page.get_by_text(f"{len(batch)} new").first.wait_for()  # the worklist's status line
     await page.locator("[data-testid='stVegaLiteChart']").first.wait_for()
+    await _wait_idle(page)
+
+
+async def _clear(page) -> None:
+    """Press "Clear worklist" (if shown) and wait until the page holds one empty uploader and no chart."""
+    clear = page.get_by_role("button", name="Clear worklist")
+    if not await clear.count():
+        return
+    await clear.click()
+    await page.locator("[data-testid='stVegaLiteChart']").first.wait_for(state="detached")
+    await page.locator("[data-testid='stFileUploaderFile']").first.wait_for(state="detached")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while await page.locator("[data-testid='stFileUploader'] input[type='file']").count() != 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the cleared page did not settle on one uploader")
+        await asyncio.sleep(0.05)
     await _wait_idle(page)
 
 
@@ -370,8 +379,13 @@ def _cpu_seconds(server_pid: int) -> dict:
         except psutil.Error:
             return 0.0
 
-    browser = sum(used(child) for child in psutil.Process().children(recursive=True)
-                  if child.pid != server_pid and "chrom" in child.name().lower())
+    def is_browser(process) -> bool:
+        try:
+            return process.pid != server_pid and "chrom" in process.name().lower()
+        except psutil.Error:  # a short-lived helper process that has already gone
+            return False
+
+    browser = sum(used(child) for child in psutil.Process().children(recursive=True) if is_browser(child))
     return {"server": used(psutil.Process(server_pid)), "browser": browser}
 
 
