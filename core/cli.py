@@ -33,7 +33,8 @@ def _command_calibrate(arguments: argparse.Namespace) -> int:
     from core.train import calibrate
 
     command = "python -m core " + " ".join(shlex.quote(part) for part in sys.argv[1:])
-    model_path = calibrate(Path(arguments.model or config.model_path()), [Path(path) for path in arguments.data], command)
+    model_path = calibrate(Path(arguments.model or config.model_path()), [Path(path) for path in arguments.data], command,
+                           mirror=arguments.mirror)
     print(f"rewrote the card of {model_path}")
     return 0
 
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrate", help="re-fit temperature and gate and re-measure a trained model from its split manifest")
     calibrate.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
     calibrate.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    calibrate.add_argument("--mirror", action="store_true",
+                           help="serve logits averaged with the left-right mirror (twice the inference time)")
     calibrate.set_defaults(handler=_command_calibrate)
 
     evaluate = commands.add_parser("evaluate", help="measure a model on folders of class subfolders")
