@@ -26,6 +26,15 @@ def tiny_classifier(tiny_model_path):
 
 
 @pytest.fixture
+def history_path(tmp_path, tiny_model_path, monkeypatch):
+    """Point the app at the tiny model and a fresh history database; return the database path."""
+    path = tmp_path / "history.sqlite3"
+    monkeypatch.setenv("BRAINSCAN_MODEL", str(tiny_model_path))
+    monkeypatch.setenv("BRAINSCAN_HISTORY_DB", str(path))
+    return path
+
+
+@pytest.fixture
 def scan_png() -> bytes:
     """PNG bytes of one synthetic head-like slice."""
     return encode(synthetic_slice(7, 96))

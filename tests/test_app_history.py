@@ -23,13 +23,6 @@ TEN_DAYS_AGO = TODAY - timedelta(days=10)
 PROBABILITIES = {"glioma": 0.6, "meningioma": 0.2, "pituitary": 0.1, "no_tumor": 0.1}
 
 
-@pytest.fixture
-def history_path(tmp_path, tiny_model_path, monkeypatch) -> Path:
-    path = tmp_path / "history.sqlite3"
-    monkeypatch.setenv("BRAINSCAN_MODEL", str(tiny_model_path))
-    monkeypatch.setenv("BRAINSCAN_HISTORY_DB", str(path))
-    return path
-
 
 @pytest.fixture
 def downloads(monkeypatch) -> list[tuple[str, bytes]]:

@@ -19,14 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 UPLOADER = "review_uploads_0"
 
 
-@pytest.fixture
-def history_path(tmp_path, tiny_model_path, monkeypatch) -> Path:
-    """Point the app at the tiny model and a fresh history database; return the database path."""
-    path = tmp_path / "history.sqlite3"
-    monkeypatch.setenv("BRAINSCAN_MODEL", str(tiny_model_path))
-    monkeypatch.setenv("BRAINSCAN_HISTORY_DB", str(path))
-    return path
-
 
 def start(session: str | None = None, reviewer: str | None = "Ann") -> AppTest:
     """The app on its Review page, optionally reopened with a session id in the URL and a reviewer named."""
