@@ -7,6 +7,8 @@
 | BRAINSCAN_MAX_UPLOAD_MB     | largest scan file accepted, in megabytes         | 50                              |
 | BRAINSCAN_MAX_PIXELS        | largest decoded image accepted, in pixels        | 40000000                        |
 | BRAINSCAN_LOW_CONFIDENCE    | probability under which a prediction is flagged  | 0.80                            |
+| BRAINSCAN_RUNTIME           | inference runtime: auto, openvino or tensorflow  | auto (see core/inference.py)    |
+| BRAINSCAN_RUNTIME_CACHE     | folder of converted models, keyed by sha256      | data/runtime-cache              |
 """
 
 from __future__ import annotations
