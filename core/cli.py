@@ -16,10 +16,27 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def _invoked_command() -> str:
+    """This process's command line as a reader would retype it, for cards and reports."""
+    return "python -m core " + " ".join(shlex.quote(part) for part in sys.argv[1:])
+
+
+def _labelled_files(arguments: argparse.Namespace, classifier) -> list:
+    """The labelled files of `--data`, limited to `--split` of the manifest (the card's unless `--manifest`)."""
+    from core.evaluate import files_for, select_split
+
+    files = files_for([Path(path) for path in arguments.data])
+    if arguments.split in (None, "all"):
+        return files
+    manifest = Path(arguments.manifest) if arguments.manifest else (
+        classifier.card.model_path.parent / classifier.card.data["training"]["split_manifest"])
+    return select_split(files, manifest, arguments.split)
+
+
 def _command_train(arguments: argparse.Namespace) -> int:
     from core.train import train
 
-    command = "python -m core " + " ".join(shlex.quote(part) for part in sys.argv[1:])
+    command = _invoked_command()
     model_path = train(
         [Path(path) for path in arguments.data], Path(arguments.out), name=arguments.name,
         image_size=arguments.image_size, epochs=arguments.epochs, batch_size=arguments.batch_size,
@@ -32,7 +49,7 @@ def _command_train(arguments: argparse.Namespace) -> int:
 def _command_calibrate(arguments: argparse.Namespace) -> int:
     from core.train import calibrate
 
-    command = "python -m core " + " ".join(shlex.quote(part) for part in sys.argv[1:])
+    command = _invoked_command()
     model_path = calibrate(Path(arguments.model or config.model_path()), [Path(path) for path in arguments.data], command,
                            mirror=arguments.mirror)
     print(f"rewrote the card of {model_path}")
@@ -42,15 +59,11 @@ def _command_calibrate(arguments: argparse.Namespace) -> int:
 def _command_evaluate(arguments: argparse.Namespace) -> int:
     import json
 
-    from core.evaluate import evaluate_files, files_for, format_report, select_split
+    from core.evaluate import evaluate_files, format_report
     from core.inference import Classifier
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
-    files = files_for([Path(path) for path in arguments.data])
-    if arguments.split:
-        manifest = Path(arguments.manifest) if arguments.manifest else (
-            classifier.card.model_path.parent / classifier.card.data["training"]["split_manifest"])
-        files = select_split(files, manifest, arguments.split)
+    files = _labelled_files(arguments, classifier)
     report = evaluate_files(classifier, files)
     report["data"] = [str(path) for path in arguments.data] + ([f"split={arguments.split}"] if arguments.split else [])
     print(format_report(report, classifier.card.display_names))
@@ -130,21 +143,16 @@ def _command_ood_eval(arguments: argparse.Namespace) -> int:
     import json
 
     from core.card import write_card
-    from core.evaluate import files_for, select_split
     from core.inference import Classifier
     from core.nonmri import build_nonmri_set
     from core.ood import evaluate_gate, format_gate_report
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
-    files = files_for([Path(path) for path in arguments.data])
-    if arguments.split != "all":
-        manifest = Path(arguments.manifest) if arguments.manifest else (
-            classifier.card.model_path.parent / classifier.card.data["training"]["split_manifest"])
-        files = select_split(files, manifest, arguments.split)
+    files = _labelled_files(arguments, classifier)
     non_mri = build_nonmri_set(arguments.seed)
     report = evaluate_gate(classifier, [(str(item.path), item.path.read_bytes) for item in files],
                            [(name, lambda data=data: data) for name, data in non_mri])
-    command = "python -m core " + " ".join(shlex.quote(part) for part in sys.argv[1:])
+    command = _invoked_command()
     report["mri"]["data"] = [str(path) for path in arguments.data] + [f"split={arguments.split}"]
     report["non_mri"]["set"] = f"core.nonmri.build_nonmri_set(seed={arguments.seed})"
     report["command"] = command

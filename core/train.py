@@ -269,7 +269,7 @@ def train(
     }
     print(f"groups: {groups.max() + 1}; split counts: {split_counts}", flush=True)
 
-    is_train, is_validation, is_test = (splits == name_ for name_ in ("train", "validation", "test"))
+    is_train, is_validation = splits == "train", splits == "validation"
     model, epochs_run = _fit(
         tensors[is_train], label_indices[is_train], tensors[is_validation], label_indices[is_validation],
         image_size, epochs, batch_size, seed, work_dir, width,
