@@ -40,7 +40,8 @@ def _command_train(arguments: argparse.Namespace) -> int:
     model_path = train(
         [Path(path) for path in arguments.data], Path(arguments.out), name=arguments.name,
         image_size=arguments.image_size, epochs=arguments.epochs, batch_size=arguments.batch_size,
-        width=arguments.width, seed=arguments.seed, command=command,
+        width=arguments.width, seed=arguments.seed, command=command, learning_rate=arguments.learning_rate,
+        init_from=Path(arguments.init_from) if arguments.init_from else None,
     )
     print(f"wrote {model_path} and its card")
     return 0
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--width", type=int, default=32, help="channels of the first stage")
     train.add_argument("--seed", type=int, default=1234)
+    train.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate of the cosine schedule")
+    train.add_argument("--init-from", help="continue from this carded model's weights (same data and seed) "
+                       "for another cosine cycle")
     train.set_defaults(handler=_command_train)
 
     calibrate = commands.add_parser(

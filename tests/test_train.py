@@ -1,0 +1,63 @@
+"""The training pipeline end to end on a tiny synthetic dataset (seconds, not the real model)."""
+
+import json
+
+import pytest
+
+from core import config
+from core.card import card_path_for, load_card
+from core.errors import DatasetError
+from core.train import train
+from tests.synthetic import encode
+
+import numpy as np
+
+
+def write_class_folders(root, per_class, seed=0):
+    """Distinct random-texture images (thumbnails must not correlate, or the split groups them)."""
+    rng = np.random.default_rng(seed)
+    for name in ("glioma", "meningioma", "pituitary", "notumor"):
+        (root / name).mkdir(parents=True)
+        for item in range(per_class):
+            image = (rng.random((48, 48)) * 255).astype(np.uint8)
+            (root / name / f"{name}_{item}.png").write_bytes(encode(image))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(config, "ROOT", folder)  # training logs go to ROOT/runs
+        data = write_class_folders(folder / "data", per_class=16)
+        model_path = train([data], folder / "first", name="tiny", image_size=32, epochs=2, batch_size=16, width=8)
+    return data, model_path
+
+
+def test_train_writes_a_model_whose_card_loads_and_names_the_split(tiny_run):
+    _, model_path = tiny_run
+    data = load_card(model_path).data
+    assert data["training"]["epochs_run"] == 2
+    assert data["training"]["continued_from"] is None
+    assert set(data["metrics"]) == {"validation", "test"}
+    assert (model_path.parent / data["training"]["split_manifest"]).is_file()
+
+
+def test_continuing_records_the_first_run_and_keeps_its_split(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "ROOT", tmp_path)
+    data, first = tiny_run
+    second = train([data], tmp_path / "second", name="tiny", epochs=2, batch_size=16, init_from=first)
+    first_card = json.loads(card_path_for(first).read_text())
+    second_card = json.loads(card_path_for(second).read_text())
+    assert second_card["training"]["continued_from"]["sha256"] == first_card["model_sha256"]
+    assert second_card["training"]["split_manifest_sha256"] == first_card["training"]["split_manifest_sha256"]
+    assert second_card["input"]["image_size"] == 32  # taken from the first run, not the default
+    load_card(second)
+
+
+def test_continuing_on_other_data_is_refused(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "ROOT", tmp_path)
+    _, first = tiny_run
+    other = write_class_folders(tmp_path / "other", per_class=16, seed=1)
+    with pytest.raises(DatasetError, match="different split"):
+        train([other], tmp_path / "third", name="tiny", epochs=1, batch_size=16, init_from=first)
