@@ -30,6 +30,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 REVIEWER = "Dr Browser"
 # The app's first run imports TensorFlow and loads the model; on a busy two-core machine that is slow.
 APP_TIMEOUT_MS = 60_000
+BARS = "[role='group'][aria-label='Calibrated probability per class']"  # the Review page's probability bars
 
 
 def chromium_path() -> str | None:
@@ -123,7 +124,7 @@ def upload(page, path: Path) -> None:
 def wait_for_result(page) -> None:
     """Wait until the uploaded scan's probability bars and verdict form are drawn."""
     page.get_by_text("Calibrated probability").first.wait_for()
-    page.locator("[data-testid='stVegaLiteChart']").first.wait_for()
+    page.locator(BARS).first.wait_for()
     page.get_by_role("button", name="Save verdict").wait_for()
     wait_until_idle(page)
 
@@ -153,6 +154,16 @@ def test_upload_review_reload_and_download(browser_app, tmp_path):
     upload(page, scan)
     wait_for_result(page)
     assert page.get_by_text("browser-scan.png").count() >= 1
+    # The bars survive the HTML sanitiser: four meters, drawn with a width, that sum to 100%,
+    # the longest one being the class and probability the page states.
+    meters = page.locator(f"{BARS} [role='meter']")
+    assert meters.count() == 4
+    values = [float(meters.nth(index).get_attribute("aria-valuenow")) for index in range(4)]
+    assert sum(values) == pytest.approx(100.0, abs=0.01)
+    assert meters.first.locator("span").bounding_box()["width"] > 0
+    stated = page.locator("[data-testid='stMetricValue']").nth(1).inner_text().strip()
+    assert stated == f"{max(values):.1f}%"
+    assert meters.first.get_attribute("aria-label") == page.locator("[data-testid='stMetricValue']").first.inner_text().strip()
 
     page.get_by_role("button", name="Save verdict").click()
     page.get_by_text("Saved: confirmed.").wait_for()
