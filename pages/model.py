@@ -77,6 +77,16 @@ def _flat(value) -> str:
     return str(value)
 
 
+def training_commands(training: dict) -> list[str]:
+    """The commands that produced the weights, earliest first, following `continued_from` links."""
+    commands, run, seen = [], training, 0
+    while isinstance(run, dict) and seen < 20:  # a hand-edited card must not loop forever
+        if run.get("command"):
+            commands.append(str(run["command"]))
+        run, seen = run.get("continued_from"), seen + 1
+    return commands[::-1]
+
+
 def render_training(data: dict) -> None:
     """Training data, the split and the command that produced the model."""
     _section("Training data and split")
@@ -98,9 +108,13 @@ def render_training(data: dict) -> None:
     elif counts:
         st.dataframe(pd.DataFrame({"Split": list(counts), "Scans": [_flat(value) for value in counts.values()]}),
                      hide_index=True, key="model_split_counts")
-    if training.get("command"):
+    commands = training_commands(training)
+    if len(commands) == 1:
         st.markdown("**Command**")
-        st.code(str(training["command"]), language="bash")
+    elif commands:
+        st.markdown("**Commands**, in order (each later run continued from the weights of the one before)")
+    if commands:
+        st.code("\n".join(commands), language="bash")
     shown = {"data", "split_manifest", "split_rule", "split_counts", "command"}
     rest = {key: value for key, value in training.items() if key not in shown}
     if rest:

@@ -103,3 +103,13 @@ def test_every_rerun_on_every_page_runs_the_entry_point_and_keeps_the_reviewer_n
         assert "loaded" in " ".join(element.value for element in app.sidebar.caption)
     app.run()
     assert app.sidebar.text_input(key="reviewer_name").value == "Ann"
+
+
+def test_a_continued_run_lists_every_command_earliest_first():
+    from pages.model import training_commands
+
+    training = {"command": "python -m core train --init-from first.keras",
+                "continued_from": {"sha256": "ab", "command": "python -m core train", "continued_from": None}}
+    assert training_commands(training) == ["python -m core train", "python -m core train --init-from first.keras"]
+    assert training_commands({"command": "only"}) == ["only"]
+    assert training_commands({}) == []
