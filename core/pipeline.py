@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -47,6 +47,8 @@ class ScanResult:
     probabilities: dict[str, float] = field(default_factory=dict)
     ood_distance: float | None = None
     scan: Scan | None = None
+    # The model input, kept by `analyse_bytes` so the page need not prepare it again for Grad-CAM.
+    tensor: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def confidence(self) -> float | None:
@@ -109,8 +111,9 @@ def analyse_bytes(classifier, data: bytes, filename: str, *, frame: int | None =
         return ScanResult(filename, digest, "rejected", rejection.reason)
     tensor = prepare_image(scan.image, classifier.image_size)
     output = classifier.predict_tensors(tensor[np.newaxis])
-    return result_from_output(filename, digest, scan, output.probabilities[0], output.features[0], classifier,
-                              screen(scan))
+    result = result_from_output(filename, digest, scan, output.probabilities[0], output.features[0], classifier,
+                                screen(scan))
+    return replace(result, tensor=tensor)
 
 
 # Scans per inference call in `analyse_many`; measured with bench/inference.py on 2 CPU cores.

@@ -68,7 +68,7 @@ def item_from_result(result: ScanResult, classifier) -> ReviewItem:
             image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
             interpolation=cv2.INTER_AREA)
         if result.status == "ok":
-            tensor = prepare_image(image, classifier.image_size)
+            tensor = result.tensor if result.tensor is not None else prepare_image(image, classifier.image_size)
     return ReviewItem(result.sha256, result.filename, result.status, result.message, result.label,
                       dict(result.probabilities), classifier.version, thumbnail, tensor)
 
