@@ -12,6 +12,7 @@ import datetime as _datetime
 import hashlib
 import os
 import platform
+import shutil
 import sys
 import time
 from collections import Counter
@@ -323,8 +324,9 @@ def train(
         ManifestRow(path, digest, label, int(group), split)
         for path, digest, label, group, split in zip(relative, digests, labels, groups, splits)
     ]
-    manifest_path = out_dir / f"{name}.split.csv"
-    manifest_sha256 = write_manifest(manifest_rows, manifest_path)
+    # Written beside the run's logs first: a refused continuation must not overwrite the manifest
+    # of the model it names (often in the same folder).
+    manifest_sha256 = write_manifest(manifest_rows, work_dir / f"{name}.split.csv")
     split_counts = {
         split: dict(Counter(label for label, chosen in zip(labels, splits) if chosen == split))
         for split in ("train", "validation", "test")
@@ -335,6 +337,8 @@ def train(
 
         raise DatasetError(f"{init_from} was trained on a different split (its manifest digest differs from this "
                            "data's); continue only on the same data folders and seed")
+    manifest_path = out_dir / f"{name}.split.csv"
+    shutil.copyfile(work_dir / f"{name}.split.csv", manifest_path)
 
     is_train, is_validation = splits == "train", splits == "validation"
     model, epochs_run = _fit(

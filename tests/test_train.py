@@ -59,5 +59,9 @@ def test_continuing_on_other_data_is_refused(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(config, "ROOT", tmp_path)
     _, first = tiny_run
     other = write_class_folders(tmp_path / "other", per_class=16, seed=1)
+    manifest = first.with_name("tiny.split.csv")
+    before = manifest.read_bytes()
     with pytest.raises(DatasetError, match="different split"):
-        train([other], tmp_path / "third", name="tiny", epochs=1, batch_size=16, init_from=first)
+        train([other], first.parent, name="tiny", epochs=1, batch_size=16, init_from=first)
+    assert manifest.read_bytes() == before  # the refused run left the first model's files alone
+    load_card(first)
