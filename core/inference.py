@@ -116,7 +116,13 @@ class Classifier:
 
     @property
     def version(self) -> str:
-        return f"{self.card.name} {self.card.version}"
+        """What history rows name the model by: name, version and the weights' sha256 prefix.
+
+        The sha256 makes two models that share a name and version (a retrained file whose card
+        was not bumped) different models in the audit trail, so a verdict about one is never
+        shown as the saved verdict for the other.
+        """
+        return f"{self.card.name} {self.card.version} ({str(self.card.data['model_sha256'])[:8]})"
 
     def class_activation_maps(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """One tensor (S, S, 1) -> logits (C,) and per-class maps (h, w, C) float32, or None.

@@ -272,6 +272,14 @@ def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = Non
     return model_path
 
 
+def _next_minor(version: str) -> str:
+    """'1.0.0' -> '1.1.0': a continued run keeps the architecture and input contract, new weights."""
+    parts = str(version).split(".")
+    if len(parts) == 3 and all(part.isdigit() for part in parts):
+        return f"{parts[0]}.{int(parts[1]) + 1}.0"
+    return f"{version}+continued"
+
+
 def _previous_run(model_path: Path) -> dict:
     """The card of a model to continue from, after the usual sha256 and class checks."""
     import json
@@ -350,7 +358,7 @@ def train(
 
     card = {
         "name": name,
-        "version": MODEL_VERSION,
+        "version": MODEL_VERSION if previous is None else _next_minor(previous["version"]),
         "created": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
         "classes": list(CLASS_NAMES),
         "display_names": {key: DISPLAY_NAMES[key] for key in CLASS_NAMES},

@@ -19,7 +19,7 @@ from core.errors import ModelContractError
 from core.card import card_path_for
 from core.inference import MIRROR_MEAN, Classifier, cache_root, outputs_agree, probe_tensors
 from core.preprocess import prepare_image
-from tests.synthetic import TINY_IMAGE_SIZE, synthetic_slice
+from tests.synthetic import TINY_IMAGE_SIZE, make_tiny_model, synthetic_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -218,3 +218,13 @@ def test_a_cached_model_classifies_and_explains_without_tensorflow(tiny_model_pa
 def test_unknown_runtime_is_refused(tiny_model_path):
     with pytest.raises(ValueError, match="runtime"):
         Classifier.load(tiny_model_path, runtime="cuda")
+
+
+def test_models_sharing_name_and_version_are_told_apart_in_the_history(tmp_path):
+    # A retrained file whose card keeps the old name and version must not inherit the verdicts
+    # saved about the old weights: history rows name the model with its sha256 prefix.
+    first = Classifier.load(make_tiny_model(tmp_path / "a", name="tiny", seed=0), runtime="tensorflow")
+    second = Classifier.load(make_tiny_model(tmp_path / "b", name="tiny", seed=1), runtime="tensorflow")
+    assert (first.card.name, first.card.version) == (second.card.name, second.card.version)
+    assert first.version != second.version
+    assert first.version.startswith(f"tiny {first.card.version} (")

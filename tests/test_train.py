@@ -52,6 +52,7 @@ def test_continuing_records_the_first_run_and_keeps_its_split(tiny_run, tmp_path
     assert second_card["training"]["continued_from"]["sha256"] == first_card["model_sha256"]
     assert second_card["training"]["split_manifest_sha256"] == first_card["training"]["split_manifest_sha256"]
     assert second_card["input"]["image_size"] == 32  # taken from the first run, not the default
+    assert (first_card["version"], second_card["version"]) == ("1.0.0", "1.1.0")
     load_card(second)
 
 
