@@ -11,7 +11,7 @@ import hashlib
 import html
 import sqlite3
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -107,7 +107,8 @@ def classify_uploads(uploads, classifier, store, session: str) -> list[ReviewIte
 
 
 def _clear_worklist() -> None:
-    for name in ("review_items", "review_digests", "review_unrecorded", "review_heatmaps", "review_current"):
+    for name in ("review_items", "review_digests", "review_unrecorded", "review_heatmaps", "review_current",
+                 "review_dicom_headers"):
         st.session_state.pop(name, None)
     # A new key gives a new, empty uploader: Streamlit offers no other way to clear one.
     st.session_state["review_uploader_generation"] = st.session_state.get("review_uploader_generation", 0) + 1
@@ -297,6 +298,24 @@ def _set_window(centre_key: str, width_key: str, window: tuple[float, float]) ->
     st.session_state[centre_key], st.session_state[width_key] = float(window[0]), float(window[1])
 
 
+def _dicom_header(item: ReviewItem, upload):
+    """The upload's decoded DICOM scan without its pixels, or None for other files; decoded once per session.
+
+    Every widget interaction reruns the page, and re-decoding a multi-frame or JPEG 2000 file for
+    its details and slider ranges each time would repeat the slowest step of the upload.
+    """
+    headers: dict = st.session_state.setdefault("review_dicom_headers", {})
+    if item.sha256 not in headers:
+        data, scan = upload.getvalue(), None
+        if sniff_format(data) == "dicom" or upload.name.lower().endswith((".dcm", ".dicom")):
+            try:
+                scan = replace(load_scan(data, upload.name), image=None)
+            except ScanRejected:
+                pass
+        headers[item.sha256] = scan
+    return headers[item.sha256]
+
+
 def dicom_view(item: ReviewItem, upload, classifier) -> ReviewItem:
     """For a DICOM upload: its non-identifying details, a frame picker and window/level; the chosen view's item.
 
@@ -306,12 +325,8 @@ def dicom_view(item: ReviewItem, upload, classifier) -> ReviewItem:
     """
     if upload is None:
         return item
-    data = upload.getvalue()
-    if sniff_format(data) != "dicom" and not upload.name.lower().endswith((".dcm", ".dicom")):
-        return item
-    try:
-        scan = load_scan(data, upload.name)
-    except ScanRejected:
+    scan = _dicom_header(item, upload)
+    if scan is None:
         return item
     key = item.widget_key
     frame_key, centre_key, width_key = (f"review_dicom_{name}_{key}" for name in ("frame", "centre", "width"))
@@ -344,7 +359,7 @@ def dicom_view(item: ReviewItem, upload, classifier) -> ReviewItem:
         views: dict = st.session_state.setdefault("review_dicom_views", {})
         if view not in views:
             with st.spinner("Classifying the chosen frame and window..."):
-                result = analyse_bytes(classifier, data, upload.name, frame=frame, window=(centre, width))
+                result = analyse_bytes(classifier, upload.getvalue(), upload.name, frame=frame, window=(centre, width))
             views[view] = item_from_result(result, classifier)
             while len(views) > DICOM_VIEWS_KEPT:
                 del views[next(iter(views))]
