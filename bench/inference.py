@@ -86,6 +86,7 @@ def _run(arguments, model_path: Path, files: list[Path], scratch: Path, figures:
     from core.pipeline import analyse_bytes, analyse_many
     from core.preprocess import prepare_image
     from core.intake import load_scan
+    from core.train import model_outputs
 
     failures = []
     # The first load ever of a model converts it and fills the runtime cache; time it apart.
@@ -136,9 +137,8 @@ def _run(arguments, model_path: Path, files: list[Path], scratch: Path, figures:
 
     # Inference alone and equivalence, on the very same prepared tensors.
     tensors = np.stack([prepare_image(load_scan(data).image, size) for data in contents])
-    logits = model.predict(tensors, batch_size=32, verbose=0)
-    if classifier.mirror:  # the card's contract: the mean of the slice's and its mirror's logits
-        logits = (logits + model.predict(np.ascontiguousarray(tensors[:, :, ::-1]), batch_size=32, verbose=0)) / 2
+    # The card's contract computed by Keras' own predict (with mirror averaging when the card asks).
+    _, logits = model_outputs(model, tensors, classifier.mirror, batch_size=32)
     reference = softmax(logits, temperature)
     fast = np.concatenate([classifier.predict_tensors(tensor[np.newaxis]).probabilities for tensor in tensors])
     batched = classifier.predict_tensors(tensors).probabilities

@@ -202,12 +202,11 @@ class _OpenVinoEngine:
         import openvino
 
         self.head_kernel = head_kernel
-        self._chunk = self.chunk
         core = openvino.Core()
         # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise lower the precision.
         properties = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         self._requests = {}
-        for batch in sorted({1, self._chunk}):
+        for batch in sorted({1, self.chunk}):
             shaped = network.clone()
             shaped.reshape({0: [batch, image_size, image_size, 1]})
             self._requests[batch] = core.compile_model(shaped, "CPU", properties).create_infer_request()
@@ -219,7 +218,7 @@ class _OpenVinoEngine:
         pieces: list[list[np.ndarray]] = [[] for _ in outputs]
         start = 0
         while start < len(tensors):
-            batch = self._chunk if len(tensors) - start >= self._chunk else 1
+            batch = self.chunk if len(tensors) - start >= self.chunk else 1
             request = self._requests[batch]
             request.infer([tensors[start:start + batch]])
             for piece, name in zip(pieces, outputs):

@@ -282,12 +282,9 @@ def _next_minor(version: str) -> str:
 
 def _previous_run(model_path: Path) -> dict:
     """The card of a model to continue from, after the usual sha256 and class checks."""
-    import json
+    from core.card import load_card
 
-    from core.card import card_path_for, load_card
-
-    load_card(Path(model_path))
-    return json.loads(card_path_for(Path(model_path)).read_text(encoding="utf-8"))
+    return load_card(Path(model_path)).data
 
 
 def train(
