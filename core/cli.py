@@ -41,7 +41,7 @@ def _command_train(arguments: argparse.Namespace) -> int:
         [Path(path) for path in arguments.data], Path(arguments.out), name=arguments.name,
         image_size=arguments.image_size, epochs=arguments.epochs, batch_size=arguments.batch_size,
         width=arguments.width, seed=arguments.seed, command=command, learning_rate=arguments.learning_rate,
-        init_from=Path(arguments.init_from) if arguments.init_from else None,
+        init_from=Path(arguments.init_from) if arguments.init_from else None, precision=arguments.precision,
     )
     print(f"wrote {model_path} and its card")
     return 0
@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
     train.add_argument("--out", default=str(config.MODELS_DIR), help="output folder (default: models/)")
     train.add_argument("--name", default="brainscan-default", help="model file stem")
-    train.add_argument("--image-size", type=int, default=config.IMAGE_SIZE)
+    train.add_argument("--image-size", type=int, help=f"input side in pixels (default: {config.IMAGE_SIZE}, or the "
+                       "--init-from model's)")
     train.add_argument("--epochs", type=int, default=28, help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--width", type=int, default=32, help="channels of the first stage")
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate of the cosine schedule")
     train.add_argument("--init-from", help="continue from this carded model's weights (same data and seed) "
                        "for another cosine cycle")
+    train.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                       help="compute precision while training; the saved model is float32")
     train.set_defaults(handler=_command_train)
 
     calibrate = commands.add_parser(

@@ -66,5 +66,8 @@ def low_confidence_threshold() -> float:
 # The model's input contract. The card of a trained model is the source of truth at run time;
 # these are the values new models are trained with.
 IMAGE_SIZE = 128
+# Near-duplicate grouping always compares slices prepared at this size, whatever the model's
+# input size, so a model trained at another size keeps the same split (and held-out files).
+SPLIT_IMAGE_SIZE = 128
 COLOR_MODE = "grayscale"
 VALUE_RANGE = (0.0, 1.0)

@@ -66,3 +66,20 @@ def test_continuing_on_other_data_is_refused(tiny_run, tmp_path, monkeypatch):
         train([other], first.parent, name="tiny", epochs=1, batch_size=16, init_from=first)
     assert manifest.read_bytes() == before  # the refused run left the first model's files alone
     load_card(first)
+
+
+def test_continuing_at_another_size_in_bfloat16_keeps_the_split_and_saves_float32(tiny_run, tmp_path, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(config, "ROOT", tmp_path)
+    data, first = tiny_run
+    second = train([data], tmp_path / "larger", name="tiny", image_size=40, epochs=1, batch_size=16, init_from=first,
+                   precision="mixed_bfloat16")
+    first_card, second_card = load_card(first).data, load_card(second).data
+    assert second_card["training"]["split_manifest_sha256"] == first_card["training"]["split_manifest_sha256"]
+    assert second_card["input"]["image_size"] == 40
+    assert second_card["training"]["precision"] == "mixed_bfloat16"
+    model = keras.models.load_model(second, compile=False)
+    assert model.input_shape == (None, 40, 40, 1)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert keras.mixed_precision.global_policy().name == "float32"  # the run put the policy back
