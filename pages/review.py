@@ -435,8 +435,13 @@ def render_worklist(items: list[ReviewItem], statuses: dict[str, str], display_n
     return by_digest[st.session_state["review_current"]]
 
 
-def render_earlier(store, session: str, shown: set[str], display_names: dict[str, str], expanded: bool) -> None:
-    """Scans this session reviewed earlier that are not uploaded now, read back from the history."""
+def render_earlier(store, session: str, shown: set[str], display_names: dict[str, str]) -> None:
+    """Scans this session reviewed earlier that are not uploaded now, read back from the history.
+
+    A closed expander whose title gives the count; only the reviewer opens it. When the page
+    opened it for an empty worklist and shut it for an upload, that animation (and the grid drawn
+    inside) was about 40% of the browser's work per upload (bench/app.py).
+    """
     try:
         earlier = [row for row in store.current_state(session_id=session) if row["sha256"] not in shown]
     except sqlite3.Error as error:
@@ -444,7 +449,8 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
         return
     if not earlier:
         return
-    with st.expander(f"Earlier in this session ({len(earlier)} scans, from the history)", expanded=expanded):
+    title = f"Earlier in this session ({len(earlier)} {'scan' if len(earlier) == 1 else 'scans'}, from the history)"
+    with st.expander(title, expanded=False):
         st.dataframe(
             pd.DataFrame({
                 "File": [row["file_name"] for row in earlier],
@@ -491,7 +497,7 @@ def render() -> None:
     except sqlite3.Error as error:
         st.error(f"The history database could not be read ({error}); saved verdicts are not shown.")
         states = {}
-    render_earlier(store, session, {item.sha256 for item in items}, display_names, expanded=not items)
+    render_earlier(store, session, {item.sha256 for item in items}, display_names)
     if not items:
         st.info("Upload one or more scans to start.", icon=":material/upload_file:")
         return

@@ -165,6 +165,26 @@ def test_a_refresh_reads_the_saved_verdict_back_from_the_database(history_path):
     assert len(HistoryStore(history_path).events()) == 2  # Re-uploading in the same session adds nothing.
 
 
+def test_earlier_scans_stay_in_a_closed_expander_with_or_without_a_worklist(history_path):
+    # The page must not open and shut the expander itself between reruns (that animation was most
+    # of the browser's work per upload); its title gives the count, the reviewer opens it.
+    first, second = encode(synthetic_slice(21, 96)), encode(synthetic_slice(22, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value(("scan-21.png", first, "image/png")).run()
+    assert not app.expander
+    app.button(key="review_clear").click().run()
+    app.file_uploader(key="review_uploads_1").set_value(("scan-22.png", second, "image/png")).run()
+    app.button(key="review_clear").click().run()
+    (expander,) = app.expander
+    assert (expander.label, expander.proto.expanded) == ("Earlier in this session (2 scans, from the history)", False)
+    assert sorted(table_with(app, "Verdict")["File"]) == ["scan-21.png", "scan-22.png"]
+
+    app.file_uploader(key="review_uploads_2").set_value(("scan-22.png", second, "image/png")).run()
+    (expander,) = app.expander
+    assert (expander.label, expander.proto.expanded) == ("Earlier in this session (1 scan, from the history)", False)
+    assert list(table_with(app, "Verdict")["File"]) == ["scan-21.png"]
+
+
 def test_a_missing_model_gives_a_clear_page_and_uploads_are_refused_cleanly(history_path, tmp_path, monkeypatch):
     monkeypatch.setenv("BRAINSCAN_MODEL", str(tmp_path / "absent.keras"))
     app = start()

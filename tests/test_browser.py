@@ -170,7 +170,7 @@ def test_upload_review_reload_and_download(browser_app, tmp_path):
 
     # A refresh starts a new Streamlit session but keeps the session id, so what was saved is read back.
     page.reload()
-    page.get_by_text("Earlier in this session (1 scans").wait_for()
+    page.get_by_text("Earlier in this session (1 scan,").wait_for()
     upload(page, scan)
     wait_for_result(page)
     page.get_by_text("Saved verdict:").wait_for()
