@@ -9,8 +9,10 @@ given model) and drives headless Chromium (Debian's, /usr/bin/chromium) with Pla
    page that opened the app and uploaded it (the browser itself is started beforehand);
 2. latency, one session: choose a file -> its probability bars visible, one scan at a time,
    clearing the worklist in between (median and p95);
-3. latency, N concurrent sessions: the same in N browser contexts at once; every answer is checked
-   against `python -m core predict` on the same file (class and calibrated probability shown);
+3. latency, N concurrent sessions: the same in N browser contexts at once, started when all N
+   pages are open and idle (N reviewers at work, not N page loads racing the uploads; the raw
+   latencies per session go to --json); every answer is checked against `python -m core
+   predict` on the same file (class and calibrated probability shown);
 4. memory: N sessions each upload S scans at once (a worklist), clear, and do it again for R
    rounds; the server's resident memory is sampled every 100 ms from /proc, and its growth from
    the end of the first round to the end of the last is reported.
@@ -141,11 +143,13 @@ async def _bench(arguments, model_path: Path, files: list[Path], expected: dict,
                 # The contexts are closed only after the CPU count: a closed context's renderer
                 # process is gone, and its CPU seconds with it.
                 contexts = [await browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in chunks]
+                pages = await asyncio.gather(*(_open_page(context, server.url) for context in contexts))
                 cpu_before = _cpu_seconds(server.process.pid)
-                results = await asyncio.gather(*(_session_latencies(context, server.url, chunk, expected)
-                                                 for context, chunk in zip(contexts, chunks)))
+                results = await asyncio.gather(*(_session_latencies(page, chunk, expected)
+                                                 for page, chunk in zip(pages, chunks)))
                 concurrent = [latency for latencies, _ in results for latency in latencies]
                 figures["concurrent_sessions"] = _summary(concurrent)
+                figures["concurrent_sessions"]["latencies_s"] = [latencies for latencies, _ in results]
                 figures["concurrent_sessions"]["cpu_s_per_upload"] = _cpu_per_upload(cpu_before, server, len(concurrent))
                 for context in contexts:
                     await context.close()
@@ -161,12 +165,17 @@ async def _bench(arguments, model_path: Path, files: list[Path], expected: dict,
     return figures
 
 
-async def _session_latencies(context, url: str, files: list[Path], expected: dict) -> tuple[list[float], list[str]]:
+async def _open_page(context, url: str):
+    """A page of the app, loaded and idle: the concurrent uploads start once every session is open."""
     page = await context.new_page()
     page.set_default_timeout(WAIT_MS)
     await page.goto(url)
     await page.get_by_text("Upload brain MRI slices").wait_for()
     await _wait_idle(page)
+    return page
+
+
+async def _session_latencies(page, files: list[Path], expected: dict) -> tuple[list[float], list[str]]:
     latencies, wrongs = [], []
     for path in files:
         latency, wrong = await _timed_upload(page, path, expected)
@@ -252,8 +261,16 @@ async def _upload(page, paths: list[Path]) -> None:
 
 
 async def _wait_for_bars(page, file_name: str) -> None:
+    """The scan's heading, its probability bars and the stated probability above them all drawn.
+
+    The metrics come before the bars on the page, but a metric's label and value can still be
+    empty for a moment after the bars show (run 4 of session 3 read one empty metric once);
+    the answer counts as shown when the number is there to read.
+    """
     await page.get_by_role("heading", name=file_name).wait_for()
     await page.locator(BARS).first.wait_for()
+    await page.locator("[data-testid='stMetric']", has_text="Calibrated probability").locator(
+        "[data-testid='stMetricValue']", has_text="%").wait_for()
 
 
 async def _wait_idle(page) -> None:
