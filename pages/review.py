@@ -440,7 +440,7 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
 
     A closed expander whose title gives the count; only the reviewer opens it. When the page
     opened it for an empty worklist and shut it for an upload, that animation (and the grid drawn
-    inside) was about 40% of the browser's work per upload (bench/app.py).
+    inside) was about half of the browser's work per upload (bench/page.py).
     """
     try:
         earlier = [row for row in store.current_state(session_id=session) if row["sha256"] not in shown]

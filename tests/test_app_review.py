@@ -166,8 +166,8 @@ def test_a_refresh_reads_the_saved_verdict_back_from_the_database(history_path):
 
 
 def test_earlier_scans_stay_in_a_closed_expander_with_or_without_a_worklist(history_path):
-    # The page must not open and shut the expander itself between reruns (that animation was most
-    # of the browser's work per upload); its title gives the count, the reviewer opens it.
+    # The page must not open and shut the expander itself between reruns (that animation was about
+    # half of the browser's work per upload); its title gives the count, the reviewer opens it.
     first, second = encode(synthetic_slice(21, 96)), encode(synthetic_slice(22, 96))
     app = start()
     app.file_uploader(key=UPLOADER).set_value(("scan-21.png", first, "image/png")).run()
