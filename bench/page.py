@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(scratch)
         files, note = app._scans(arguments.data, arguments.cycles + 2, scratch / "scans")
         app._warm_runtime_cache(model_path)
-        rows = asyncio.run(_measure(model_path, files[: arguments.cycles + 2], scratch))
+        rows = asyncio.run(_measure(model_path, files, scratch))
     print(f"model {model_path}; data: {note}; {len(rows)} cycles after 2 warm-up uploads\n")
     print("| per cycle | median | min | max |")
     print("| --- | ---: | ---: | ---: |")

@@ -23,7 +23,7 @@ import numpy as np
 
 from core import config
 from core.calibration import fit_temperature, softmax
-from core.card import file_sha256, write_card
+from core.card import file_sha256, load_card, write_card
 from core.classes import CLASS_NAMES, DISPLAY_NAMES, class_index
 from core.dataset import LabelledFile, find_labelled_files
 from core.inference import MIRROR_MEAN
@@ -306,13 +306,6 @@ def _next_minor(version: str) -> str:
     return f"{version}+continued"
 
 
-def _previous_run(model_path: Path) -> dict:
-    """The card of a model to continue from, after the usual sha256 and class checks."""
-    from core.card import load_card
-
-    return load_card(Path(model_path)).data
-
-
 def train(
     data_dirs: list[Path],
     out_dir: Path,
@@ -336,7 +329,8 @@ def train(
     weights (on this 2-core CPU with AVX-512 BF16, half the time per step at 160 px, no gain at
     128 px); the saved model is float32 either way.
     """
-    previous = _previous_run(init_from) if init_from is not None else None
+    # The card of the model to continue from, after load_card's sha256 and class checks.
+    previous = load_card(Path(init_from)).data if init_from is not None else None
     if previous is not None:
         width = previous["architecture"]["width"]
         image_size = image_size or previous["input"]["image_size"]
