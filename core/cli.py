@@ -42,6 +42,7 @@ def _command_train(arguments: argparse.Namespace) -> int:
         image_size=arguments.image_size, epochs=arguments.epochs, batch_size=arguments.batch_size,
         width=arguments.width, seed=arguments.seed, command=command, learning_rate=arguments.learning_rate,
         init_from=Path(arguments.init_from) if arguments.init_from else None, precision=arguments.precision,
+        mixup_alpha=arguments.mixup,
     )
     print(f"wrote {model_path} and its card")
     return 0
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "for another cosine cycle")
     train.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
                        help="compute precision while training; the saved model is float32")
+    train.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                       help="train on blends of two slices and their labels, blend share from Beta(ALPHA, ALPHA) "
+                       "(default 0: off)")
     train.set_defaults(handler=_command_train)
 
     calibrate = commands.add_parser(

@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -76,18 +77,54 @@ def _augmenter(seed: int):
     )
 
 
-def _fit(train_x, train_y, validation_x, validation_y, image_size, epochs, batch_size, seed, work_dir, width,
-         learning_rate: float = 1e-3, init_from: Path | None = None, precision: str = "float32"):
+@dataclass(frozen=True)
+class FitSettings:
+    """How one training run fits the network (everything but the data and the folder for its logs)."""
+
+    image_size: int
+    width: int
+    epochs: int
+    batch_size: int
+    seed: int
+    learning_rate: float = 1e-3
+    init_from: Path | None = None
+    precision: str = "float32"
+    mixup: float = 0.0
+
+
+def _fit(train_x, train_y, validation_x, validation_y, settings: FitSettings, work_dir: Path):
     import keras
 
-    keras.utils.set_random_seed(seed)
-    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(settings.seed)
+    keras.mixed_precision.set_global_policy(settings.precision)
     try:
-        trained = _fit_with_policy(train_x, train_y, validation_x, validation_y, image_size, epochs, batch_size,
-                                   seed, work_dir, width, learning_rate, init_from)
+        trained, epochs_run = _fit_with_policy(train_x, train_y, validation_x, validation_y, settings, work_dir)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return _as_float32(trained[0], image_size, width), trained[1]
+    return _as_float32(trained, settings.image_size, settings.width), epochs_run
+
+
+def mixup(images, labels, alpha: float, seed: int):
+    """Blend each image and its one-hot label with another of the batch (mixup, Zhang et al. 2018).
+
+    The share of the image's own content is max(l, 1 - l) with l ~ Beta(alpha, alpha), so every
+    blend stays mostly the slice it started as and keeps that slice's class as its largest label
+    (Keras weights classes by the largest label). Works on tensors; used inside tf.data.
+    """
+    import tensorflow as tf
+
+    labels = tf.cast(labels, images.dtype)
+    count = tf.shape(images)[0]
+    first = tf.random.gamma([count], alpha, seed=seed)
+    second = tf.random.gamma([count], alpha, seed=seed + 1)
+    share = first / (first + second + 1e-12)
+    share = tf.maximum(share, 1.0 - share)
+    partner = tf.random.shuffle(tf.range(count), seed=seed + 2)
+    image_share = tf.reshape(share, [-1, 1, 1, 1])
+    label_share = tf.reshape(share, [-1, 1])
+    images = image_share * images + (1.0 - image_share) * tf.gather(images, partner)
+    labels = label_share * labels + (1.0 - label_share) * tf.gather(labels, partner)
+    return images, labels
 
 
 def _as_float32(model, image_size: int, width: int):
@@ -101,21 +138,24 @@ def _as_float32(model, image_size: int, width: int):
     return served
 
 
-def _fit_with_policy(train_x, train_y, validation_x, validation_y, image_size, epochs, batch_size, seed, work_dir,
-                     width, learning_rate, init_from):
+def _fit_with_policy(train_x, train_y, validation_x, validation_y, settings: FitSettings, work_dir: Path):
     import keras
     import tensorflow as tf
 
     from core.model import build_model
 
+    image_size, epochs, batch_size, seed = settings.image_size, settings.epochs, settings.batch_size, settings.seed
+    learning_rate, init_from = settings.learning_rate, settings.init_from
     class_count = len(CLASS_NAMES)
     counts = np.bincount(train_y, minlength=class_count)
     class_weight = {index: float(len(train_y) / (class_count * counts[index])) for index in range(class_count)}
     augmenter = _augmenter(seed)
 
     def augment(images, labels):
-        images = augmenter(images, training=True)
-        return tf.clip_by_value(images, 0.0, 1.0), labels
+        images = tf.clip_by_value(augmenter(images, training=True), 0.0, 1.0)
+        if settings.mixup > 0:
+            images, labels = mixup(images, labels, settings.mixup, seed + 10)
+        return images, labels
 
     train_data = (
         tf.data.Dataset.from_tensor_slices((train_x, keras.utils.to_categorical(train_y, class_count)))
@@ -127,7 +167,7 @@ def _fit_with_policy(train_x, train_y, validation_x, validation_y, image_size, e
     validation_data = tf.data.Dataset.from_tensor_slices(
         (validation_x, keras.utils.to_categorical(validation_y, class_count))
     ).batch(128)
-    model = build_model(image_size, width=width)
+    model = build_model(image_size, width=settings.width)
     if init_from is not None:
         # Another cosine cycle from an earlier run's weights (same split, checked by the caller).
         # The network is fully convolutional up to global pooling, so the weights carry over to
@@ -319,6 +359,7 @@ def train(
     learning_rate: float = 1e-3,
     init_from: Path | None = None,
     precision: str = "float32",
+    mixup_alpha: float = 0.0,
 ) -> Path:
     """Train, calibrate, evaluate and card a model; return the path of the written `.keras` file.
 
@@ -327,7 +368,8 @@ def train(
     `image_size` is given, and its split manifest must equal the one derived here, so no held-out
     file was ever trained on. `precision` "mixed_bfloat16" computes in bfloat16 with float32
     weights (on this 2-core CPU with AVX-512 BF16, half the time per step at 160 px, no gain at
-    128 px); the saved model is float32 either way.
+    128 px); the saved model is float32 either way. `mixup_alpha` > 0 trains on blends of two
+    slices and their labels (see `mixup`), a regulariser against memorising the training slices.
     """
     # The card of the model to continue from, after load_card's sha256 and class checks.
     previous = load_card(Path(init_from)).data if init_from is not None else None
@@ -375,10 +417,10 @@ def train(
     shutil.copyfile(work_dir / f"{name}.split.csv", manifest_path)
 
     is_train, is_validation = splits == "train", splits == "validation"
-    model, epochs_run = _fit(
-        tensors[is_train], label_indices[is_train], tensors[is_validation], label_indices[is_validation],
-        image_size, epochs, batch_size, seed, work_dir, width, learning_rate, init_from, precision,
-    )
+    settings = FitSettings(image_size, width, epochs, batch_size, seed, learning_rate,
+                           Path(init_from) if init_from is not None else None, precision, mixup_alpha)
+    model, epochs_run = _fit(tensors[is_train], label_indices[is_train], tensors[is_validation],
+                             label_indices[is_validation], settings, work_dir)
     model_path = out_dir / f"{name}.keras"
     model.save(model_path)
 
@@ -415,6 +457,7 @@ def train(
             "batch_size": batch_size,
             "peak_learning_rate": learning_rate,
             "precision": precision,
+            "mixup_alpha": mixup_alpha,
             "weight_averaging": "exponential moving average of the weights, horizon about 5 epochs",
             "command": command or "python -m core train " + " ".join(f"--data {d}" for d in data_dirs) + f" --out {out_dir}",
             "duration_seconds": round(time.time() - started),

@@ -74,12 +74,34 @@ def test_continuing_at_another_size_in_bfloat16_keeps_the_split_and_saves_float3
     monkeypatch.setattr(config, "ROOT", tmp_path)
     data, first = tiny_run
     second = train([data], tmp_path / "larger", name="tiny", image_size=40, epochs=1, batch_size=16, init_from=first,
-                   precision="mixed_bfloat16")
+                   precision="mixed_bfloat16", mixup_alpha=0.2)
     first_card, second_card = load_card(first).data, load_card(second).data
     assert second_card["training"]["split_manifest_sha256"] == first_card["training"]["split_manifest_sha256"]
     assert second_card["input"]["image_size"] == 40
     assert second_card["training"]["precision"] == "mixed_bfloat16"
+    assert second_card["training"]["mixup_alpha"] == 0.2
     model = keras.models.load_model(second, compile=False)
     assert model.input_shape == (None, 40, 40, 1)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     assert keras.mixed_precision.global_policy().name == "float32"  # the run put the policy back
+
+
+def test_mixup_blends_each_slice_mostly_with_itself_and_blends_labels_alike():
+    import tensorflow as tf
+
+    from core.train import mixup
+
+    count = 64
+    images = np.eye(count, dtype=np.float32).reshape(count, count, 1, 1)  # image i is one bright pixel at i
+    labels = np.eye(4)[np.arange(count) % 4]  # float64, as keras.utils.to_categorical gives them
+    mixed_images, mixed_labels = (np.asarray(t) for t in mixup(tf.constant(images), tf.constant(labels), 0.2, seed=3))
+
+    pixels = mixed_images.reshape(count, count)
+    np.testing.assert_allclose(pixels.sum(axis=1), 1.0, atol=1e-5)
+    own_share = pixels[np.arange(count), np.arange(count)]
+    assert own_share.min() >= 0.5 - 1e-6  # every blend is mostly the slice it started as
+    assert own_share.max() - own_share.min() > 0.05  # shares vary: it did blend
+    partner = np.where(own_share < 1.0 - 1e-6, np.argsort(pixels, axis=1)[:, -2], np.arange(count))
+    expected = own_share[:, None] * labels + (1.0 - own_share[:, None]) * labels[partner]
+    np.testing.assert_allclose(mixed_labels, expected, atol=1e-5)  # labels blended with the same share
+    assert (np.argmax(mixed_labels, axis=1) == np.argmax(labels, axis=1)).all()
