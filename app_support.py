@@ -1,4 +1,5 @@
-"""The only Streamlit-aware glue: the cached model, the history store, the session id and the shared sidebar.
+"""The only Streamlit-aware glue: the cached model, the history store, the session id, the shared sidebar and
+the confusion heat map both the History and Model pages draw.
 
 `core/` never imports Streamlit; pages never load models or open databases themselves.
 """
@@ -11,6 +12,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import altair as alt
+import pandas as pd
 import streamlit as st
 
 from core import config
@@ -122,3 +125,27 @@ def render_sidebar(status: ModelStatus) -> None:
         if not reviewer_name():
             st.caption("Enter your name to save verdicts.")
         st.warning(NOTICE, icon=":material/info:")
+
+
+def confusion_heatmap(matrix: list[list[int]], names: list[str], rows: str, columns: str, title: str | None = None,
+                      height: int = 240) -> alt.Chart:
+    """Heat map of a square count matrix with each cell's count written in it.
+
+    Row i, column j holds matrix[i][j]; `rows` and `columns` title the y and x axes. Counts above
+    half the largest are written in white on the darker cells.
+    """
+    # Vega-Lite field names must not contain quotes (axis titles may), hence the neutral field names.
+    frame = pd.DataFrame([{"row": names[row], "column": names[column], "Scans": matrix[row][column]}
+                          for row in range(len(names)) for column in range(len(names))])
+    base = alt.Chart(frame, title=title or "").encode(
+        x=alt.X("column:N", sort=names, title=columns, axis=alt.Axis(labelAngle=0, labelLimit=110)),
+        y=alt.Y("row:N", sort=names, title=rows),
+    )
+    peak = max(1, max(max(row) for row in matrix))
+    cells = base.mark_rect().encode(
+        color=alt.Color("Scans:Q", scale=alt.Scale(scheme="blues"), legend=None),
+        tooltip=[alt.Tooltip("row:N", title=rows), alt.Tooltip("column:N", title=columns), "Scans:Q"],
+    )
+    text = base.mark_text(fontSize=13).encode(
+        text="Scans:Q", color=alt.condition(alt.datum.Scans > peak / 2, alt.value("white"), alt.value("#1a202c")))
+    return (cells + text).properties(height=height)

@@ -53,28 +53,6 @@ def cases_chart(summary: dict, display_names: dict[str, str]) -> alt.Chart:
     ).properties(height=220)
 
 
-def confusion_chart(summary: dict, display_names: dict[str, str]) -> alt.Chart:
-    """Heat map: the model's class against the reviewer's final label, over scans with a final label."""
-    names = [display_names.get(name, name) for name in CLASS_NAMES]
-    frame = pd.DataFrame([
-        {"Model class": names[row], "Final label": names[column], "Scans": summary["confusion"][row][column]}
-        for row in range(len(names)) for column in range(len(names))
-    ])
-    # Vega-Lite field names must not contain quotes, hence "Model class" rather than "Model's class".
-    base = alt.Chart(frame, title="Model's class against final label").encode(
-        x=alt.X("Final label:N", sort=names, axis=alt.Axis(labelAngle=0, labelLimit=110)),
-        y=alt.Y("Model class:N", sort=names, title="Model's class"),
-    )
-    cells = base.mark_rect().encode(color=alt.Color("Scans:Q", scale=alt.Scale(scheme="blues"), legend=None),
-                                    tooltip=["Model class:N", "Final label:N", "Scans:Q"])
-    peak = max(1, max(max(row) for row in summary["confusion"]))
-    text = base.mark_text(fontSize=13).encode(
-        text="Scans:Q",
-        color=alt.condition(alt.datum.Scans > peak / 2, alt.value("white"), alt.value("#1a202c")),
-    )
-    return (cells + text).properties(height=220)
-
-
 def render() -> None:
     """Draw the History page: scope, filters, summary charts, the table and its CSV export."""
     st.title("History")
@@ -129,7 +107,9 @@ def render() -> None:
                            "model's class.")
     charts = st.columns(2, gap="large")
     charts[0].altair_chart(cases_chart(summary, display_names), width="stretch")
-    charts[1].altair_chart(confusion_chart(summary, display_names), width="stretch")
+    charts[1].altair_chart(app_support.confusion_heatmap(
+        summary["confusion"], [display_names.get(name, name) for name in CLASS_NAMES], rows="Model's class",
+        columns="Final label", title="Model's class against final label", height=220), width="stretch")
 
     st.subheader(f"{len(shown)} of {len(rows)} {'scans' if view == 'cases' else 'events'}", divider="gray")
     probability_columns = {f"P({display_names.get(column[2:], column[2:])})": st.column_config.NumberColumn(

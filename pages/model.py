@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -160,8 +159,9 @@ def render_metrics(data: dict, card) -> None:
         st.markdown("**Confusion matrix (test)**")
         matrix = test.get("confusion_matrix")
         if _is_square(matrix, len(card.classes)):
-            st.altair_chart(confusion_chart(matrix, [card.display_names.get(name, name) for name in card.classes]),
-                            width="stretch")
+            st.altair_chart(app_support.confusion_heatmap(
+                matrix, [card.display_names.get(name, name) for name in card.classes], rows="True class",
+                columns="Model's class"), width="stretch")
         else:
             st.markdown(NOT_RECORDED)
 
@@ -169,22 +169,6 @@ def render_metrics(data: dict, card) -> None:
 def _is_square(matrix, size: int) -> bool:
     return isinstance(matrix, list) and len(matrix) == size and all(
         isinstance(row, list) and len(row) == size for row in matrix)
-
-
-def confusion_chart(matrix: list[list[int]], names: list[str]) -> alt.Chart:
-    """Heat map of a confusion matrix: rows are true classes, columns the model's."""
-    # Vega-Lite field names must not contain quotes, hence "Model class" rather than "Model's class".
-    frame = pd.DataFrame([{"True class": names[row], "Model class": names[column], "Scans": matrix[row][column]}
-                          for row in range(len(names)) for column in range(len(names))])
-    base = alt.Chart(frame).encode(x=alt.X("Model class:N", sort=names, title="Model's class",
-                                           axis=alt.Axis(labelAngle=0, labelLimit=110)),
-                                   y=alt.Y("True class:N", sort=names))
-    peak = max(1, max(max(row) for row in matrix))
-    cells = base.mark_rect().encode(color=alt.Color("Scans:Q", scale=alt.Scale(scheme="blues"), legend=None),
-                                    tooltip=["True class:N", "Model class:N", "Scans:Q"])
-    text = base.mark_text(fontSize=13).encode(
-        text="Scans:Q", color=alt.condition(alt.datum.Scans > peak / 2, alt.value("white"), alt.value("#1a202c")))
-    return (cells + text).properties(height=240)
 
 
 def render_calibration(data: dict) -> None:

@@ -113,3 +113,17 @@ def test_a_continued_run_lists_every_command_earliest_first():
     assert training_commands(training) == ["python -m core train", "python -m core train --init-from first.keras"]
     assert training_commands({"command": "only"}) == ["only"]
     assert training_commands({}) == []
+
+
+def test_the_confusion_heat_map_puts_row_i_column_j_in_its_cell_with_the_given_axis_titles():
+    import app_support
+
+    names = ["A", "B", "C"]
+    matrix = [[5, 1, 0], [2, 7, 3], [0, 4, 9]]
+    spec = app_support.confusion_heatmap(matrix, names, rows="True class", columns="Model's class").to_dict()
+    [values] = spec["datasets"].values()
+    cells = {(value["row"], value["column"]): value["Scans"] for value in values}
+    assert cells == {(names[i], names[j]): matrix[i][j] for i in range(3) for j in range(3)}
+    cell_layer = spec["layer"][0]["encoding"]
+    assert (cell_layer["y"]["field"], cell_layer["y"]["title"]) == ("row", "True class")
+    assert (cell_layer["x"]["field"], cell_layer["x"]["title"]) == ("column", "Model's class")
