@@ -97,7 +97,8 @@ def _command_predict(arguments: argparse.Namespace) -> int:
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     files = list(_iter_input_files(arguments.paths))
-    # Identical files in one batch are classified once; later copies repeat the first one's row.
+    # Identical files in one batch are classified once; later copies repeat the first one's row,
+    # status included (the column is "ok" or "rejected", nothing else), and say whose copy they are.
     duplicate_of = duplicates_by_digest((str(path), _file_digest(path)) for path in files)
     columns = ["file", "sha256", "status", "predicted_class"] + [f"p_{name}" for name in classifier.classes] + ["message"]
     handle = open(arguments.csv, "w", newline="", encoding="utf-8") if arguments.csv else sys.stdout
@@ -112,8 +113,9 @@ def _command_predict(arguments: argparse.Namespace) -> int:
             name = str(path)
             if name in duplicate_of:
                 first = first_results[duplicate_of[name]]
-                status, message = "duplicate", f"identical to {first.filename} (classified once)"
-                result = replace(first, filename=name, status=status, message=message)
+                copy_note = f"identical to {first.filename} (classified once)"
+                result = replace(first, filename=name, message=f"{first.message}; {copy_note}" if first.message else copy_note)
+                rejected += result.status != "ok"
             else:
                 result = first_results[name] = next(results)
                 rejected += result.status != "ok"
@@ -126,7 +128,7 @@ def _command_predict(arguments: argparse.Namespace) -> int:
         print("error: no files found", file=sys.stderr)
         return 2
     duplicates = f", {len(duplicate_of)} duplicates" if duplicate_of else ""
-    print(f"{len(unique) - rejected} classified, {rejected} rejected{duplicates}", file=sys.stderr)
+    print(f"{len(files) - rejected} classified, {rejected} rejected{duplicates}", file=sys.stderr)
     return 1 if rejected else 0
 
 

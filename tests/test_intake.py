@@ -325,17 +325,25 @@ def test_cli_predict_classifies_a_duplicate_once(tiny_model_path, tmp_path, monk
     (folder / "a.png").write_bytes(scan)
     (folder / "b_copy.png").write_bytes(scan)
     (folder / "c_empty.png").write_bytes(b"")
+    (folder / "d_empty.png").write_bytes(b"")
     calls = []
     original = Classifier.predict_tensors
     monkeypatch.setattr(Classifier, "predict_tensors", lambda self, tensors: calls.append(len(tensors)) or original(self, tensors))
     out = tmp_path / "out.csv"
-    cli.main(["predict", str(folder), "--model", str(tiny_model_path), "--csv", str(out)])
+    exit_code = cli.main(["predict", str(folder), "--model", str(tiny_model_path), "--csv", str(out)])
     rows = {row["file"].rsplit("/", 1)[-1]: row for row in csv.DictReader(out.open(encoding="utf-8"))}
     assert sum(calls) == 1  # two identical files, one inference
     assert rows["a.png"]["status"] == "ok"
-    assert rows["b_copy.png"]["status"] == "duplicate" and "a.png" in rows["b_copy.png"]["message"]
+    # The status column is "ok" or "rejected" only; the copy says whose copy it is.
+    assert rows["b_copy.png"]["status"] == "ok" and "identical to" in rows["b_copy.png"]["message"]
+    assert "a.png" in rows["b_copy.png"]["message"]
     assert rows["b_copy.png"]["predicted_class"] == rows["a.png"]["predicted_class"]
+    assert rows["b_copy.png"]["p_glioma"] == rows["a.png"]["p_glioma"]
     assert rows["c_empty.png"]["status"] == "rejected" and "empty" in rows["c_empty.png"]["message"]
+    # A copy of a rejected file is rejected too, with the reason and whose copy it is.
+    assert rows["d_empty.png"]["status"] == "rejected" and "empty" in rows["d_empty.png"]["message"]
+    assert "c_empty.png" in rows["d_empty.png"]["message"]
+    assert exit_code == 1
 
 
 # ---------------------------------------------------------------- a bad file never stops a batch
