@@ -29,26 +29,42 @@ def evaluate_files(classifier, files: list[LabelledFile]) -> dict:
 
     Files the intake rejects are counted in `rejected` and left out of the metrics; files the
     out-of-distribution gate flags are kept in the metrics (the model's answer is still scored)
-    and counted in `ood_flagged`.
+    and counted in `ood_flagged`. `by_source` breaks accuracy and per-class recall down by the
+    folder that holds the class folders (e.g. 'sartaj-brain-mri/Testing'): one collection's
+    figure can hide another's.
     """
     readers = [(str(item.path), item.path.read_bytes) for item in files]
-    probabilities, truths, rejected, flagged = [], [], [], 0
+    probabilities, truths, sources, rejected, flagged = [], [], [], [], 0
     results = analyse_many(classifier, readers)
     for item, result in progress(zip(files, results), total=len(files), description="evaluating"):
         if result.probabilities:
             probabilities.append([result.probabilities[name] for name in classifier.classes])
             truths.append(class_index(item.label))
+            sources.append(source_folder(item))
             flagged += result.status != "ok"
         else:
             rejected.append({"file": result.filename, "reason": result.message})
     if not probabilities:
         raise DatasetError("no file could be classified")
-    report = classification_report(np.array(truths), np.array(probabilities), classifier.classes)
+    truths, probabilities, sources = np.array(truths), np.array(probabilities), np.array(sources)
+    report = classification_report(truths, probabilities, classifier.classes)
+    report["by_source"] = {}
+    for source in sorted(set(sources)):
+        part = classification_report(truths[sources == source], probabilities[sources == source], classifier.classes)
+        report["by_source"][source] = {
+            "n": part["n"], "accuracy": part["accuracy"],
+            "recall": {name: row["recall"] for name, row in part["per_class"].items() if row["support"]},
+        }
     report["rejected"] = rejected
     report["ood_flagged"] = flagged
     report["ood_pass_rate"] = 1.0 - flagged / len(truths)
     report["model"] = classifier.version
     return report
+
+
+def source_folder(item: LabelledFile) -> str:
+    """The folder holding the file's class folder, from the dataset folder on: 'sartaj-brain-mri/Testing'."""
+    return "/".join(item.relative_path.split("/")[:-2]) or item.source
 
 
 def format_report(report: dict, display_names: dict[str, str]) -> str:
@@ -69,6 +85,12 @@ def format_report(report: dict, display_names: dict[str, str]) -> str:
     lines += ["", "confusion (rows: true, columns: predicted)", " " * 18 + "".join(f"{name[:9]:>10}" for name in names)]
     for name, row in zip(names, report["confusion_matrix"]):
         lines.append(f"{display_names.get(name, name):<18}" + "".join(f"{count:>10d}" for count in row))
+    by_source = report.get("by_source") or {}
+    if len(by_source) > 1:
+        lines += ["", "by source folder (recall per class present)"]
+        for source, part in by_source.items():
+            recalls = "  ".join(f"{display_names.get(name, name)} {value:.3f}" for name, value in part["recall"].items())
+            lines.append(f"  {source}: n = {part['n']}, accuracy = {part['accuracy']:.4f}; {recalls}")
     return "\n".join(lines)
 
 

@@ -71,3 +71,26 @@ def test_evaluate_rejects_unknown_class_folder(tmp_path, tiny_model_path, capsys
     write_class_folders(tmp_path / "data", names=("glioma", "ependymoma"), per_class=1)
     assert main(["evaluate", "--data", str(tmp_path / "data"), "--model", str(tiny_model_path)]) == 2
     assert "ependymoma" in capsys.readouterr().err
+
+
+def test_evaluate_breaks_accuracy_down_by_source_folder(tmp_path, tiny_model_path, capsys):
+    write_class_folders(tmp_path / "set" / "Training", per_class=3)
+    write_class_folders(tmp_path / "set" / "Testing", names=("glioma_tumor", "no_tumor"), per_class=2)
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--data", str(tmp_path / "set"), "--model", str(tiny_model_path), "--json", str(out)]) == 0
+    by_source = json.loads(out.read_text())["by_source"]
+    assert {source: part["n"] for source, part in by_source.items()} == {"set/Testing": 4, "set/Training": 12}
+    assert set(by_source["set/Testing"]["recall"]) == {"glioma", "no_tumor"}  # only the classes present
+    assert "by source folder" in capsys.readouterr().out
+
+    # Each folder's accuracy is that of the model's top class over the folder's files.
+    classes = ("glioma", "meningioma", "pituitary", "no_tumor")
+    truth = {"glioma": "glioma", "glioma_tumor": "glioma", "meningioma": "meningioma", "pituitary": "pituitary",
+             "notumor": "no_tumor", "no_tumor": "no_tumor"}
+    predictions = tmp_path / "predictions.csv"
+    main(["predict", str(tmp_path / "set"), "--model", str(tiny_model_path), "--csv", str(predictions)])
+    for source in ("Training", "Testing"):
+        rows = [row for row in _rows(predictions) if f"/{source}/" in row["file"]]
+        right = [max(classes, key=lambda name: float(row[f"p_{name}"])) == truth[row["file"].split("/")[-2]]
+                 for row in rows]
+        assert abs(by_source[f"set/{source}"]["accuracy"] - sum(right) / len(right)) < 1e-9
