@@ -89,7 +89,7 @@ class FitSettings:
     learning_rate: float = 1e-3
     init_from: Path | None = None
     precision: str = "float32"
-    mixup: float = 0.0
+    mixup_alpha: float = 0.0
 
 
 def _fit(train_x, train_y, validation_x, validation_y, settings: FitSettings, work_dir: Path):
@@ -153,8 +153,8 @@ def _fit_with_policy(train_x, train_y, validation_x, validation_y, settings: Fit
 
     def augment(images, labels):
         images = tf.clip_by_value(augmenter(images, training=True), 0.0, 1.0)
-        if settings.mixup > 0:
-            images, labels = mixup(images, labels, settings.mixup, seed + 10)
+        if settings.mixup_alpha > 0:
+            images, labels = mixup(images, labels, settings.mixup_alpha, seed + 10)
         return images, labels
 
     train_data = (
