@@ -113,12 +113,11 @@ def _command_predict(arguments: argparse.Namespace) -> int:
             name = str(path)
             if name in duplicate_of:
                 first = first_results[duplicate_of[name]]
-                copy_note = f"identical to {first.filename} (classified once)"
+                copy_note = f"identical to {first.filename} (analysed once)"
                 result = replace(first, filename=name, message=f"{first.message}; {copy_note}" if first.message else copy_note)
-                rejected += result.status != "ok"
             else:
                 result = first_results[name] = next(results)
-                rejected += result.status != "ok"
+            rejected += result.status != "ok"
             probabilities = [f"{result.probabilities[name]:.6f}" if result.probabilities else "" for name in classifier.classes]
             writer.writerow([result.filename, result.sha256, result.status, result.label or ""] + probabilities + [result.message])
     finally:
