@@ -42,7 +42,7 @@ def _command_train(arguments: argparse.Namespace) -> int:
         image_size=arguments.image_size, epochs=arguments.epochs, batch_size=arguments.batch_size,
         width=arguments.width, seed=arguments.seed, command=command, learning_rate=arguments.learning_rate,
         init_from=Path(arguments.init_from) if arguments.init_from else None, precision=arguments.precision,
-        mixup_alpha=arguments.mixup,
+        mixup_alpha=arguments.mixup, scanner_augment=arguments.scanner_augment,
     )
     print(f"wrote {model_path} and its card")
     return 0
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                        help="train on blends of two slices and their labels, blend share from Beta(ALPHA, ALPHA) "
                        "(default 0: off)")
+    train.add_argument("--scanner-augment", action="store_true",
+                       help="also vary gamma, resolution and noise while training, as other scanners and exports do")
     train.set_defaults(handler=_command_train)
 
     calibrate = commands.add_parser(
