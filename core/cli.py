@@ -75,6 +75,22 @@ def _command_evaluate(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _command_robustness(arguments: argparse.Namespace) -> int:
+    import json
+
+    from core.inference import Classifier
+    from core.robustness import format_robustness, robustness_report
+
+    classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
+    report = robustness_report(classifier, _labelled_files(arguments, classifier), seed=arguments.seed)
+    report["data"] = [str(path) for path in arguments.data] + ([f"split={arguments.split}"] if arguments.split else [])
+    print(format_robustness(report))
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {arguments.json}")
+    return 0
+
+
 def _iter_input_files(paths: list[str]):
     """Files named directly, and every file under named folders (recursive, sorted)."""
     for raw in paths:
@@ -225,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="only the files of this split of the model's manifest")
     evaluate.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
     evaluate.set_defaults(handler=_command_evaluate)
+
+    robustness = commands.add_parser(
+        "robustness", help="accuracy on folders of class subfolders, clean and with the contrast, resolution, "
+        "blur, noise and compression changes other scanners and exports bring")
+    robustness.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
+    robustness.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    robustness.add_argument("--json", help="write the report JSON here")
+    robustness.add_argument("--split", choices=("train", "validation", "test"),
+                            help="only the files of this split of the model's manifest")
+    robustness.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
+    robustness.add_argument("--seed", type=int, default=0, help="seed of the added noise (default 0)")
+    robustness.set_defaults(handler=_command_robustness)
 
     predict = commands.add_parser("predict", help="classify files or folders; one CSV row per file")
     predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
