@@ -74,12 +74,12 @@ def test_continuing_at_another_size_in_bfloat16_keeps_the_split_and_saves_float3
     monkeypatch.setattr(config, "ROOT", tmp_path)
     data, first = tiny_run
     second = train([data], tmp_path / "larger", name="tiny", image_size=40, epochs=1, batch_size=16, init_from=first,
-                   precision="mixed_bfloat16", mixup_alpha=0.2)
+                   precision="mixed_bfloat16", mixup_alpha=0.2, scanner_augment=True)
     first_card, second_card = load_card(first).data, load_card(second).data
     assert second_card["training"]["split_manifest_sha256"] == first_card["training"]["split_manifest_sha256"]
     assert second_card["input"]["image_size"] == 40
     assert second_card["training"]["precision"] == "mixed_bfloat16"
-    assert second_card["training"]["mixup_alpha"] == 0.2
+    assert second_card["training"]["mixup_alpha"] == 0.2 and second_card["training"]["scanner_augment"] is True
     model = keras.models.load_model(second, compile=False)
     assert model.input_shape == (None, 40, 40, 1)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
@@ -105,3 +105,18 @@ def test_mixup_blends_each_slice_mostly_with_itself_and_blends_labels_alike():
     expected = own_share[:, None] * labels + (1.0 - own_share[:, None]) * labels[partner]
     np.testing.assert_allclose(mixed_labels, expected, atol=1e-5)  # labels blended with the same share
     assert (np.argmax(mixed_labels, axis=1) == np.argmax(labels, axis=1)).all()
+
+
+def test_scanner_variation_keeps_shape_and_range_and_changes_contrast_per_slice():
+    import tensorflow as tf
+
+    from core.train import scanner_variation
+
+    ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (64, 1))[None, :, :, None]
+    images = np.repeat(ramp, 16, axis=0)  # sixteen identical slices
+    varied = np.asarray(scanner_variation(tf.constant(images), seed=7))
+    assert varied.shape == images.shape and varied.dtype == np.float32
+    assert varied.min() >= 0.0 and varied.max() <= 1.0
+    middle = varied[:, 28:36, 28:36, 0].mean(axis=(1, 2))  # grey level ~0.5 under each slice's gamma
+    assert middle.max() - middle.min() > 0.05  # each slice got its own curve
+    assert (0.5 ** 1.6 - 0.08 < middle).all() and (middle < 0.5 ** 0.6 + 0.08).all()  # within the gamma range
