@@ -84,10 +84,27 @@ def _command_robustness(arguments: argparse.Namespace) -> int:
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     report = robustness_report(classifier, _labelled_files(arguments, classifier), seed=arguments.seed)
     report["data"] = [str(path) for path in arguments.data] + ([f"split={arguments.split}"] if arguments.split else [])
+    report["command"] = _invoked_command()
     print(format_robustness(report))
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {arguments.json}")
+    if arguments.write_card:
+        import datetime
+
+        from core.card import write_card
+
+        card = dict(classifier.card.data)
+        card["robustness"] = {
+            "n": report["n"], "data": report["data"],
+            "clean_accuracy": report["clean"]["accuracy"],
+            "accuracy": {name: result["accuracy"] for name, result in report["perturbations"].items()},
+            "mean_perturbed_accuracy": report["mean_perturbed_accuracy"],
+            "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": report["command"],
+        }
+        write_card(classifier.card.model_path, card)
+        print(f"updated the robustness figures in the card of {classifier.card.model_path.name}")
     return 0
 
 
@@ -252,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="only the files of this split of the model's manifest")
     robustness.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
     robustness.add_argument("--seed", type=int, default=0, help="seed of the added noise (default 0)")
+    robustness.add_argument("--write-card", action="store_true",
+                            help="record the figures in the model's card (shown on the Model page)")
     robustness.set_defaults(handler=_command_robustness)
 
     predict = commands.add_parser("predict", help="classify files or folders; one CSV row per file")

@@ -196,6 +196,25 @@ def render_calibration(data: dict) -> None:
                "calibration error (lower is better).")
 
 
+def render_robustness(data: dict) -> None:
+    """Accuracy when slices look as other scanners and exports make them (`python -m core robustness`)."""
+    robustness = data.get("robustness")
+    if not isinstance(robustness, dict) or not isinstance(robustness.get("accuracy"), dict):
+        return
+    _section("Other scanners and exports")
+    clean = robustness.get("clean_accuracy")
+    conditions = {name: value for name, value in robustness["accuracy"].items() if isinstance(value, (int, float))}
+    st.dataframe(pd.DataFrame({
+        "Condition": ["as exported"] + list(conditions),
+        "Accuracy": [_number(clean, "{:.1%}")] + [_number(value, "{:.1%}") for value in conditions.values()],
+        "Change": [""] + [f"{(value - clean) * 100:+.1f} points" if isinstance(clean, (int, float)) else "-"
+                          for value in conditions.values()],
+    }), hide_index=True, key="model_robustness")
+    st.caption(f"Each held-out slice changed as another scanner or export would change it, then classified; "
+               f"measured on {_text(_flat(robustness.get('data', NOT_RECORDED)))} "
+               f"(n = {_number(robustness.get('n'), '{:.0f}')}) by {_text(robustness.get('command', NOT_RECORDED))}.")
+
+
 def render() -> None:
     """Draw the Model page: the loaded model's card, or why no model is loaded."""
     status = app_support.model_status()
@@ -211,6 +230,7 @@ def render() -> None:
     render_training(data)
     render_metrics(data, card)
     render_calibration(data)
+    render_robustness(data)
     with st.expander("The whole card (JSON)"):
         st.json(data, expanded=False)
 

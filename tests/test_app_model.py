@@ -127,3 +127,23 @@ def test_the_confusion_heat_map_puts_row_i_column_j_in_its_cell_with_the_given_a
     cell_layer = spec["layer"][0]["encoding"]
     assert (cell_layer["y"]["field"], cell_layer["y"]["title"]) == ("row", "True class")
     assert (cell_layer["x"]["field"], cell_layer["x"]["title"]) == ("column", "Model's class")
+
+
+def test_robustness_figures_written_to_the_card_are_shown(tiny_model_path, tmp_path, monkeypatch):
+    from core import robustness
+    from core.cli import main
+    from tests.synthetic import write_class_folders
+
+    model = copy_model(tiny_model_path, tmp_path / "robust")
+    app = model_page(model, tmp_path / "history.sqlite3", monkeypatch)
+    assert "Other scanners and exports" not in page_text(app)  # nothing measured, nothing shown
+
+    write_class_folders(tmp_path / "data", per_class=2, size=80)
+    assert main(["robustness", "--data", str(tmp_path / "data"), "--model", str(model), "--write-card"]) == 0
+    card = json.loads(model.with_suffix(".card.json").read_text())
+    assert card["robustness"]["n"] == 8 and set(card["robustness"]["accuracy"]) == set(robustness.PERTURBATIONS)
+    app = model_page(model, tmp_path / "history.sqlite3", monkeypatch)  # the card still loads
+    assert "Other scanners and exports" in page_text(app)
+    table = next(element.value for element in app.dataframe if "Condition" in element.value.columns)
+    assert list(table["Condition"]) == ["as exported"] + list(robustness.PERTURBATIONS)
+    assert table["Accuracy"].iloc[0] == f"{card['robustness']['clean_accuracy']:.1%}"
