@@ -292,6 +292,7 @@ class _PngHeader:
     has_transparency: bool
     complete: bool  # an IEND chunk was reached
     exif: bytes | None
+    overrun: bool = False  # a chunk claims more bytes than the file has left
 
 
 def _read_png_header(data: bytes) -> _PngHeader:
@@ -299,11 +300,14 @@ def _read_png_header(data: bytes) -> _PngHeader:
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise ScanRejected("the PNG file is damaged: its header (IHDR) is missing or truncated")
     width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
-    has_transparency, complete, exif = False, False, None
+    has_transparency, complete, exif, overrun = False, False, None, False
     position = 8
     while position + 8 <= len(data):
         length = struct.unpack_from(">I", data, position)[0]
         kind = data[position + 4: position + 8]
+        if position + 12 + length > len(data):
+            overrun = True
+            break
         if kind == b"tRNS":
             has_transparency = True
         elif kind == b"eXIf":
@@ -312,12 +316,16 @@ def _read_png_header(data: bytes) -> _PngHeader:
             complete = True
             break
         position += 12 + length
-    return _PngHeader(width, height, bit_depth, colour_type, has_transparency, complete, exif)
+    return _PngHeader(width, height, bit_depth, colour_type, has_transparency, complete, exif, overrun)
 
 
 def _load_png(data: bytes) -> Scan:
     header = _read_png_header(data)
     check_pixel_count(header.width, header.height, what="PNG file")
+    if header.overrun:
+        # Refused before decoding: OpenCV allocates whatever a chunk claims, so a 2 KB file whose
+        # image-data chunk claims 4 GB took 4 GB of memory and 9 s before failing.
+        raise ScanRejected(_png_failure(header))
     has_alpha = header.colour_type in (4, 6) or (header.colour_type in (2, 3) and header.has_transparency)
     if header.bit_depth <= 8 and not has_alpha:
         image = _imdecode(data, cv2.IMREAD_COLOR)
@@ -334,7 +342,7 @@ def _load_png(data: bytes) -> Scan:
 
 
 def _png_failure(header: _PngHeader) -> str:
-    if not header.complete:
+    if header.overrun or not header.complete:
         return "the PNG file is truncated (it ends before the image data is complete); upload it again"
     return "the PNG file is damaged and could not be decoded"
 
@@ -360,7 +368,7 @@ def _load_with_pillow(data: bytes, name: str, frame: int | None, opened=None) ->
     """Decode BMP, GIF, TIFF, WebP (and CMYK JPEG) with Pillow, with the same size checks as the rest."""
     from PIL import ImageOps
 
-    image = opened if opened is not None else _pillow_header(data, name + " file")
+    image = opened if opened is not None else _pillow_header(data, name)
     check_pixel_count(*image.size, what=f"{name} file")
     try:
         frame_count = int(getattr(image, "n_frames", 1) or 1)

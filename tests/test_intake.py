@@ -119,6 +119,23 @@ def test_truncated_png_is_named_truncated():
     assert "PNG file is truncated" in rejection(data[: len(data) // 2])
 
 
+def test_png_chunk_claiming_more_bytes_than_the_file_has_is_refused_before_decoding(monkeypatch):
+    # Found by the fuzz test: OpenCV allocates what the image-data chunk claims, here about 4 GB
+    # for a file of a few KB, and took 9 s and 4 GB of memory before failing.
+    data = bytearray(encode(synthetic_slice(2, 64)))
+    idat = data.index(b"IDAT") - 4
+    struct.pack_into(">I", data, idat, 0xFFFF0000)
+    monkeypatch.setattr(intake, "_imdecode", lambda *_: pytest.fail("the damaged file reached the decoder"))
+    assert "PNG file is truncated" in rejection(bytes(data))
+
+
+def test_damaged_webp_header_is_named_once():
+    data = bytearray(encode(synthetic_slice(2, 64), ".webp"))
+    struct.pack_into("<I", data, 16, 0xFFFFFF00)  # the first chunk's size
+    reason = rejection(bytes(data), "scan.webp")
+    assert reason.startswith("the WebP file is damaged") and "file file" not in reason
+
+
 def test_jpeg_with_damaged_header_is_rejected():
     data = encode(colour_slice(), ".jpg")
     assert "JPEG file is damaged" in rejection(data[:40], "scan.jpg")
