@@ -58,37 +58,42 @@ def _command_calibrate(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _command_evaluate(arguments: argparse.Namespace) -> int:
+def _data_label(arguments: argparse.Namespace) -> list[str]:
+    """What a report was measured on, for its JSON and the card: the --data folders and the --split."""
+    return [str(path) for path in arguments.data] + ([f"split={arguments.split}"] if arguments.split else [])
+
+
+def _emit(report: dict, text: str, json_path: str | None) -> None:
+    """Print a report's text, and write the report as JSON where --json asks for it."""
     import json
 
+    print(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {json_path}")
+
+
+def _command_evaluate(arguments: argparse.Namespace) -> int:
     from core.evaluate import evaluate_files, format_report
     from core.inference import Classifier
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     files = _labelled_files(arguments, classifier)
     report = evaluate_files(classifier, files)
-    report["data"] = [str(path) for path in arguments.data] + ([f"split={arguments.split}"] if arguments.split else [])
-    print(format_report(report, classifier.card.display_names))
-    if arguments.json:
-        Path(arguments.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {arguments.json}")
+    report["data"] = _data_label(arguments)
+    _emit(report, format_report(report, classifier.card.display_names), arguments.json)
     return 0
 
 
 def _command_robustness(arguments: argparse.Namespace) -> int:
-    import json
-
     from core.inference import Classifier
     from core.robustness import format_robustness, robustness_report
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     report = robustness_report(classifier, _labelled_files(arguments, classifier), seed=arguments.seed)
-    report["data"] = [str(path) for path in arguments.data] + ([f"split={arguments.split}"] if arguments.split else [])
+    report["data"] = _data_label(arguments)
     report["command"] = _invoked_command()
-    print(format_robustness(report))
-    if arguments.json:
-        Path(arguments.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {arguments.json}")
+    _emit(report, format_robustness(report), arguments.json)
     if arguments.write_card:
         import datetime
 
@@ -176,7 +181,6 @@ def _file_digest(path: Path) -> str | None:
 
 def _command_ood_eval(arguments: argparse.Namespace) -> int:
     import datetime
-    import json
 
     from core.card import write_card
     from core.inference import Classifier
@@ -189,13 +193,10 @@ def _command_ood_eval(arguments: argparse.Namespace) -> int:
     report = evaluate_gate(classifier, [(str(item.path), item.path.read_bytes) for item in files],
                            [(name, lambda data=data: data) for name, data in non_mri])
     command = _invoked_command()
-    report["mri"]["data"] = [str(path) for path in arguments.data] + [f"split={arguments.split}"]
+    report["mri"]["data"] = _data_label(arguments)
     report["non_mri"]["set"] = f"core.nonmri.build_nonmri_set(seed={arguments.seed})"
     report["command"] = command
-    print(format_gate_report(report))
-    if arguments.json:
-        Path(arguments.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {arguments.json}")
+    _emit(report, format_gate_report(report), arguments.json)
     if arguments.write_card:
         card = dict(classifier.card.data)
         card["ood"] = dict(card.get("ood") or {})
@@ -250,24 +251,23 @@ def build_parser() -> argparse.ArgumentParser:
                            help="serve logits averaged with the left-right mirror (twice the inference time)")
     calibrate.set_defaults(handler=_command_calibrate)
 
-    evaluate = commands.add_parser("evaluate", help="measure a model on folders of class subfolders")
-    evaluate.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
-    evaluate.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
-    evaluate.add_argument("--json", help="write the metrics JSON here")
-    evaluate.add_argument("--split", choices=("train", "validation", "test"),
-                          help="only the files of this split of the model's manifest")
-    evaluate.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
+    def measuring(name: str, description: str, json_help: str) -> argparse.ArgumentParser:
+        """A command that measures a model on labelled folders, optionally one split of its manifest."""
+        command = commands.add_parser(name, help=description)
+        command.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
+        command.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+        command.add_argument("--json", help=json_help)
+        command.add_argument("--split", choices=("train", "validation", "test"),
+                             help="only the files of this split of the model's manifest")
+        command.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
+        return command
+
+    evaluate = measuring("evaluate", "measure a model on folders of class subfolders", "write the metrics JSON here")
     evaluate.set_defaults(handler=_command_evaluate)
 
-    robustness = commands.add_parser(
-        "robustness", help="accuracy on folders of class subfolders, clean and with the contrast, resolution, "
-        "blur, noise and compression changes other scanners and exports bring")
-    robustness.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
-    robustness.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
-    robustness.add_argument("--json", help="write the report JSON here")
-    robustness.add_argument("--split", choices=("train", "validation", "test"),
-                            help="only the files of this split of the model's manifest")
-    robustness.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
+    robustness = measuring(
+        "robustness", "accuracy on folders of class subfolders, clean and with the contrast, resolution, blur, "
+        "noise and compression changes other scanners and exports bring", "write the report JSON here")
     robustness.add_argument("--seed", type=int, default=0, help="seed of the added noise (default 0)")
     robustness.add_argument("--write-card", action="store_true",
                             help="record the figures in the model's card (shown on the Model page)")
