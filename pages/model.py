@@ -210,8 +210,11 @@ def render_robustness(data: dict) -> None:
         "Change": [""] + [f"{(value - clean) * 100:+.1f} points" if isinstance(clean, (int, float)) else "-"
                           for value in conditions.values()],
     }), hide_index=True, key="model_robustness")
+    measured_on = robustness.get("data", NOT_RECORDED)
+    if isinstance(measured_on, list):
+        measured_on = ", ".join(map(str, measured_on))
     st.caption(f"Each held-out slice changed as another scanner or export would change it, then classified; "
-               f"measured on {_text(_flat(robustness.get('data', NOT_RECORDED)))} "
+               f"measured on {_text(measured_on)} "
                f"(n = {_number(robustness.get('n'), '{:.0f}')}) by {_text(robustness.get('command', NOT_RECORDED))}.")
 
 
