@@ -9,7 +9,7 @@ import numpy as np
 from core.classes import class_index
 from core.dataset import LabelledFile, find_labelled_files
 from core.errors import DatasetError
-from core.metrics import classification_report
+from core.metrics import classification_report, present_recalls
 from core.pipeline import analyse_many
 from core.progress import progress
 from core.split import read_manifest
@@ -53,7 +53,7 @@ def evaluate_files(classifier, files: list[LabelledFile]) -> dict:
         part = classification_report(truths[sources == source], probabilities[sources == source], classifier.classes)
         report["by_source"][source] = {
             "n": part["n"], "accuracy": part["accuracy"],
-            "recall": {name: row["recall"] for name, row in part["per_class"].items() if row["support"]},
+            "recall": present_recalls(part),
         }
     report["rejected"] = rejected
     report["ood_flagged"] = flagged

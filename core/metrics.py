@@ -63,3 +63,8 @@ def classification_report(
         "ece": expected_calibration_error(probabilities, true_indices),
         "n": int(count),
     }
+
+
+def present_recalls(report: dict) -> dict[str, float]:
+    """{class: recall} from a `classification_report`, for the classes that occur in its data."""
+    return {name: row["recall"] for name, row in report["per_class"].items() if row["support"]}

@@ -17,7 +17,7 @@ import numpy as np
 from core.classes import class_index
 from core.dataset import LabelledFile
 from core.errors import DatasetError, ScanRejected
-from core.metrics import classification_report
+from core.metrics import classification_report, present_recalls
 from core.preprocess import prepare_image
 from core.progress import progress
 
@@ -114,7 +114,7 @@ def robustness_report(classifier, files: list[LabelledFile], seed: int = 0, batc
             probabilities.append(classifier.predict_tensors(tensors).probabilities)
         report = classification_report(truths, np.concatenate(probabilities), classifier.classes)
         return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                "recall": {name: row["recall"] for name, row in report["per_class"].items() if row["support"]}}
+                "recall": present_recalls(report)}
 
     results = {name: measure(perturb) for name, perturb in
                progress(PERTURBATIONS.items(), total=len(PERTURBATIONS), description="perturbations")}

@@ -133,9 +133,10 @@ def scanner_variation(images, seed: int):
 
     Per slice, a gamma from 0.6 to 1.6 (log-uniform): the model input is the image divided by its
     99.5th percentile, and (x / p) ** k is what dividing x ** k by its own percentile gives, so this
-    is the same as a gamma applied to the exported image. Per batch, with probability one half, the slices are shrunk to 50-100% of
-    their side and enlarged back (a lower-resolution acquisition or export). Per slice, Gaussian
-    noise with a standard deviation of up to 0.03. Works on tensors; used inside tf.data.
+    is the same as a gamma applied to the exported image. Per batch, with probability one half,
+    the slices are shrunk to 50-100% of their side and enlarged back (a lower-resolution
+    acquisition or export). Per slice, Gaussian noise with a standard deviation of up to 0.03.
+    Works on tensors; used inside tf.data.
     """
     import tensorflow as tf
 
