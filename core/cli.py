@@ -95,22 +95,36 @@ def _command_robustness(arguments: argparse.Namespace) -> int:
     report["command"] = _invoked_command()
     _emit(report, format_robustness(report), arguments.json)
     if arguments.write_card:
-        import datetime
-
-        from core.card import write_card
-
-        card = dict(classifier.card.data)
-        card["robustness"] = {
+        _record_in_card(classifier, ("robustness",), {
             "n": report["n"], "data": report["data"],
             "clean_accuracy": report["clean"]["accuracy"],
             "accuracy": {name: result["accuracy"] for name, result in report["perturbations"].items()},
             "mean_perturbed_accuracy": report["mean_perturbed_accuracy"],
-            "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": report["command"],
-        }
-        write_card(classifier.card.model_path, card)
-        print(f"updated the robustness figures in the card of {classifier.card.model_path.name}")
+        }, report["command"], "the robustness figures")
     return 0
+
+
+def _record_in_card(classifier, keys: tuple[str, ...], figures: dict, command: str, what: str) -> None:
+    """Write measured `figures` into the model's card under `keys`, stamped with when and by what command.
+
+    `keys` is a path into the card, e.g. ("ood", "evaluation"); sections along it are kept.
+    """
+    import datetime
+
+    from core.card import write_card
+
+    card = dict(classifier.card.data)
+    section = card
+    for key in keys[:-1]:
+        section[key] = dict(section.get(key) or {})
+        section = section[key]
+    section[keys[-1]] = {
+        **figures,
+        "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+    }
+    write_card(classifier.card.model_path, card)
+    print(f"updated {what} in the card of {classifier.card.model_path.name}")
 
 
 def _iter_input_files(paths: list[str]):
@@ -180,9 +194,6 @@ def _file_digest(path: Path) -> str | None:
 
 
 def _command_ood_eval(arguments: argparse.Namespace) -> int:
-    import datetime
-
-    from core.card import write_card
     from core.inference import Classifier
     from core.nonmri import build_nonmri_set
     from core.ood import evaluate_gate, format_gate_report
@@ -198,19 +209,13 @@ def _command_ood_eval(arguments: argparse.Namespace) -> int:
     report["command"] = command
     _emit(report, format_gate_report(report), arguments.json)
     if arguments.write_card:
-        card = dict(classifier.card.data)
-        card["ood"] = dict(card.get("ood") or {})
-        card["ood"]["evaluation"] = {
+        _record_in_card(classifier, ("ood", "evaluation"), {
             "mri_pass_rate": report["mri"]["pass_rate"], "mri_n": report["mri"]["n"],
             "mri_data": report["mri"]["data"],
             "non_mri_flag_rate": report["non_mri"]["flag_rate"], "non_mri_n": report["non_mri"]["n"],
             "non_mri_set": report["non_mri"]["set"], "non_mri_by_category": report["non_mri"]["by_category"],
             "floors": report["floors"], "meets_floors": report["meets_floors"],
-            "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": command,
-        }
-        write_card(classifier.card.model_path, card)
-        print(f"updated the out-of-distribution evaluation in the card of {classifier.card.model_path.name}")
+        }, command, "the out-of-distribution evaluation")
     return 0 if report["meets_floors"] else 1
 
 

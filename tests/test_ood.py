@@ -225,3 +225,5 @@ def test_ood_eval_command_reports_and_records_in_the_card(tiny_model_path, tmp_p
     assert evaluation["mri_pass_rate"] == report["mri"]["pass_rate"]
     assert evaluation["non_mri_flag_rate"] == report["non_mri"]["flag_rate"]
     assert evaluation["non_mri_set"] == "core.nonmri.build_nonmri_set(seed=0)"
+    assert evaluation["command"].startswith("python -m core") and evaluation["measured"]
+    assert card.data["ood"]["threshold"] == load_card(tiny_model_path).data["ood"]["threshold"]  # the gate stays
