@@ -7,7 +7,7 @@ the confusion heat map both the History and Model pages draw.
 from __future__ import annotations
 
 import re
-import sqlite3
+import runpy
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,9 @@ import pandas as pd
 import streamlit as st
 
 from core import config
-from core.history import MAX_REVIEWER_CHARS, HistoryStore
+from core.errors import HistoryUnavailable
+from core.review.records import MAX_REVIEWER_CHARS
+from core.review.store import HistoryStore
 
 NOTICE = (
     "**Review aid only - not a diagnostic device.** The model's output may be wrong; every decision "
@@ -42,11 +44,11 @@ def _load_classifier(model_path: str, stamp: tuple[int, int]):
     # One load per process and file version, shared by every session: the stamp (modification
     # time and size) makes a replaced model file load afresh. Failures raise and are therefore
     # not cached, so fixing the file takes effect on the next rerun without a restart.
-    from core.inference import Classifier
+    from core.model.inference import Classifier
 
     classifier = Classifier.load(Path(model_path))  # Traces and warms up inference.
     try:
-        from core.explain import warm_up
+        from core.model.explain import warm_up
     except ImportError:
         return classifier
     warm_up(classifier)  # The first heat-map a reviewer asks for then costs one call, not a trace.
@@ -55,8 +57,8 @@ def _load_classifier(model_path: str, stamp: tuple[int, int]):
 
 def model_status() -> ModelStatus:
     """Load (once per process) the configured model; never raises."""
-    from core.card import card_path_for
     from core.errors import ModelContractError
+    from core.model.card import card_path_for
 
     path = config.model_path()
     try:
@@ -80,11 +82,23 @@ def history_store() -> HistoryStore | None:
     path = config.history_db_path()
     try:
         return HistoryStore(path)
-    except (OSError, sqlite3.Error) as error:
+    except HistoryUnavailable as error:
         st.error(f"**The history database {escape_markdown(str(path))} cannot be opened** ({error}). Nothing can "
                  "be recorded until it is fixed: check BRAINSCAN_HISTORY_DB and the folder's permissions.",
                  icon=":material/database:")
         return None
+
+
+def hand_over_to_front_door() -> None:
+    """Switch to the front door's navigation and rerun, from a page file Streamlit ran on its own.
+
+    Only Streamlit's pages-folder fallback runs a file in pages/ as a script (see pages/__init__.py).
+    The front door (streamlit_app.py) is loaded by path, as Streamlit itself loads it, rather than
+    imported: it imports the pages, so a page importing it would close an import circle.
+    """
+    front_door = runpy.run_path(str(Path(__file__).resolve().with_name("streamlit_app.py")),
+                                run_name="streamlit_app_fallback")  # Not "__main__": define, don't run.
+    front_door["rerun_through_navigation"]()
 
 
 def session_id() -> str:

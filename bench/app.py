@@ -357,7 +357,7 @@ class _Server:
 def _warm_runtime_cache(model_path: Path) -> tuple[str, float]:
     """Load the model once here so the server's first load finds the converted network cached."""
     started = time.perf_counter()
-    from core.inference import Classifier
+    from core.model.inference import Classifier
 
     classifier = Classifier.load(model_path)
     return classifier.runtime, time.perf_counter() - started
@@ -365,7 +365,7 @@ def _warm_runtime_cache(model_path: Path) -> tuple[str, float]:
 
 def _expected(model_path: Path, files: list[Path], output: Path) -> dict:
     """What `python -m core predict` says for each file: status, class display name, probability."""
-    from core.card import load_card
+    from core.model.card import load_card
 
     display_names = load_card(model_path).display_names
     subprocess.run([sys.executable, "-m", "core", "predict", str(files[0].parent), "--model", str(model_path),

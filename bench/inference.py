@@ -79,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
 def _run(arguments, model_path: Path, files: list[Path], scratch: Path, figures: dict) -> list[str]:
     import keras
 
-    from core.calibration import softmax
-    from core.card import load_card
-    from core.explain import gradcam
-    from core.inference import Classifier
+    from core.model.calibration import softmax
+    from core.model.card import load_card
+    from core.model.explain import gradcam
+    from core.model.inference import Classifier
     from core.pipeline import analyse_bytes, analyse_many
-    from core.preprocess import prepare_image
-    from core.intake import load_scan
-    from core.train import model_outputs
+    from core.scans.intake import load_scan
+    from core.scans.preprocess import prepare_image
+    from core.training.train import model_outputs
 
     failures = []
     # The first load ever of a model converts it and fills the runtime cache; time it apart.
@@ -100,7 +100,7 @@ def _run(arguments, model_path: Path, files: list[Path], scratch: Path, figures:
     model = keras.models.load_model(model_path, compile=False)
 
     # Cold load: a fresh process to a ready classifier, as the app and the CLI start.
-    load_code = ("import sys, time; started = time.perf_counter(); from core.inference import Classifier; "
+    load_code = ("import sys, time; started = time.perf_counter(); from core.model.inference import Classifier; "
                  f"Classifier.load(sys.argv[1], runtime={arguments.runtime!r}); print(time.perf_counter() - started)")
     cold = _measured([sys.executable, "-c", load_code, str(model_path)])
     baseline_load_code = ("import sys, time; started = time.perf_counter(); import keras; "
@@ -204,8 +204,8 @@ def _baseline_worker(model_path: Path, listing: Path, out: Path) -> int:
     """The original demo's loop over files, in its own process: imread, resize, predict, softmax."""
     import keras
 
-    from core.calibration import softmax
-    from core.card import load_card
+    from core.model.calibration import softmax
+    from core.model.card import load_card
 
     temperature = load_card(model_path).temperature
     model = keras.models.load_model(model_path, compile=False)
@@ -272,7 +272,7 @@ def _high_water_kb(pid: int) -> int:
 
 
 def _model(requested: str | None, default: Path, scratch: Path) -> tuple[Path, str]:
-    from core.card import load_card
+    from core.model.card import load_card
 
     path = Path(requested) if requested else default
     if path.is_file():
@@ -287,10 +287,10 @@ def _untrained_model(folder: Path) -> Path:
     """The production architecture with random weights and a valid card, for runs without a trained model."""
     import keras
 
-    from core.card import write_card
     from core.classes import CLASS_NAMES, DISPLAY_NAMES
     from core.config import IMAGE_SIZE
-    from core.model import build_model
+    from core.model.card import write_card
+    from core.model.network import build_model
 
     keras.utils.set_random_seed(0)
     folder.mkdir(parents=True)

@@ -21,20 +21,30 @@ def _invoked_command() -> str:
     return "python -m core " + " ".join(shlex.quote(part) for part in sys.argv[1:])
 
 
+def _manifest(arguments: argparse.Namespace, classifier) -> Path | None:
+    """The split manifest: `--manifest`, else the one the model's card names; None when the card names none."""
+    if arguments.manifest:
+        return Path(arguments.manifest)
+    name = (classifier.card.data.get("training") or {}).get("split_manifest")
+    return classifier.card.model_path.parent / name if name else None
+
+
 def _labelled_files(arguments: argparse.Namespace, classifier) -> list:
     """The labelled files of `--data`, limited to `--split` of the manifest (the card's unless `--manifest`)."""
-    from core.evaluate import files_for, select_split
+    from core.training.evaluate import files_for, select_split
 
     files = files_for([Path(path) for path in arguments.data])
     if arguments.split in (None, "all"):
         return files
-    manifest = Path(arguments.manifest) if arguments.manifest else (
-        classifier.card.model_path.parent / classifier.card.data["training"]["split_manifest"])
+    manifest = _manifest(arguments, classifier)
+    if manifest is None:
+        raise BrainScanError(f"--split {arguments.split} needs a split manifest: the model's card names none; "
+                             "pass --manifest")
     return select_split(files, manifest, arguments.split)
 
 
 def _command_train(arguments: argparse.Namespace) -> int:
-    from core.train import train
+    from core.training.train import train
 
     command = _invoked_command()
     model_path = train(
@@ -49,7 +59,7 @@ def _command_train(arguments: argparse.Namespace) -> int:
 
 
 def _command_calibrate(arguments: argparse.Namespace) -> int:
-    from core.train import calibrate
+    from core.training.train import calibrate
 
     command = _invoked_command()
     model_path = calibrate(Path(arguments.model or config.model_path()), [Path(path) for path in arguments.data], command,
@@ -74,20 +84,20 @@ def _emit(report: dict, text: str, json_path: str | None) -> None:
 
 
 def _command_evaluate(arguments: argparse.Namespace) -> int:
-    from core.evaluate import evaluate_files, format_report
-    from core.inference import Classifier
+    from core.model.inference import Classifier
+    from core.training.evaluate import evaluate_files, format_report
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     files = _labelled_files(arguments, classifier)
-    report = evaluate_files(classifier, files)
+    report = evaluate_files(classifier, files, _manifest(arguments, classifier))
     report["data"] = _data_label(arguments)
     _emit(report, format_report(report, classifier.card.display_names), arguments.json)
     return 0
 
 
 def _command_robustness(arguments: argparse.Namespace) -> int:
-    from core.inference import Classifier
-    from core.robustness import format_robustness, robustness_report
+    from core.model.inference import Classifier
+    from core.training.robustness import format_robustness, robustness_report
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     report = robustness_report(classifier, _labelled_files(arguments, classifier), seed=arguments.seed)
@@ -111,7 +121,7 @@ def _record_in_card(classifier, keys: tuple[str, ...], figures: dict, command: s
     """
     import datetime
 
-    from core.card import write_card
+    from core.model.card import write_card
 
     card = dict(classifier.card.data)
     section = card
@@ -128,24 +138,32 @@ def _record_in_card(classifier, keys: tuple[str, ...], figures: dict, command: s
 
 
 def _iter_input_files(paths: list[str]):
-    """Files named directly, and every file under named folders (recursive, sorted)."""
+    """Files named directly, and every file under named folders (recursive, sorted), each file once.
+
+    The same file named twice (`a.jpg a.jpg`, or a folder and a file inside it) is one file: the
+    first mention keeps its place and spelling. Byte-identical copies at other paths are separate
+    files; `predict` analyses them once and says whose copy each is.
+    """
+    seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            yield from (child for child in sorted(path.rglob("*")) if child.is_file() and not child.name.startswith("."))
-        else:
-            yield path
+        found = (child for child in sorted(path.rglob("*")) if child.is_file() and not child.name.startswith(".")) \
+            if path.is_dir() else [path]
+        for file in found:
+            key = Path(os.path.abspath(file))  # Not resolve(): a symlink named on purpose is its own row.
+            if key not in seen:
+                seen.add(key)
+                yield file
 
 
 def _command_predict(arguments: argparse.Namespace) -> int:
-    import csv
-
     from dataclasses import replace
 
-    from core.inference import Classifier
-    from core.intake import duplicates_by_digest
+    from core.model.inference import Classifier
     from core.pipeline import analyse_many
     from core.progress import progress
+    from core.review.export import SafeCsvWriter
+    from core.scans.intake import duplicates_by_digest
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     files = list(_iter_input_files(arguments.paths))
@@ -156,8 +174,7 @@ def _command_predict(arguments: argparse.Namespace) -> int:
     handle = open(arguments.csv, "w", newline="", encoding="utf-8") if arguments.csv else sys.stdout
     rejected = 0
     try:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
+        writer = SafeCsvWriter(handle, columns)
         unique = [path for path in files if str(path) not in duplicate_of]
         results = analyse_many(classifier, ((str(path), path.read_bytes) for path in unique))
         first_results = {}
@@ -170,8 +187,11 @@ def _command_predict(arguments: argparse.Namespace) -> int:
             else:
                 result = first_results[name] = next(results)
             rejected += result.status != "ok"
-            probabilities = [f"{result.probabilities[name]:.6f}" if result.probabilities else "" for name in classifier.classes]
-            writer.writerow([result.filename, result.sha256, result.status, result.label or ""] + probabilities + [result.message])
+            # A rejected row has empty probability cells, so no spreadsheet sum or filter counts it.
+            shown = result.probabilities if result.status == "ok" else {}
+            writer.writerow({"file": result.filename, "sha256": result.sha256, "status": result.status,
+                             "predicted_class": result.label or "", "message": result.message,
+                             **{f"p_{name}": f"{shown[name]:.6f}" for name in shown}})
     finally:
         if handle is not sys.stdout:
             handle.close()
@@ -185,7 +205,7 @@ def _command_predict(arguments: argparse.Namespace) -> int:
 
 def _file_digest(path: Path) -> str | None:
     """sha256 of a file, or None if it cannot be read (the analysis then reports why)."""
-    from core.card import file_sha256
+    from core.model.card import file_sha256
 
     try:
         return file_sha256(path)
@@ -194,9 +214,9 @@ def _file_digest(path: Path) -> str | None:
 
 
 def _command_ood_eval(arguments: argparse.Namespace) -> int:
-    from core.inference import Classifier
-    from core.nonmri import build_nonmri_set
-    from core.ood import evaluate_gate, format_gate_report
+    from core.model.inference import Classifier
+    from core.training.gate_evaluation import evaluate_gate, format_gate_report
+    from core.training.nonmri import build_nonmri_set
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     files = _labelled_files(arguments, classifier)
@@ -205,7 +225,7 @@ def _command_ood_eval(arguments: argparse.Namespace) -> int:
                            [(name, lambda data=data: data) for name, data in non_mri])
     command = _invoked_command()
     report["mri"]["data"] = _data_label(arguments)
-    report["non_mri"]["set"] = f"core.nonmri.build_nonmri_set(seed={arguments.seed})"
+    report["non_mri"]["set"] = f"core.training.nonmri.build_nonmri_set(seed={arguments.seed})"
     report["command"] = command
     _emit(report, format_gate_report(report), arguments.json)
     if arguments.write_card:
@@ -221,7 +241,7 @@ def _command_ood_eval(arguments: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m core`."""
-    from core.nonmri import DEVELOPMENT_SEED, EVALUATION_SEED
+    from core.training.nonmri import DEVELOPMENT_SEED, EVALUATION_SEED
 
     parser = argparse.ArgumentParser(prog="python -m core", description="BrainScan Review command line")
     commands = parser.add_subparsers(dest="command", required=True)

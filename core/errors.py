@@ -21,3 +21,7 @@ class DatasetError(BrainScanError):
 
 class ModelContractError(BrainScanError):
     """A model file and its card disagree, or one of them is missing or unreadable."""
+
+
+class HistoryUnavailable(BrainScanError):
+    """The history database cannot be opened, read or written just now; nothing was recorded."""

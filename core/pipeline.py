@@ -13,15 +13,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from core.errors import ScanRejected
-from core.intake import Scan, load_scan
-from core.preprocess import prepare_image
+from core.scans.intake import Scan, load_scan
+from core.scans.preprocess import prepare_image
+from core.scans.statistics import image_statistics
 
 NOT_MRI_MESSAGE = "not recognised as a brain MRI slice - review manually"
 GATE_MESSAGE = f"{NOT_MRI_MESSAGE} (unlike the training scans)"
 # Colour photographs have strong chroma; greyscale MRI exports have almost none.
 MAX_COLOURFULNESS = 12.0
 MIN_CONTRAST = 4.0  # standard deviation of grey levels under which an image is blank
-# Limits of the model-free checks of `core.ood.image_statistics`: each is the 0.1st (or 99.9th)
+# Limits of the model-free checks of `core.scans.statistics.image_statistics`: each is the 0.1st (or 99.9th)
 # percentile of the 6727 training-split MRI slices, rounded outwards, so each check alone stops
 # about 0.1% of real slices (`python -m core ood-eval --split train` prints the percentiles:
 # aspect 1.60, border 0.37, largest share 0.91, solidity 0.72, extent 0.52, inner variation 0.87).
@@ -35,9 +36,14 @@ MIN_EXTENT = 0.5
 MAX_INNER_VARIATION = 0.9
 
 
+# The sha256 of a file that could not be read: none is known, and the digest of no bytes would
+# claim the file was empty.
+UNREAD = ""
+
+
 @dataclass(frozen=True)
 class ScanResult:
-    """The outcome for one file. `label` is None unless status is "ok"."""
+    """The outcome for one file. `label` is None unless status is "ok"; `sha256` is `UNREAD` ("") if unread."""
 
     filename: str
     sha256: str
@@ -57,8 +63,6 @@ class ScanResult:
 
 def screen(scan: Scan) -> str | None:
     """Cheap checks before the network: a reason the image is not a brain MRI slice, or None."""
-    from core.ood import image_statistics
-
     if scan.colourfulness > MAX_COLOURFULNESS:
         return f"{NOT_MRI_MESSAGE} (the image is in colour; MRI slices are greyscale)"
     statistics = image_statistics(scan.image)
@@ -131,10 +135,9 @@ def _intake_one(item: tuple[str, Callable[[], bytes]], image_size: int, keep_sca
     try:
         data = read()
     except OSError as error:
-        return filename, hashlib.sha256(b"").hexdigest(), None, None, f"the file could not be read: {error.strerror}"
+        return filename, UNREAD, None, None, f"the file could not be read: {error.strerror}"
     except Exception as error:  # A reader is caller code (a share, an archive); its failure is this file's.
-        return filename, hashlib.sha256(b"").hexdigest(), None, None, \
-            f"the file could not be read ({type(error).__name__}: {error})"
+        return filename, UNREAD, None, None, f"the file could not be read ({type(error).__name__}: {error})"
     digest = hashlib.sha256(data).hexdigest()
     try:
         scan = load_scan(data, filename)

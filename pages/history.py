@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime, timezone
 
 import altair as alt
@@ -11,8 +10,9 @@ import streamlit as st
 
 import app_support
 from core.classes import CLASS_NAMES, DISPLAY_NAMES
-from core.export import CASE_COLUMNS, EVENT_COLUMNS, csv_bytes
-from core.history import PROBABILITY_COLUMNS, VERDICT_NAMES, VERDICTS, filter_rows, row_date, summarise
+from core.errors import HistoryUnavailable
+from core.review.export import CASE_COLUMNS, EVENT_COLUMNS, csv_bytes
+from core.review.records import PROBABILITY_COLUMNS, VERDICT_NAMES, VERDICTS, filter_rows, row_date, summarise
 
 VIEWS = {"cases": "Cases (latest state)", "events": "Every event"}
 NO_VERDICT = "none"
@@ -72,7 +72,7 @@ def render() -> None:
     try:
         cases = store.current_state(session_id=scope)
         rows = cases if view == "cases" else store.events(session_id=scope)
-    except sqlite3.Error as error:
+    except HistoryUnavailable as error:
         st.error(f"The history database could not be read ({error}).", icon=":material/database:")
         return
     if not rows:
@@ -128,6 +128,4 @@ def render() -> None:
 
 if __name__ == "__main__":
     # Only Streamlit's pages-folder fallback runs this file as a script (see pages/__init__.py).
-    import streamlit_app
-
-    streamlit_app.rerun_through_navigation()
+    app_support.hand_over_to_front_door()

@@ -240,6 +240,4 @@ def render() -> None:
 
 if __name__ == "__main__":
     # Only Streamlit's pages-folder fallback runs this file as a script (see pages/__init__.py).
-    import streamlit_app
-
-    streamlit_app.rerun_through_navigation()
+    app_support.hand_over_to_front_door()

@@ -19,8 +19,8 @@ def tiny_model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_model_path):
-    """The tiny model loaded as a `core.inference.Classifier`."""
-    from core.inference import Classifier
+    """The tiny model loaded as a `core.model.inference.Classifier`."""
+    from core.model.inference import Classifier
 
     return Classifier.load(tiny_model_path)
 

@@ -48,9 +48,9 @@ def make_tiny_model(folder: Path, name: str = "tiny", seed: int = 0, with_gate: 
     """Build, save and card an untrained tiny model in `folder`; return the `.keras` path."""
     import keras
 
-    from core.card import file_sha256, write_card
-    from core.model import build_model
-    from core.ood import MahalanobisGate
+    from core.model.card import file_sha256, write_card
+    from core.model.gate import MahalanobisGate
+    from core.model.network import build_model
 
     keras.utils.set_random_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)

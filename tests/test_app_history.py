@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.history import HistoryStore
+from core.review.store import HistoryStore
 from tests.navigate import open_page
 from tests.synthetic import encode, synthetic_slice
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.card import card_path_for
+from core.model.card import card_path_for
 from tests.navigate import open_page
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,8 +130,8 @@ def test_the_confusion_heat_map_puts_row_i_column_j_in_its_cell_with_the_given_a
 
 
 def test_robustness_figures_written_to_the_card_are_shown(tiny_model_path, tmp_path, monkeypatch):
-    from core import robustness
     from core.cli import main
+    from core.training import robustness
     from tests.synthetic import write_class_folders
 
     model = copy_model(tiny_model_path, tmp_path / "robust")

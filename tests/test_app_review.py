@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.classes import DISPLAY_NAMES
-from core.history import HistoryStore
+from core.review.store import HistoryStore
 from tests.navigate import open_page
 from tests.synthetic import encode, synthetic_slice
 
@@ -78,11 +78,11 @@ def test_an_upload_shows_four_probabilities_and_a_saved_verdict_is_on_disk(histo
 
 
 def test_reruns_and_page_switches_never_infer_again_or_duplicate_rows(history_path, monkeypatch):
-    import pages.review  # The page is an imported module now, so patch the name it calls.
+    import app_review  # The page classifies through this module, so patch the name it calls.
 
     calls = []
-    original = pages.review.analyse_bytes
-    monkeypatch.setattr(pages.review, "analyse_bytes", lambda *arguments: calls.append(1) or original(*arguments))
+    original = app_review.analyse_bytes
+    monkeypatch.setattr(app_review, "analyse_bytes", lambda *arguments: calls.append(1) or original(*arguments))
     scan = encode(synthetic_slice(8, 96))
     app = start()
     app.file_uploader(key=UPLOADER).set_value(("scan-8.png", scan, "image/png")).run()
@@ -209,10 +209,10 @@ def test_file_names_are_shown_as_text_and_stored_as_given(history_path):
 
 def test_no_patient_tag_of_a_dicom_upload_reaches_the_history(history_path):
     pydicom = pytest.importorskip("pydicom")
+    import io
+
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    import io
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage

@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 
-from core.card import card_path_for, load_card
 from core.errors import ModelContractError
-from core.inference import Classifier
+from core.model.card import card_path_for, load_card
+from core.model.inference import Classifier
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_card_with_unknown_classes_is_refused(model_copy):
 def test_card_listing_more_classes_than_the_model_outputs_is_refused(tmp_path):
     import keras
 
-    from core.card import write_card
+    from core.model.card import write_card
 
     inputs = keras.Input((32, 32, 1))
     features = keras.layers.GlobalAveragePooling2D(name="features")(keras.layers.Conv2D(4, 3)(inputs))

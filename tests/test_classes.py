@@ -1,8 +1,8 @@
 import pytest
 
 from core.classes import CLASS_NAMES, DISPLAY_NAMES, canonical_class
-from core.dataset import find_labelled_files
 from core.errors import DatasetError
+from core.training.dataset import find_labelled_files
 from tests.synthetic import write_class_folders
 
 

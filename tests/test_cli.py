@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -94,3 +95,97 @@ def test_evaluate_breaks_accuracy_down_by_source_folder(tmp_path, tiny_model_pat
         right = [max(classes, key=lambda name: float(row[f"p_{name}"])) == truth[row["file"].split("/")[-2]]
                  for row in rows]
         assert abs(by_source[f"set/{source}"]["accuracy"] - sum(right) / len(right)) < 1e-9
+
+
+# Faults a new user hit (issue 11); each test failed before the fix.
+
+def test_the_same_file_named_twice_is_one_row_not_a_traceback(tmp_path, tiny_model_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for index in range(2):
+        (folder / f"scan{index}.png").write_bytes(encode(synthetic_slice(index)))
+    first = folder / "scan0.png"
+    for paths in ([first, first], [folder, first], [first, folder / ".." / "scans" / "scan0.png"]):
+        out = tmp_path / "out.csv"
+        assert main(["predict", *map(str, paths), "--model", str(tiny_model_path), "--csv", str(out)]) == 0
+        rows = _rows(out)
+        expected = 2 if folder in paths else 1
+        assert len(rows) == expected, paths
+        assert [row["file"] for row in rows][0] == str(paths[0] if paths[0] != folder else first)
+
+
+def test_predict_csv_is_spreadsheet_safe(tmp_path, tiny_model_path):
+    formula = tmp_path / "=HYPERLINK(1).png"
+    formula.write_bytes(encode(synthetic_slice(2)))
+    out = tmp_path / "out.csv"
+    completed = subprocess.run([sys.executable, "-m", "core", "predict", formula.name, "--model", str(tiny_model_path),
+                                "--csv", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    [row] = _rows(out)
+    assert row["file"] == "'=HYPERLINK(1).png"
+    assert float(row["p_glioma"]) >= 0  # numbers stay numbers
+
+
+def test_a_rejected_row_has_no_probabilities_and_an_unreadable_file_no_sha256(tmp_path, tiny_model_path):
+    import numpy as np
+
+    colours = np.random.default_rng(3).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    (tmp_path / "photo.png").write_bytes(encode(colours))  # decodes and is inferred, then refused as in colour
+    (tmp_path / "locked.png").symlink_to(tmp_path / "moved-away.png")  # listed, but cannot be read
+    out = tmp_path / "out.csv"
+    code = main(["predict", str(tmp_path / "photo.png"), str(tmp_path / "locked.png"), "--model",
+                 str(tiny_model_path), "--csv", str(out)])
+    assert code == 1
+    rows = {row["file"].rsplit("/", 1)[-1]: row for row in _rows(out)}
+    photo, locked = rows["photo.png"], rows["locked.png"]
+    assert photo["status"] == "rejected" and len(photo["sha256"]) == 64
+    assert all(photo[column] == "" for column in PREDICT_COLUMNS if column.startswith("p_"))
+    assert photo["predicted_class"] == ""
+    assert locked["status"] == "rejected" and locked["sha256"] == "" and "could not be read" in locked["message"]
+
+
+def test_evaluate_reports_files_the_model_was_trained_or_tuned_on(tmp_path, tiny_model_path, capsys):
+    import shutil
+
+    from core.training.split import ManifestRow, write_manifest
+
+    data = tmp_path / "data"
+    write_class_folders(data, per_class=3)
+    files = sorted(path for path in data.rglob("*.png"))
+    digest = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+    # The first two files are in the model's train split, the third in validation, the rest unseen.
+    splits = ["train", "train", "validation"] + ["test"] * (len(files) - 3)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_path.parent, model_dir)
+    manifest = model_dir / "manifest.csv"
+    write_manifest([ManifestRow(f"elsewhere/{index}.png", digest[path], "glioma", index, split)
+                    for index, (path, split) in enumerate(zip(files, splits))], manifest)
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--data", str(data), "--model", str(model_dir / tiny_model_path.name),
+                 "--manifest", str(manifest), "--json", str(out)]) == 0
+    overlap = json.loads(out.read_text())["overlap"]
+    assert (overlap["train"], overlap["validation"], overlap["files"]) == (2, 1, 3)
+    assert overlap["without_overlap"]["n"] == len(files) - 3
+    printed = capsys.readouterr().out
+    assert "3 of these files are ones the model was trained or tuned on" in printed
+    assert f"without them: n = {len(files) - 3}" in printed
+
+    # Files the manifest does not hold in train or validation overlap nothing.
+    clean = tmp_path / "clean.json"
+    write_manifest([], manifest)
+    main(["evaluate", "--data", str(data), "--model", str(model_dir / tiny_model_path.name),
+          "--manifest", str(manifest), "--json", str(clean)])
+    assert json.loads(clean.read_text())["overlap"]["files"] == 0
+
+
+def test_the_command_line_works_from_any_folder(tmp_path):
+    import shutil
+
+    completed = subprocess.run([sys.executable, "-m", "core", "--help"], capture_output=True, text=True,
+                               cwd=tmp_path, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "predict" in completed.stdout
+    script = shutil.which("brainscan")
+    assert script, "the brainscan console script is not installed (pip install -e .)"
+    completed = subprocess.run([script, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert completed.returncode == 0 and "predict" in completed.stdout

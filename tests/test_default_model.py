@@ -2,10 +2,10 @@
 
 import json
 
-from core.card import file_sha256, load_card
 from core.classes import CLASS_NAMES
 from core.config import DEFAULT_MODEL_PATH
-from core.inference import Classifier
+from core.model.card import file_sha256, load_card
+from core.model.inference import Classifier
 from core.pipeline import analyse_bytes
 from tests.synthetic import encode, synthetic_slice
 

@@ -12,9 +12,9 @@ from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
-from core.dicom import BRAIN_WINDOW, apply_window
 from core.errors import ScanRejected
-from core.intake import load_scan
+from core.scans.dicom import BRAIN_WINDOW, apply_window
+from core.scans.intake import load_scan
 from tests.synthetic import synthetic_slice
 
 IDENTIFYING = {
@@ -273,9 +273,8 @@ def test_jpeg_baseline_dicom_decodes():
 
 
 def test_unsupported_compression_is_rejected_naming_the_syntax():
-    from pydicom.encaps import encapsulate
-
     import pydicom
+    from pydicom.encaps import encapsulate
 
     dataset = pydicom.dcmread(io.BytesIO(make_dicom(synthetic_slice(1, 64))))
     dataset.file_meta.TransferSyntaxUID = uid.MPEG4HP41

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from core.classes import CLASS_NAMES, DISPLAY_NAMES
-from core.explain import _gradient_functions, gradcam, overlay
-from core.inference import MIRROR_MEAN, Classifier
-from core.preprocess import content_box, prepare_image
+from core.model.explain import _gradient_functions, gradcam, overlay
+from core.model.inference import MIRROR_MEAN, Classifier
+from core.scans.preprocess import content_box, prepare_image
 from tests.synthetic import TINY_IMAGE_SIZE, synthetic_slice
 
 SIZE = 32
@@ -24,7 +24,7 @@ def brightness_model(tmp_path_factory):
     import keras
     from keras import layers
 
-    from core.card import write_card
+    from core.model.card import write_card
 
     inputs = keras.Input((SIZE, SIZE, 1), name="scan")
     pooled = layers.AveragePooling2D(4, name="pool")(inputs)
@@ -107,7 +107,7 @@ def _with_mirror_averaging(model_path, folder):
     import json
     import shutil
 
-    from core.card import card_path_for
+    from core.model.card import card_path_for
 
     for source in model_path.parent.iterdir():
         if source.is_file():
@@ -145,7 +145,7 @@ def test_only_a_pooled_linear_head_counts_as_direct(tiny_classifier):
     import keras
     from keras import layers
 
-    from core.inference import dense_head_kernel
+    from core.model.inference import dense_head_kernel
 
     assert dense_head_kernel(tiny_classifier.model).shape == (tiny_classifier.model.get_layer("features").output.shape[-1], 4)
     inputs = keras.Input((SIZE, SIZE, 1))

@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from core.export import CASE_COLUMNS, EVENT_COLUMNS, csv_bytes, neutralise
-from core.history import HistoryStore
+from core.review.export import CASE_COLUMNS, EVENT_COLUMNS, csv_bytes, neutralise
+from core.review.store import HistoryStore
 
 DANGEROUS = ["=1+1", "+SUM(A1)", "-2+3", "@SUM(A1)", "\t=1", "\r=1", "\n=1", "＝1+1",
              '=HYPERLINK("http://evil.example","click")', "=cmd|' /C calc'!A0"]

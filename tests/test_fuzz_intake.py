@@ -20,7 +20,8 @@ from PIL import Image
 from pydicom import uid
 
 from core.errors import ScanRejected
-from core.intake import MAX_ASPECT_RATIO, MIN_SIDE, Scan, load_scan
+from core.scans.intake import load_scan
+from core.scans.scan import MAX_ASPECT_RATIO, MIN_SIDE, Scan
 from tests.synthetic import encode, synthetic_slice
 from tests.test_dicom import _compressed, make_dicom
 

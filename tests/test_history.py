@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from core.classes import CLASS_NAMES
-from core.history import (COLUMNS, HistoryStore, VerdictRejected, filter_rows, row_date, summarise)
+from core.review.records import COLUMNS, VerdictRejected, filter_rows, row_date, summarise
+from core.review.store import HistoryStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION = "a" * 32
@@ -186,7 +187,7 @@ def test_two_threads_saving_at_the_same_moment_both_land(store):
 
 WRITER = """
 import sys, time
-from core.history import HistoryStore
+from core.review.store import HistoryStore
 store = HistoryStore(sys.argv[1])
 start_at, count, reviewer = float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 time.sleep(max(0.0, start_at - time.time()))
@@ -239,3 +240,16 @@ def test_a_writer_killed_mid_stream_loses_nothing_it_reported_saved(store):
     assert reported <= stored
     assert len(stored) - len(reported) <= 2  # At most the commit in flight at each kill went unreported.
     verdict(store, 1)  # The database still takes writes after the crashes.
+
+
+def test_a_database_that_cannot_be_used_raises_one_storage_neutral_error(tmp_path):
+    from core.errors import HistoryUnavailable
+
+    folder = tmp_path / "is-a-folder.sqlite3"
+    folder.mkdir()  # sqlite cannot open a folder as its database file
+    with pytest.raises(HistoryUnavailable, match="is-a-folder"):
+        HistoryStore(folder)
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(HistoryUnavailable):
+        HistoryStore(blocked / "history.sqlite3")  # its folder would have to be a file's child

@@ -8,17 +8,16 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.calibration import softmax
 from core.errors import ModelContractError
-from core.card import card_path_for
-from core.inference import MIRROR_MEAN, Classifier, cache_root, outputs_agree, probe_tensors
-from core.preprocess import prepare_image
+from core.model.calibration import softmax
+from core.model.card import card_path_for
+from core.model.inference import MIRROR_MEAN, Classifier, cache_root, outputs_agree, probe_tensors
+from core.scans.preprocess import prepare_image
 from tests.synthetic import TINY_IMAGE_SIZE, make_tiny_model, synthetic_slice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,8 +198,8 @@ def test_a_cached_model_classifies_and_explains_without_tensorflow(tiny_model_pa
     Classifier.load(tiny_model_path, runtime="openvino")  # makes sure the cache exists
     code = (
         "import sys, numpy as np\n"
-        "from core.inference import Classifier\n"
-        "from core.explain import gradcam\n"
+        "from core.model.inference import Classifier\n"
+        "from core.model.explain import gradcam\n"
         f"classifier = Classifier.load({str(tiny_model_path)!r})\n"
         "tensor = np.random.default_rng(0).random((classifier.image_size, classifier.image_size, 1), np.float32)\n"
         "print(classifier.runtime, classifier.predict_tensors(tensor[None]).probabilities.shape,\n"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import intake
 from core.errors import ScanRejected
-from core.intake import decode_image, load_scan, sniff_format, unique_by_sha256
+from core.scans import intake
+from core.scans.intake import decode_image, load_scan, sniff_format, unique_by_sha256
 from tests.synthetic import encode, synthetic_slice
 
 
@@ -334,7 +334,7 @@ def test_cli_predict_classifies_a_duplicate_once(tiny_model_path, tmp_path, monk
     import csv
 
     from core import cli
-    from core.inference import Classifier
+    from core.model.inference import Classifier
 
     folder = tmp_path / "batch"
     folder.mkdir()

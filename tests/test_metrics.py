@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from core.calibration import fit_temperature, softmax
-from core.metrics import classification_report, expected_calibration_error
+from core.model.calibration import fit_temperature, softmax
+from core.training.metrics import classification_report, expected_calibration_error
 
 CLASSES = ("glioma", "meningioma", "pituitary", "no_tumor")
 

@@ -10,10 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from core.intake import Scan, load_scan
-from core.nonmri import build_nonmri_set, category_of, is_hard_category
-from core.ood import MahalanobisGate, evaluate_gate, fit_gate, image_statistics, outcome_stage
+from core.model.gate import MahalanobisGate, fit_gate
 from core.pipeline import NOT_MRI_MESSAGE, analyse_bytes, screen
+from core.scans.intake import load_scan
+from core.scans.scan import Scan
+from core.scans.statistics import image_statistics
+from core.training.gate_evaluation import evaluate_gate, outcome_stage
+from core.training.nonmri import build_nonmri_set, category_of, is_hard_category
 from tests.synthetic import encode, synthetic_slice, write_class_folders
 
 
@@ -54,7 +57,7 @@ def test_gate_survives_a_save_and_load(tmp_path):
 
 def test_gate_rejects_features_unlike_its_means(tiny_classifier):
     """A hand-made gate around one scan's features passes that scan and flags another."""
-    from core.preprocess import prepare_image
+    from core.scans.preprocess import prepare_image
 
     inside, outside = synthetic_slice(1, 96), synthetic_slice(2, 96, lesion_class=3)
     tensors = np.stack([prepare_image(image, tiny_classifier.image_size) for image in (inside, outside)])
@@ -206,7 +209,7 @@ def test_evaluate_gate_counts_passes_and_flags_by_stage(tiny_classifier):
 
 def test_ood_eval_command_reports_and_records_in_the_card(tiny_model_path, tmp_path, capsys):
     from core import cli
-    from core.card import load_card
+    from core.model.card import load_card
 
     model_folder = tmp_path / "model"
     shutil.copytree(tiny_model_path.parent, model_folder)
@@ -224,6 +227,6 @@ def test_ood_eval_command_reports_and_records_in_the_card(tiny_model_path, tmp_p
     evaluation = card.data["ood"]["evaluation"]
     assert evaluation["mri_pass_rate"] == report["mri"]["pass_rate"]
     assert evaluation["non_mri_flag_rate"] == report["non_mri"]["flag_rate"]
-    assert evaluation["non_mri_set"] == "core.nonmri.build_nonmri_set(seed=0)"
+    assert evaluation["non_mri_set"] == "core.training.nonmri.build_nonmri_set(seed=0)"
     assert evaluation["command"].startswith("python -m core") and evaluation["measured"]
     assert card.data["ood"]["threshold"] == load_card(tiny_model_path).data["ood"]["threshold"]  # the gate stays

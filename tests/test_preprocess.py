@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.dataset import find_labelled_files
-from core.intake import decode_image
 from core.pipeline import analyse_bytes
-from core.preprocess import content_box, prepare_bytes, prepare_image
-from core.train import load_prepared
+from core.scans.intake import decode_image
+from core.scans.preprocess import content_box, prepare_bytes, prepare_image
+from core.training.dataset import find_labelled_files
+from core.training.train import load_prepared
 from tests.synthetic import encode, synthetic_slice, write_class_folders
 
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from core import robustness
-from core.evaluate import evaluate_files, files_for
+from core.training import robustness
+from core.training.evaluate import evaluate_files, files_for
 from tests.synthetic import synthetic_slice, write_class_folders
 
 

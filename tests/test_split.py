@@ -4,7 +4,14 @@ from collections import defaultdict
 import cv2
 import numpy as np
 
-from core.split import assign_splits, group_near_duplicates, read_manifest, thumbnail_vectors, write_manifest, ManifestRow
+from core.training.split import (
+    ManifestRow,
+    assign_splits,
+    group_near_duplicates,
+    read_manifest,
+    thumbnail_vectors,
+    write_manifest,
+)
 
 
 def _dataset_with_duplicates(count: int = 120):

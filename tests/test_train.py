@@ -2,15 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from core import config
-from core.card import card_path_for, load_card
 from core.errors import DatasetError
-from core.train import train
+from core.model.card import card_path_for, load_card
+from core.training.train import train
 from tests.synthetic import encode
-
-import numpy as np
 
 
 def write_class_folders(root, per_class, seed=0):
@@ -89,7 +88,7 @@ def test_continuing_at_another_size_in_bfloat16_keeps_the_split_and_saves_float3
 def test_mixup_blends_each_slice_mostly_with_itself_and_blends_labels_alike():
     import tensorflow as tf
 
-    from core.train import mixup
+    from core.training.train import mixup
 
     count = 64
     images = np.eye(count, dtype=np.float32).reshape(count, count, 1, 1)  # image i is one bright pixel at i
@@ -110,7 +109,7 @@ def test_mixup_blends_each_slice_mostly_with_itself_and_blends_labels_alike():
 def test_scanner_variation_keeps_shape_and_range_and_changes_contrast_per_slice():
     import tensorflow as tf
 
-    from core.train import scanner_variation
+    from core.training.train import scanner_variation
 
     ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (64, 1))[None, :, :, None]
     images = np.repeat(ramp, 16, axis=0)  # sixteen identical slices

@@ -71,6 +71,6 @@ def prepare_image(grey: np.ndarray, image_size: int = IMAGE_SIZE) -> np.ndarray:
 
 def prepare_bytes(data: bytes, filename: str = "", image_size: int = IMAGE_SIZE) -> np.ndarray:
     """File bytes -> model input; raises `ScanRejected` for anything that is not a usable scan."""
-    from core.intake import decode_image
+    from core.scans.intake import decode_image
 
     return prepare_image(decode_image(data, filename), image_size)

@@ -18,7 +18,7 @@ import re
 import numpy as np
 
 from core.errors import ScanRejected
-from core.intake import SUPPORTED_FORMATS_TEXT, Scan, check_pixel_count, greyscale_scan
+from core.scans.scan import SUPPORTED_FORMATS_TEXT, Scan, check_pixel_count, greyscale_scan
 
 # (centre, width) of the common "brain" window; in Hounsfield units for CT, and a sensible
 # narrow starting point for other modalities the reviewer can widen.

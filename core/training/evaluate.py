@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from core.classes import class_index
-from core.dataset import LabelledFile, find_labelled_files
 from core.errors import DatasetError
-from core.metrics import classification_report, present_recalls
 from core.pipeline import analyse_many
 from core.progress import progress
-from core.split import read_manifest
+from core.training.dataset import LabelledFile, find_labelled_files
+from core.training.metrics import classification_report, present_recalls
+from core.training.split import read_manifest
 
 
 def select_split(files: list[LabelledFile], manifest_path: Path, split: str) -> list[LabelledFile]:
@@ -24,7 +24,7 @@ def select_split(files: list[LabelledFile], manifest_path: Path, split: str) -> 
     return chosen
 
 
-def evaluate_files(classifier, files: list[LabelledFile]) -> dict:
+def evaluate_files(classifier, files: list[LabelledFile], manifest_path: Path | None = None) -> dict:
     """Metrics of `classifier` on labelled files: accuracy, macro_f1, per_class, confusion_matrix, ece, n.
 
     Files the intake rejects are counted in `rejected` and left out of the metrics; files the
@@ -32,15 +32,20 @@ def evaluate_files(classifier, files: list[LabelledFile]) -> dict:
     and counted in `ood_flagged`. `by_source` breaks accuracy and per-class recall down by the
     folder that holds the class folders (e.g. 'sartaj-brain-mri/Testing'): one collection's
     figure can hide another's.
+
+    `overlap` says how many of the scored files the model's split manifest (`manifest_path`, by
+    sha256) puts in its training or validation split, and gives the figures without them: a
+    score on files the model learnt from is not a held-out score.
     """
     readers = [(str(item.path), item.path.read_bytes) for item in files]
-    probabilities, truths, sources, rejected, flagged = [], [], [], [], 0
+    probabilities, truths, sources, digests, rejected, flagged = [], [], [], [], [], 0
     results = analyse_many(classifier, readers)
     for item, result in progress(zip(files, results), total=len(files), description="evaluating"):
         if result.probabilities:
             probabilities.append([result.probabilities[name] for name in classifier.classes])
             truths.append(class_index(item.label))
             sources.append(source_folder(item))
+            digests.append(result.sha256)
             flagged += result.status != "ok"
         else:
             rejected.append({"file": result.filename, "reason": result.message})
@@ -55,11 +60,55 @@ def evaluate_files(classifier, files: list[LabelledFile]) -> dict:
             "n": part["n"], "accuracy": part["accuracy"],
             "recall": present_recalls(part),
         }
+    report["overlap"] = training_overlap(digests, truths, probabilities, classifier.classes, manifest_path)
     report["rejected"] = rejected
     report["ood_flagged"] = flagged
     report["ood_pass_rate"] = 1.0 - flagged / len(truths)
     report["model"] = classifier.version
     return report
+
+
+def training_overlap(digests: list[str], truths: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...],
+                     manifest_path: Path | None) -> dict:
+    """Which scored files (by sha256) the manifest puts in the train or validation split, and the figures without them.
+
+    Returns {"manifest", "train", "validation", "files", "without_overlap"}; `without_overlap`
+    holds n, accuracy, macro_f1 and per-class recall of the other files (None when no file is
+    left, or nothing overlaps). With no manifest, `manifest` is None and the counts are unknown.
+    """
+    if manifest_path is None or not Path(manifest_path).is_file():
+        return {"manifest": None, "train": None, "validation": None, "files": None, "without_overlap": None}
+    split_of = {row.sha256: row.split for row in read_manifest(Path(manifest_path))}
+    splits = np.array([split_of.get(digest, "") for digest in digests])
+    seen = np.isin(splits, ("train", "validation"))
+    without = None
+    if seen.any() and not seen.all():
+        kept = classification_report(truths[~seen], probabilities[~seen], classes)
+        without = {"n": kept["n"], "accuracy": kept["accuracy"], "macro_f1": kept["macro_f1"],
+                   "recall": present_recalls(kept)}
+    return {"manifest": Path(manifest_path).name, "train": int((splits == "train").sum()),
+            "validation": int((splits == "validation").sum()), "files": int(seen.sum()), "without_overlap": without}
+
+
+def _overlap_lines(overlap: dict | None, display_names: dict[str, str]) -> list[str]:
+    if not overlap:
+        return []
+    if overlap["manifest"] is None:
+        return ["overlap with the model's training data: unknown (no split manifest to compare with)"]
+    if not overlap["files"]:
+        return [f"overlap with the model's training data: none (no file is in the train or validation split of "
+                f"{overlap['manifest']})"]
+    lines = [f"WARNING: {overlap['files']} of these files are ones the model was trained or tuned on "
+             f"({overlap['train']} in the train and {overlap['validation']} in the validation split of "
+             f"{overlap['manifest']}, matched by sha256); the figures above are not a held-out score"]
+    without = overlap["without_overlap"]
+    if without is None:
+        lines.append("  every scored file overlaps: there are no held-out figures")
+    else:
+        recalls = "  ".join(f"{display_names.get(name, name)} {value:.3f}" for name, value in without["recall"].items())
+        lines.append(f"  without them: n = {without['n']}, accuracy = {without['accuracy']:.4f}, "
+                     f"macro-F1 = {without['macro_f1']:.4f}; recall {recalls}")
+    return lines
 
 
 def source_folder(item: LabelledFile) -> str:
@@ -75,6 +124,7 @@ def format_report(report: dict, display_names: dict[str, str]) -> str:
         f"ECE = {report['ece']:.4f}",
         f"out-of-distribution gate: {report.get('ood_flagged', 0)} flagged "
         f"(pass rate {report.get('ood_pass_rate', 1.0):.4f}); rejected at intake: {len(report.get('rejected', []))}",
+        *_overlap_lines(report.get("overlap"), display_names),
         "",
         f"{'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TextIO
 
 from core.classes import CLASS_NAMES
 
@@ -33,15 +34,29 @@ def neutralise(value: object) -> object:
     return value
 
 
-def csv_bytes(rows: Iterable[Mapping], columns: Sequence[str] = EVENT_COLUMNS) -> bytes:
-    """Rows as CSV bytes: UTF-8 with a byte-order mark (so Excel reads accents), CRLF line ends, a header.
+class SafeCsvWriter:
+    """Writes rows (mappings) as spreadsheet-safe CSV to a text handle: the one CSV writer of the app and the CLI.
 
     Missing keys and None become empty cells; floats keep full precision; every text cell is
-    neutralised.
+    neutralised. Lines end in CRLF (RFC 4180).
     """
+
+    def __init__(self, handle: TextIO, columns: Sequence[str]):
+        """Write the header row of `columns` to `handle`."""
+        self.columns = tuple(columns)
+        self._writer = csv.writer(handle, lineterminator="\r\n")
+        self._writer.writerow(self.columns)
+
+    def writerow(self, row: Mapping) -> None:
+        """Write one row; keys outside `columns` are ignored."""
+        self._writer.writerow(["" if row.get(column) is None else neutralise(row.get(column))
+                               for column in self.columns])
+
+
+def csv_bytes(rows: Iterable[Mapping], columns: Sequence[str] = EVENT_COLUMNS) -> bytes:
+    """Rows as CSV bytes for a download: UTF-8 with a byte-order mark (so Excel reads accents), CRLF, a header."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(columns)
+    writer = SafeCsvWriter(buffer, columns)
     for row in rows:
-        writer.writerow(["" if row.get(column) is None else neutralise(row.get(column)) for column in columns])
+        writer.writerow(row)
     return buffer.getvalue().encode("utf-8-sig")

@@ -18,7 +18,7 @@ it only if its features, logits and calibrated probabilities agree with the refe
 `TOLERANCE`; otherwise, or when OpenVINO is not installed, it falls back to TensorFlow. The Keras model itself
 is loaded lazily, on the first call that needs it, and then kept.
 
-A card may ask for test-time augmentation (`test_time_augmentation`, written by `core.train`): the
+A card may ask for test-time augmentation (`test_time_augmentation`, written by `core.training.train`): the
 served logits are then the mean of the slice's and its left-right mirror's, while the features
 for the gate come from the slice as given. Both runtimes compute the two passes inside one call.
 
@@ -26,7 +26,7 @@ For Grad-CAM the converted network also returns the activations of `core.model.L
 When the model's head is global average pooling, dropout and a linear dense layer (as
 `core.model.build_model` makes it), the gradient of a logit with respect to those activations is
 the dense kernel's column divided by the number of cells, exactly, so `class_activation_maps`
-gives `core.explain` the Grad-CAM maps with no TensorFlow in the process.
+gives `core.model.explain` the Grad-CAM maps with no TensorFlow in the process.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from core import config
-from core.calibration import softmax
-from core.card import ModelCard, check_model_matches_card, load_card
 from core.errors import ModelContractError
+from core.model.calibration import softmax
+from core.model.card import ModelCard, check_model_matches_card, load_card
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -56,7 +56,7 @@ RUNTIMES = ("auto", "openvino", "tensorflow")
 # for features, logits and probabilities alike (measured differences are about 1e-6).
 TOLERANCE = 1e-4
 _CACHE_FORMAT = 3
-# The card's `test_time_augmentation` values this module knows how to serve (see `core.train`).
+# The card's `test_time_augmentation` values this module knows how to serve (see `core.training.train`).
 MIRROR_MEAN = "mean of logits over the slice and its left-right mirror"
 _CACHE_ENTRIES_KEPT = 8  # older conversions (of replaced or test models) are deleted
 _PROBE_COUNT = 4
@@ -101,7 +101,7 @@ class Classifier:
         card = load_card(model_path)
         gate = None
         if card.ood_path is not None:
-            from core.ood import MahalanobisGate
+            from core.model.gate import MahalanobisGate
 
             gate = MahalanobisGate.load(card.ood_path)
         mirror = mirror_averaged(card)
@@ -131,7 +131,7 @@ class Classifier:
         head's kernel: Grad-CAM's weighted sum before its ReLU, up to the positive factor 1/(h*w).
         With mirror averaging, A is the mean of the slice's activations and the mirror's, flipped
         back, which is what the gradient of the averaged logit weights.
-        None when the runtime cannot give it directly; `core.explain` then uses gradients.
+        None when the runtime cannot give it directly; `core.model.explain` then uses gradients.
         """
         if self._engine.name != "openvino" or self._engine.head_kernel is None:
             return None
@@ -256,7 +256,7 @@ def _check_keras_model(card: ModelCard, model) -> None:
 
 def _extractor(model, with_activations: bool = False):
     """A model with the same input and named outputs: pooled features, logits (and activations)."""
-    from core.model import FEATURES_LAYER, LAST_CONV_LAYER
+    from core.model.network import FEATURES_LAYER, LAST_CONV_LAYER
 
     outputs = {"features": model.get_layer(FEATURES_LAYER).output, "logits": model.outputs[0]}
     if with_activations:
@@ -307,7 +307,7 @@ def dense_head_kernel(model) -> np.ndarray | None:
     For such a head d logit_c / d A[i, j, k] = W[k, c] / (h * w) everywhere, which makes Grad-CAM's
     channel weights the kernel's columns; any other head needs real gradients.
     """
-    from core.model import LAST_CONV_LAYER
+    from core.model.network import LAST_CONV_LAYER
 
     keras = _keras()
     layer = model.outputs[0]._keras_history.operation

@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from core import config
-from core.calibration import fit_temperature, softmax
-from core.card import file_sha256, load_card, write_card
 from core.classes import CLASS_NAMES, DISPLAY_NAMES, class_index
-from core.dataset import LabelledFile, find_labelled_files
-from core.inference import MIRROR_MEAN
-from core.metrics import classification_report
-from core.preprocess import prepare_bytes
+from core.model.calibration import fit_temperature, softmax
+from core.model.card import file_sha256, load_card, write_card
+from core.model.inference import MIRROR_MEAN
 from core.progress import progress
-from core.split import ManifestRow, assign_splits, group_near_duplicates, thumbnail_vectors, write_manifest
+from core.scans.preprocess import prepare_bytes
+from core.training.dataset import LabelledFile, find_labelled_files
+from core.training.metrics import classification_report
+from core.training.split import ManifestRow, assign_splits, group_near_duplicates, thumbnail_vectors, write_manifest
 
 MODEL_VERSION = "1.0.0"
 
@@ -155,7 +155,7 @@ def scanner_variation(images, seed: int):
 
 def _as_float32(model, image_size: int, width: int):
     """The same weights in a float32 model: what is saved and served, whatever the training precision."""
-    from core.model import build_model
+    from core.model.network import build_model
 
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
@@ -168,7 +168,7 @@ def _fit_with_policy(train_x, train_y, validation_x, validation_y, settings: Fit
     import keras
     import tensorflow as tf
 
-    from core.model import build_model
+    from core.model.network import build_model
 
     image_size, epochs, batch_size, seed = settings.image_size, settings.epochs, settings.batch_size, settings.seed
     learning_rate, init_from = settings.learning_rate, settings.init_from
@@ -267,7 +267,7 @@ def feature_and_logit_model(model):
     """A Keras model sharing `model`'s weights that returns (pooled features, logits)."""
     import keras
 
-    from core.model import FEATURES_LAYER
+    from core.model.network import FEATURES_LAYER
 
     return keras.Model(model.inputs, [model.get_layer(FEATURES_LAYER).output, model.outputs[0]])
 
@@ -296,7 +296,7 @@ def _calibrate_and_measure(model, tensors, label_indices, splits, out_dir: Path,
     Returns the card fields that depend on the trained weights: temperature, test-time
     augmentation, the out-of-distribution gate, and the metrics.
     """
-    from core.ood import fit_gate
+    from core.model.gate import fit_gate
 
     masks = {split_name: splits == split_name for split_name in ("train", "validation", "test")}
     outputs = {split_name: model_outputs(model, tensors[mask], mirror) for split_name, mask in masks.items()}
@@ -345,9 +345,9 @@ def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = Non
 
     import keras
 
-    from core.card import card_path_for
     from core.errors import DatasetError
-    from core.split import read_manifest
+    from core.model.card import card_path_for
+    from core.training.split import read_manifest
 
     model_path = Path(model_path)
     card = json.loads(card_path_for(model_path).read_text(encoding="utf-8"))
@@ -465,7 +465,7 @@ def train(
             "image_size": image_size,
             "color_mode": config.COLOR_MODE,
             "value_range": list(config.VALUE_RANGE),
-            "preprocessing": "core.preprocess.prepare_image: decode to greyscale, crop to the head, "
+            "preprocessing": "core.scans.preprocess.prepare_image: decode to greyscale, crop to the head, "
             "resize to image_size x image_size, scale the 99.5th intensity percentile to 1.0",
         },
         "output": "logits; probabilities = softmax(logits / temperature), logits averaged with the mirror "

@@ -1,4 +1,4 @@
-"""The review history: an append-only SQLite log of predictions and verdicts, and its current state.
+"""The review history store: an append-only SQLite log of predictions and verdicts, and its current state.
 
 Every event is one row of the `events` table and is never updated or deleted (triggers refuse
 it). The current state of a scan - its latest verdict, or its prediction while none exists - is
@@ -11,7 +11,9 @@ event on disk, a killed server loses nothing it reported saved, and concurrent s
 or processes) queue on the write lock instead of failing.
 
 Only non-identifying fields are stored: file name, sha256 of the bytes, model version,
-probabilities, verdicts, reasons, notes, reviewer and timestamps - never DICOM tags.
+probabilities, verdicts, reasons, notes, reviewer and timestamps - never DICOM tags. Every database
+failure reaches callers as `core.errors.HistoryUnavailable`; the vocabulary and rules of a record
+live in `core.review.records`.
 """
 
 from __future__ import annotations
@@ -20,28 +22,25 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from core import config
 from core.classes import CLASS_NAMES
-from core.errors import BrainScanError
+from core.errors import HistoryUnavailable
+from core.review.records import (
+    COLUMNS,
+    MAX_FILE_NAME_CHARS,
+    MAX_NOTE_CHARS,
+    MAX_REASON_CHARS,
+    MAX_REVIEWER_CHARS,
+    PROBABILITY_COLUMNS,
+    VerdictRejected,
+    check_length,
+    final_label_of,
+)
 
 SCHEMA_VERSION = 1
-EVENT_KINDS: tuple[str, ...] = ("prediction", "verdict")
-VERDICTS: tuple[str, ...] = ("confirm", "override", "flag")
-VERDICT_NAMES: dict[str, str] = {"confirm": "Confirmed", "override": "Overridden", "flag": "Flagged for second read"}
-# The status of a scan in a worklist, derived from its latest event.
-STATUSES: tuple[str, ...] = ("new", "reviewed", "flagged")
-PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in CLASS_NAMES)
-COLUMNS: tuple[str, ...] = (
-    "id", "time", "session_id", "reviewer", "kind", "sha256", "file_name", "model_version", "predicted_class",
-    *PROBABILITY_COLUMNS, "verdict", "final_label", "reason", "note",
-)
-MAX_REVIEWER_CHARS = 80
-MAX_REASON_CHARS = 500
-MAX_NOTE_CHARS = 2000
-MAX_FILE_NAME_CHARS = 255
 BUSY_TIMEOUT_MS = 15_000
 
 _SCHEMA = f"""
@@ -90,10 +89,6 @@ _initialised: set[Path] = set()
 _initialise_lock = threading.Lock()
 
 
-class VerdictRejected(BrainScanError):
-    """A verdict cannot be saved as given; the message says what to fix."""
-
-
 def utc_now() -> str:
     """The current time as an ISO 8601 UTC string with milliseconds, e.g. 2026-11-24T06:01:02.123+00:00."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -103,19 +98,27 @@ class HistoryStore:
     """The history database at `path` (default `config.history_db_path()`); safe to share between threads."""
 
     def __init__(self, path: Path | None = None):
+        """Open (creating if needed) the database; raise `HistoryUnavailable` when it cannot be used."""
         self.path = Path(path or config.history_db_path())
-        self._initialise()
+        try:
+            self._initialise()
+        except OSError as error:
+            raise HistoryUnavailable(f"the history database {self.path} cannot be created ({error})") from error
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # One short-lived connection per operation: nothing is shared between threads, and each
         # connection is closed (its file handles released) as soon as the operation ends.
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        with closing(connection):
-            connection.row_factory = sqlite3.Row
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            connection.execute("PRAGMA synchronous = FULL")
-            yield connection
+        # Callers see one storage-neutral error, whatever the engine said.
+        try:
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            with closing(connection):
+                connection.row_factory = sqlite3.Row
+                connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                connection.execute("PRAGMA synchronous = FULL")
+                yield connection
+        except sqlite3.Error as error:
+            raise HistoryUnavailable(f"the history database {self.path} could not be used ({error})") from error
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -166,10 +169,10 @@ class HistoryStore:
         note = note.strip()
         if not reviewer:
             raise VerdictRejected("enter your name as reviewer before saving a verdict")
-        final_label = _final_label(verdict, predicted_class, override_label, reason)
-        _check_length("reviewer name", reviewer, MAX_REVIEWER_CHARS)
-        _check_length("reason", reason, MAX_REASON_CHARS)
-        _check_length("note", note, MAX_NOTE_CHARS)
+        final_label = final_label_of(verdict, predicted_class, override_label, reason)
+        check_length("reviewer name", reviewer, MAX_REVIEWER_CHARS)
+        check_length("reason", reason, MAX_REASON_CHARS)
+        check_length("note", note, MAX_NOTE_CHARS)
         row = _event_row("verdict", session_id, reviewer, file_name, sha256, model_version, predicted_class,
                          probabilities, verdict, final_label, reason, note)
         with self._write() as connection:
@@ -234,29 +237,6 @@ def _insert_sql(verb: str) -> str:
     return f"{verb} INTO events ({', '.join(names)}) VALUES ({', '.join(':' + name for name in names)})"
 
 
-def _check_length(what: str, text: str, limit: int) -> None:
-    if len(text) > limit:
-        raise VerdictRejected(f"the {what} is {len(text)} characters long; keep it under {limit}")
-
-
-def _final_label(verdict: str, predicted_class: str | None, override_label: str | None, reason: str) -> str | None:
-    if verdict == "confirm":
-        if predicted_class not in CLASS_NAMES:
-            raise VerdictRejected("there is no model prediction to confirm; override or flag instead")
-        return predicted_class
-    if verdict == "override":
-        if override_label not in CLASS_NAMES:
-            raise VerdictRejected("choose the class you override the prediction with")
-        if override_label == predicted_class:
-            raise VerdictRejected("the chosen class is the model's own prediction; confirm it instead")
-        if not reason:
-            raise VerdictRejected("an override needs a reason")
-        return override_label
-    if verdict == "flag":
-        return None
-    raise VerdictRejected(f"unknown verdict {verdict!r}; expected one of {', '.join(VERDICTS)}")
-
-
 def _event_row(kind: str, session_id: str, reviewer: str, file_name: str, sha256: str, model_version: str,
                predicted_class: str | None, probabilities: Mapping[str, float], verdict: str | None = None,
                final_label: str | None = None, reason: str = "", note: str = "") -> dict:
@@ -275,67 +255,3 @@ def _event_row(kind: str, session_id: str, reviewer: str, file_name: str, sha256
         value = probabilities.get(name)
         row[column] = None if value is None else float(value)
     return row
-
-
-def row_date(row: Mapping) -> date:
-    """The UTC calendar date of a history row's `time`."""
-    return datetime.fromisoformat(row["time"]).astimezone(timezone.utc).date()
-
-
-def filter_rows(rows: Iterable[Mapping], *, classes: Iterable[str] | None = None,
-                verdicts: Iterable[str | None] | None = None, reviewers: Iterable[str] | None = None,
-                start: date | None = None, end: date | None = None) -> list[dict]:
-    """Rows matching every given filter (None or empty: no filter on that field).
-
-    `classes` match the model's class or the final label; `verdicts` may include None for rows
-    without a verdict (predictions, unreviewed scans); `start` and `end` are inclusive UTC dates.
-    """
-    classes = set(classes or ())
-    verdicts = set(verdicts or ())
-    reviewers = set(reviewers or ())
-    kept = []
-    for row in rows:
-        if classes and row.get("predicted_class") not in classes and row.get("final_label") not in classes:
-            continue
-        if verdicts and row.get("verdict") not in verdicts:
-            continue
-        if reviewers and row.get("reviewer") not in reviewers:
-            continue
-        if start is not None or end is not None:
-            day = row_date(row)
-            if (start is not None and day < start) or (end is not None and day > end):
-                continue
-        kept.append(dict(row))
-    return kept
-
-
-def summarise(states: Iterable[Mapping]) -> dict:
-    """Summary of current-state rows: cases per class, model-reviewer agreement and the confusion matrix.
-
-    Returns `cases_per_class` {class: count by the model's class}, `status_counts` {status: count},
-    `decided` (scans with a final label), `agreed` (final label equals the model's class),
-    `agreement` (agreed / decided, None when nothing is decided) and `confusion`
-    [model class index][final label index] counts over decided scans, in `CLASS_NAMES` order.
-    """
-    cases_per_class = {name: 0 for name in CLASS_NAMES}
-    status_counts = {status: 0 for status in STATUSES}
-    confusion = [[0] * len(CLASS_NAMES) for _ in CLASS_NAMES]
-    decided = agreed = 0
-    for row in states:
-        predicted, final = row.get("predicted_class"), row.get("final_label")
-        if predicted in cases_per_class:
-            cases_per_class[predicted] += 1
-        if row.get("status") in status_counts:
-            status_counts[row["status"]] += 1
-        if predicted in CLASS_NAMES and final in CLASS_NAMES:
-            decided += 1
-            agreed += predicted == final
-            confusion[CLASS_NAMES.index(predicted)][CLASS_NAMES.index(final)] += 1
-    return {
-        "cases_per_class": cases_per_class,
-        "status_counts": status_counts,
-        "decided": decided,
-        "agreed": agreed,
-        "agreement": agreed / decided if decided else None,
-        "confusion": confusion,
-    }

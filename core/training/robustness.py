@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 
 from core.classes import class_index
-from core.dataset import LabelledFile
 from core.errors import DatasetError, ScanRejected
-from core.metrics import classification_report, present_recalls
-from core.preprocess import prepare_image
 from core.progress import progress
+from core.scans.preprocess import prepare_image
+from core.training.dataset import LabelledFile
+from core.training.metrics import classification_report, present_recalls
 
 Perturbation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -91,7 +91,7 @@ def robustness_report(classifier, files: list[LabelledFile], seed: int = 0, batc
     the same noise. The decoded images are held in memory: meant for evaluation splits of a few
     thousand slices.
     """
-    from core.intake import decode_image
+    from core.scans.intake import decode_image
 
     images, truths, rejected = [], [], []
     for item in progress(files, total=len(files), description="decoding"):

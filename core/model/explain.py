@@ -2,14 +2,14 @@
 
 The heat-map is computed on the model's input tensor (the head crop resized to S x S) from the
 activations of the layer named `core.model.LAST_CONV_LAYER` and the gradient of one class's logit
-(Selvaraju et al., 2017). With mirror averaging (see `core.inference`) the served logit's gradient
+(Selvaraju et al., 2017). With mirror averaging (see `core.model.inference`) the served logit's gradient
 reaches both passes, and the mirror's map is flipped back before the two are added.
 
 With the OpenVINO runtime and the project's pooled dense head, the classifier gives the maps
 directly (`Classifier.class_activation_maps`: the gradient of such a head is its kernel), so no
 TensorFlow is loaded; otherwise a traced TensorFlow gradient function, built once per classifier,
 computes them. `overlay` maps the heat-map back into the head's box on the original picture, the
-same box `core.preprocess.prepare_image` cropped, so the colours sit on the anatomy they explain.
+same box `core.scans.preprocess.prepare_image` cropped, so the colours sit on the anatomy they explain.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import weakref
 import cv2
 import numpy as np
 
-from core.preprocess import content_box
+from core.scans.preprocess import content_box
 
 # One compiled gradient function per loaded classifier, dropped with the classifier.
 _gradient_functions: "weakref.WeakKeyDictionary[object, object]" = weakref.WeakKeyDictionary()
@@ -101,7 +101,7 @@ def _build_gradient_function(classifier):
     import keras
     import tensorflow as tf
 
-    from core.model import LAST_CONV_LAYER  # imports Keras, so only here
+    from core.model.network import LAST_CONV_LAYER  # imports Keras, so only here
 
     model = classifier.model
     size = classifier.image_size

@@ -1,0 +1,299 @@
+"""The Review page's Streamlit-side workflow and parts: the worklist in session state, saving a verdict,
+heat-maps, the probability bars and the DICOM display panel.
+
+pages/review.py lays the page out; this module keeps what survives reruns (session state) and
+talks to the history store and the classifier through `app_support`. The plain rules (what a
+worklist keeps, statuses, what comes next) are in `core.review.worklist`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from contextlib import nullcontext
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import app_support
+from core.errors import HistoryUnavailable, ScanRejected
+from core.pipeline import analyse_bytes
+from core.review.records import VERDICT_NAMES, VerdictRejected
+from core.review.worklist import ReviewItem, first_unreviewed, item_from_result, next_unreviewed
+from core.scans.dicom import BRAIN_WINDOW
+from core.scans.intake import load_scan, sniff_format
+
+DICOM_VIEWS_KEPT = 8  # re-classified DICOM frame/window choices kept per session
+HIGHLIGHT = "#2b6cb0"
+MUTED = "#c3cad5"
+_WORKLIST_STATE = ("review_items", "review_digests", "review_unrecorded", "review_heatmaps", "review_current",
+                   "review_dicom_headers")
+
+
+def classify(classifier, data: bytes, file_name: str, **view) -> ReviewItem:
+    """Classify one file's bytes through the shared pipeline and keep what the worklist needs."""
+    return item_from_result(analyse_bytes(classifier, data, file_name, **view), classifier.version,
+                            classifier.image_size)
+
+
+def classify_uploads(uploads, classifier, store, session: str) -> list[ReviewItem]:
+    """Classify uploads not seen before (a progress bar for a batch), record their predictions, return the worklist.
+
+    The worklist holds every distinct scan classified in this session, in upload order, until it
+    is cleared: switching pages (which empties the uploader) keeps it. Bytes are read only for
+    files the page has not seen; a file already in the worklist is never classified again.
+    """
+    items: dict[str, ReviewItem] = st.session_state.setdefault("review_items", {})
+    digests: dict[str, str] = st.session_state.setdefault("review_digests", {})
+    unrecorded: set[str] = st.session_state.setdefault("review_unrecorded", set())
+    pending = [upload for upload in uploads if digests.get(upload.file_id) not in items]
+    bar = st.progress(0.0, text=f"Classifying {len(pending)} scans...") if len(pending) > 1 else None
+    for position, upload in enumerate(pending, start=1):
+        data = upload.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        digests[upload.file_id] = digest
+        if digest not in items:
+            with st.spinner("Classifying the scan...") if bar is None else nullcontext():
+                items[digest] = classify(classifier, data, upload.name)
+            if items[digest].status == "ok":
+                unrecorded.add(digest)
+        del data
+        if bar is not None:
+            bar.progress(position / len(pending), text=f"Classified {position} of {len(pending)} scans")
+    if bar is not None:
+        bar.empty()
+    current = {upload.file_id for upload in uploads}
+    for file_id in [file_id for file_id in digests if file_id not in current]:
+        del digests[file_id]
+    _record_predictions([item for digest, item in items.items() if digest in unrecorded], store, session, unrecorded)
+    return list(items.values())
+
+
+def upload_of(uploads, item: ReviewItem):
+    """The uploaded file whose bytes are `item`'s, or None (the worklist outlives the uploader's files)."""
+    digests = st.session_state.get("review_digests", {})
+    return next((upload for upload in uploads if digests.get(upload.file_id) == item.sha256), None)
+
+
+def clear_worklist() -> None:
+    """Empty the worklist and the uploader (a button callback); saved verdicts stay in the history."""
+    for name in _WORKLIST_STATE:
+        st.session_state.pop(name, None)
+    # A new key gives a new, empty uploader: Streamlit offers no other way to clear one.
+    st.session_state["review_uploader_generation"] = uploader_generation() + 1
+
+
+def uploader_generation() -> int:
+    """The number in the uploader's key, raised by every clear."""
+    return st.session_state.get("review_uploader_generation", 0)
+
+
+def _record_predictions(items: list[ReviewItem], store, session: str, unrecorded: set[str]) -> None:
+    # A prediction is recorded once per session (the store ignores repeats); a database failure
+    # leaves it pending so the next rerun tries again instead of silently losing it.
+    for item in items:
+        try:
+            store.record_prediction(session_id=session, reviewer=app_support.reviewer_name(),
+                                    file_name=item.file_name, sha256=item.sha256, model_version=item.model_version,
+                                    predicted_class=item.label, probabilities=item.probabilities)
+            unrecorded.discard(item.sha256)
+        except HistoryUnavailable as error:
+            st.error(f"The history database could not be written ({error}); predictions are shown but not "
+                     "yet recorded. This page retries on the next interaction.", icon=":material/database:")
+            return
+
+
+def select_first_unreviewed(order: list[str], statuses: dict[str, str]) -> None:
+    """Show the worklist's first unreviewed scan unless the current choice is still in the worklist."""
+    if st.session_state.get("review_current") not in order:
+        st.session_state["review_current"] = first_unreviewed(order, statuses) or order[0]
+
+
+def go_to_next_unreviewed(order: list[str], statuses: dict[str, str]) -> None:
+    """Button callback: select the next unreviewed scan, or note that every scan has a verdict."""
+    following = next_unreviewed(order, statuses, st.session_state.get("review_current"))
+    if following is None:
+        st.session_state["review_all_done"] = True
+    else:
+        st.session_state["review_current"] = following
+
+
+def save_verdict(item: ReviewItem, session: str) -> None:
+    """Button callback: record the verdict form's values; the page shows the outcome on this run.
+
+    Runs before the page is drawn, so the worklist and the saved verdict shown on this run already
+    include it. The confirmation is set only after the store has committed the event.
+    """
+    key = item.widget_key
+    flashes = st.session_state.setdefault("review_flash", {})
+    verdict = st.session_state.get(f"review_verdict_{key}")
+    try:
+        store = app_support.history_store()
+        if store is None:
+            raise HistoryUnavailable("the database cannot be opened")
+        store.record_verdict(
+            session_id=session, reviewer=app_support.reviewer_name(), file_name=item.file_name,
+            sha256=item.sha256, model_version=item.model_version, predicted_class=item.label,
+            probabilities=item.probabilities, verdict=verdict,
+            override_label=st.session_state.get(f"review_override_{key}"),
+            reason=(st.session_state.get(f"review_reason_{key}") or "") if verdict == "override" else "",
+            note=st.session_state.get(f"review_note_{key}") or "",
+        )
+    except VerdictRejected as rejection:
+        flashes[item.sha256] = ("error", f"Not saved: {rejection}.")
+    except HistoryUnavailable as error:
+        flashes[item.sha256] = ("error", f"Not saved: the history database could not be written ({error}).")
+    else:
+        flashes[item.sha256] = ("success", f"Saved: {VERDICT_NAMES[verdict].lower()}.")
+
+
+def take_flash(item: ReviewItem) -> tuple[str, str] | None:
+    """The outcome ("success" or "error", text) of this scan's last save, once."""
+    return st.session_state.get("review_flash", {}).pop(item.sha256, None)
+
+
+def explainer():
+    """`core.model.explain`, or None in a build without it (scans are still reviewed, without heat-maps)."""
+    try:
+        from core.model import explain
+    except ImportError:
+        return None
+    return explain
+
+
+def heatmap_for(item: ReviewItem, classifier, explain) -> np.ndarray | str:
+    """The item's Grad-CAM for its predicted class, computed once per scan; or a message why not."""
+    cache: dict[str, np.ndarray | str] = st.session_state.setdefault("review_heatmaps", {})
+    if item.sha256 not in cache:
+        try:
+            with st.spinner("Computing the heat-map..."):
+                cache[item.sha256] = np.asarray(
+                    explain.gradcam(classifier, item.tensor, classifier.classes.index(item.label)), dtype=np.float32)
+        except Exception as error:  # An explanation failure must not hide the prediction.
+            cache[item.sha256] = f"the heat-map could not be computed ({type(error).__name__}: {error})"
+    return cache[item.sha256]
+
+
+def dicom_header(item: ReviewItem, upload):
+    """The upload's decoded DICOM scan without its pixels, or None for other files; decoded once per session.
+
+    Every widget interaction reruns the page, and re-decoding a multi-frame or JPEG 2000 file for
+    its details and slider ranges each time would repeat the slowest step of the upload.
+    """
+    headers: dict = st.session_state.setdefault("review_dicom_headers", {})
+    if item.sha256 not in headers:
+        data, scan = upload.getvalue(), None
+        if sniff_format(data) == "dicom" or upload.name.lower().endswith((".dcm", ".dicom")):
+            try:
+                scan = replace(load_scan(data, upload.name), image=None)
+            except ScanRejected:
+                pass
+        headers[item.sha256] = scan
+    return headers[item.sha256]
+
+
+def _view_key(item: ReviewItem, frame: int, window: tuple[float, float]) -> tuple:
+    return item.sha256, item.model_version, frame, float(window[0]), float(window[1])
+
+
+def dicom_view_item(item: ReviewItem, upload, classifier, frame: int, window: tuple[float, float]) -> ReviewItem:
+    """`item` re-classified at another DICOM frame and (centre, width) window, once per view and session."""
+    view = _view_key(item, frame, window)
+    views: dict = st.session_state.setdefault("review_dicom_views", {})
+    if view not in views:
+        with st.spinner("Classifying the chosen frame and window..."):
+            views[view] = classify(classifier, upload.getvalue(), upload.name, frame=frame, window=window)
+        while len(views) > DICOM_VIEWS_KEPT:
+            del views[next(iter(views))]
+    return views[view]
+
+
+def forget_heatmap_if_view_changed(item: ReviewItem, frame: int, window: tuple[float, float]) -> None:
+    """Drop a scan's cached heat-map when the DICOM view it was computed for is no longer the one shown."""
+    view = _view_key(item, frame, window)
+    shown: dict = st.session_state.setdefault("review_dicom_shown", {})
+    if shown.get(item.sha256, view) != view:
+        st.session_state.get("review_heatmaps", {}).pop(item.sha256, None)
+    shown[item.sha256] = view
+
+
+def probability_bars(probabilities: dict[str, float], label: str | None, display_names: dict[str, str]) -> str:
+    """Horizontal bars of the calibrated probabilities as HTML, highest first, the model's class highlighted.
+
+    Plain HTML rather than a Vega-Lite chart: the bars appear with the page, with no chart library
+    to compile and draw in the browser, which was most of the browser's work per upload. Each bar
+    is an ARIA meter, so screen readers and tests read the same numbers the eye does.
+    """
+    rows = []
+    for name, value in sorted(probabilities.items(), key=lambda pair: -pair[1]):
+        shown = html.escape(display_names.get(name, name))
+        colour, weight = (HIGHLIGHT, 600) if name == label else (MUTED, 400)
+        percent = 100.0 * float(value)
+        rows.append(
+            f'<div style="display:contents">'
+            f'<span style="font-weight:{weight}">{shown}</span>'
+            f'<span role="meter" aria-label="{shown}" aria-valuemin="0" aria-valuemax="100" '
+            f'aria-valuenow="{percent:.6f}" aria-valuetext="{percent:.1f}%" style="display:block;height:20px;'
+            f'background:#edf0f4;border-radius:3px;overflow:hidden">'
+            f'<span style="display:block;height:100%;width:{percent:.2f}%;background:{colour}"></span></span>'
+            f'<span style="font-weight:{weight};font-variant-numeric:tabular-nums;text-align:right">{percent:.1f}%</span>'
+            f"</div>"
+        )
+    return (
+        '<div role="group" aria-label="Calibrated probability per class" class="brainscan-probabilities" '
+        'style="display:grid;grid-template-columns:max-content 1fr 4.5em;gap:10px 12px;align-items:center;'
+        'margin:4px 0 2px 0">' + "".join(rows) + "</div>"
+        '<div style="font-size:0.8em;opacity:0.7;margin-bottom:8px">Calibrated probability per class</div>'
+    )
+
+
+def _set_window(centre_key: str, width_key: str, window: tuple[float, float]) -> None:
+    st.session_state[centre_key], st.session_state[width_key] = float(window[0]), float(window[1])
+
+
+def dicom_panel(item: ReviewItem, upload, classifier) -> ReviewItem:
+    """For a DICOM upload: its non-identifying details, a frame picker and window/level; the chosen view's item.
+
+    The file's own middle frame and window are what was classified at upload; another choice is
+    decoded and classified once per (frame, window) and kept in session state, so moving back to
+    a view never re-infers. Other formats return `item` unchanged.
+    """
+    if upload is None:
+        return item
+    scan = dicom_header(item, upload)
+    if scan is None:
+        return item
+    key = item.widget_key
+    frame_key, centre_key, width_key = (f"review_dicom_{name}_{key}" for name in ("frame", "centre", "width"))
+    low, high = scan.value_range
+    default_centre, default_width = scan.default_window
+    span = max(high - low, default_width, BRAIN_WINDOW[1], 1.0)
+    with st.expander("DICOM details and display", expanded=True):
+        st.dataframe(pd.DataFrame({"Field": list(scan.metadata), "Value": list(scan.metadata.values())}),
+                     hide_index=True, key=f"review_dicom_details_{key}")
+        st.caption("Only these non-identifying fields are read from the file; patient, physician, "
+                   "institution, date and private tags never are.")
+        frame = scan.frame
+        if scan.frame_count > 1:
+            st.session_state.setdefault(frame_key, scan.frame + 1)
+            frame = st.slider("Frame", 1, scan.frame_count, key=frame_key) - 1
+        st.session_state.setdefault(centre_key, float(default_centre))
+        st.session_state.setdefault(width_key, float(default_width))
+        step = 1.0 if span >= 50 else span / 100
+        centre = st.slider("Window centre (level)", float(min(low, default_centre, BRAIN_WINDOW[0])),
+                           float(max(high, default_centre, BRAIN_WINDOW[0])), step=step, key=centre_key)
+        width = st.slider("Window width", float(min(step, default_width)), float(2 * span), step=step, key=width_key)
+        brain, own = st.columns(2)
+        brain.button(f"Brain (W {BRAIN_WINDOW[1]:g}, L {BRAIN_WINDOW[0]:g})", key=f"review_dicom_brain_{key}",
+                     on_click=_set_window, args=(centre_key, width_key, BRAIN_WINDOW), width="stretch")
+        own.button(f"File default (W {default_width:g}, L {default_centre:g})", key=f"review_dicom_default_{key}",
+                   on_click=_set_window, args=(centre_key, width_key, scan.default_window), width="stretch")
+    chosen = item
+    if frame != scan.frame or (centre, width) != scan.default_window:
+        chosen = dicom_view_item(item, upload, classifier, frame, (centre, width))
+        st.caption(f"Showing and classifying frame {frame + 1} at window W {width:g}, L {centre:g}; the "
+                   "prediction recorded at upload used the file's own frame and window.")
+    forget_heatmap_if_view_changed(item, frame, (centre, width))  # A heat-map belongs to its view.
+    return chosen

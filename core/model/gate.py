@@ -1,0 +1,77 @@
+"""Out-of-distribution gate: is this image something the classifier was trained on (a brain MRI slice)?
+
+The learned part is a class-conditional Mahalanobis distance on the network's pooled penultimate
+features (Lee et al., 2018): means per class and one shared covariance, fitted on the training
+split. The threshold is a high percentile of the validation split's distances, so it is set on MRI
+data alone; non-MRI images are never used to tune it.
+
+Before the network, `core.pipeline.screen` applies cheap model-free checks measured by
+`core.scans.statistics.image_statistics` (a dark background, one compact connected head, a
+near-square frame). `core.training.gate_evaluation` measures both together on held-out MRI slices
+and on `core.training.nonmri`'s set of other images; `python -m core ood-eval` prints and records
+the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_PASS_PERCENTILE = 99.0
+
+
+@dataclass(frozen=True)
+class MahalanobisGate:
+    """Fitted gate: class means (C, D), shared precision (D, D), and the distance threshold."""
+
+    means: np.ndarray
+    precision: np.ndarray
+    threshold: float
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Features (N, D) -> smallest squared Mahalanobis distance to any class mean, (N,) float64."""
+        features = np.asarray(features, dtype=np.float64)
+        best = np.full(len(features), np.inf)
+        for mean in self.means:
+            centred = features - mean
+            best = np.minimum(best, np.einsum("nd,de,ne->n", centred, self.precision, centred))
+        return best
+
+    def is_in_distribution(self, features: np.ndarray) -> np.ndarray:
+        """(N,) bool: True where the features look like the training MRI slices."""
+        return self.distances(features) <= self.threshold
+
+    def save(self, path: Path) -> None:
+        """Store the gate as a small `.npz` file."""
+        np.savez(path, means=self.means, precision=self.precision, threshold=np.array(self.threshold))
+
+    @classmethod
+    def load(cls, path: Path) -> "MahalanobisGate":
+        """Read a gate saved by `save`."""
+        with np.load(path) as stored:
+            return cls(stored["means"], stored["precision"], float(stored["threshold"]))
+
+
+def fit_gate(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    validation_features: np.ndarray,
+    class_count: int,
+    pass_percentile: float = DEFAULT_PASS_PERCENTILE,
+    shrinkage: float = 0.05,
+) -> MahalanobisGate:
+    """Fit means and a shrunk shared covariance on training features; threshold from validation."""
+    train_features = np.asarray(train_features, dtype=np.float64)
+    train_labels = np.asarray(train_labels, dtype=int)
+    means = np.stack([train_features[train_labels == index].mean(axis=0) for index in range(class_count)])
+    centred = train_features - means[train_labels]
+    covariance = centred.T @ centred / max(len(centred) - 1, 1)
+    # Shrinking towards the mean variance keeps the inverse stable for features that barely vary.
+    target = np.eye(covariance.shape[0]) * np.trace(covariance) / covariance.shape[0]
+    covariance = (1.0 - shrinkage) * covariance + shrinkage * target
+    precision = np.linalg.inv(covariance)
+    unfitted = MahalanobisGate(means, precision, threshold=np.inf)
+    threshold = float(np.percentile(unfitted.distances(validation_features), pass_percentile))
+    return MahalanobisGate(means, precision, threshold)

@@ -1,0 +1,121 @@
+"""The review record's vocabulary and rules: verdicts, statuses, limits, final labels, and row summaries.
+
+Plain functions over plain rows, shared by the history store (`core.review.store`), the export and
+the pages; nothing here touches a database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timezone
+
+from core.classes import CLASS_NAMES
+from core.errors import BrainScanError
+
+EVENT_KINDS: tuple[str, ...] = ("prediction", "verdict")
+VERDICTS: tuple[str, ...] = ("confirm", "override", "flag")
+VERDICT_NAMES: dict[str, str] = {"confirm": "Confirmed", "override": "Overridden", "flag": "Flagged for second read"}
+# The status of a scan in a worklist, derived from its latest event.
+STATUSES: tuple[str, ...] = ("new", "reviewed", "flagged")
+PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in CLASS_NAMES)
+COLUMNS: tuple[str, ...] = (
+    "id", "time", "session_id", "reviewer", "kind", "sha256", "file_name", "model_version", "predicted_class",
+    *PROBABILITY_COLUMNS, "verdict", "final_label", "reason", "note",
+)
+MAX_REVIEWER_CHARS = 80
+MAX_REASON_CHARS = 500
+MAX_NOTE_CHARS = 2000
+MAX_FILE_NAME_CHARS = 255
+
+
+class VerdictRejected(BrainScanError):
+    """A verdict cannot be saved as given; the message says what to fix."""
+
+
+def check_length(what: str, text: str, limit: int) -> None:
+    """Raise `VerdictRejected` when a free-text field is longer than its limit."""
+    if len(text) > limit:
+        raise VerdictRejected(f"the {what} is {len(text)} characters long; keep it under {limit}")
+
+
+def final_label_of(verdict: str, predicted_class: str | None, override_label: str | None, reason: str) -> str | None:
+    """The final label a verdict gives a scan (None for a flag); raise `VerdictRejected` saying what to fix."""
+    if verdict == "confirm":
+        if predicted_class not in CLASS_NAMES:
+            raise VerdictRejected("there is no model prediction to confirm; override or flag instead")
+        return predicted_class
+    if verdict == "override":
+        if override_label not in CLASS_NAMES:
+            raise VerdictRejected("choose the class you override the prediction with")
+        if override_label == predicted_class:
+            raise VerdictRejected("the chosen class is the model's own prediction; confirm it instead")
+        if not reason:
+            raise VerdictRejected("an override needs a reason")
+        return override_label
+    if verdict == "flag":
+        return None
+    raise VerdictRejected(f"unknown verdict {verdict!r}; expected one of {', '.join(VERDICTS)}")
+
+
+def row_date(row: Mapping) -> date:
+    """The UTC calendar date of a history row's `time`."""
+    return datetime.fromisoformat(row["time"]).astimezone(timezone.utc).date()
+
+
+def filter_rows(rows: Iterable[Mapping], *, classes: Iterable[str] | None = None,
+                verdicts: Iterable[str | None] | None = None, reviewers: Iterable[str] | None = None,
+                start: date | None = None, end: date | None = None) -> list[dict]:
+    """Rows matching every given filter (None or empty: no filter on that field).
+
+    `classes` match the model's class or the final label; `verdicts` may include None for rows
+    without a verdict (predictions, unreviewed scans); `start` and `end` are inclusive UTC dates.
+    """
+    classes = set(classes or ())
+    verdicts = set(verdicts or ())
+    reviewers = set(reviewers or ())
+    kept = []
+    for row in rows:
+        if classes and row.get("predicted_class") not in classes and row.get("final_label") not in classes:
+            continue
+        if verdicts and row.get("verdict") not in verdicts:
+            continue
+        if reviewers and row.get("reviewer") not in reviewers:
+            continue
+        if start is not None or end is not None:
+            day = row_date(row)
+            if (start is not None and day < start) or (end is not None and day > end):
+                continue
+        kept.append(dict(row))
+    return kept
+
+
+def summarise(states: Iterable[Mapping]) -> dict:
+    """Summary of current-state rows: cases per class, model-reviewer agreement and the confusion matrix.
+
+    Returns `cases_per_class` {class: count by the model's class}, `status_counts` {status: count},
+    `decided` (scans with a final label), `agreed` (final label equals the model's class),
+    `agreement` (agreed / decided, None when nothing is decided) and `confusion`
+    [model class index][final label index] counts over decided scans, in `CLASS_NAMES` order.
+    """
+    cases_per_class = {name: 0 for name in CLASS_NAMES}
+    status_counts = {status: 0 for status in STATUSES}
+    confusion = [[0] * len(CLASS_NAMES) for _ in CLASS_NAMES]
+    decided = agreed = 0
+    for row in states:
+        predicted, final = row.get("predicted_class"), row.get("final_label")
+        if predicted in cases_per_class:
+            cases_per_class[predicted] += 1
+        if row.get("status") in status_counts:
+            status_counts[row["status"]] += 1
+        if predicted in CLASS_NAMES and final in CLASS_NAMES:
+            decided += 1
+            agreed += predicted == final
+            confusion[CLASS_NAMES.index(predicted)][CLASS_NAMES.index(final)] += 1
+    return {
+        "cases_per_class": cases_per_class,
+        "status_counts": status_counts,
+        "decided": decided,
+        "agreed": agreed,
+        "agreement": agreed / decided if decided else None,
+        "confusion": confusion,
+    }

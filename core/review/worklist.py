@@ -1,0 +1,89 @@
+"""The worklist's plain logic: what is kept of a classified upload, each scan's status, what comes next.
+
+The Review page keeps a worklist in its session; everything here is a plain function of plain
+values, so it is tested without a browser and shared with any other front end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from core.pipeline import ScanResult
+from core.scans.preprocess import prepare_image
+
+THUMBNAIL_SIDE = 512
+# A worklist scan's status: rejected at intake or by the gate, else from its latest history event.
+STATUS_NAMES: dict[str, str] = {"new": "New", "reviewed": "Reviewed", "flagged": "Flagged", "rejected": "Rejected"}
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """What a worklist keeps of one classified upload: never the file bytes, only a small thumbnail."""
+
+    sha256: str
+    file_name: str
+    status: str  # "ok" or "rejected", as `ScanResult.status`
+    message: str
+    label: str | None
+    probabilities: dict[str, float]
+    model_version: str
+    thumbnail: np.ndarray | None  # uint8 greyscale, longest side at most THUMBNAIL_SIDE
+    tensor: np.ndarray | None  # the model input (S, S, 1) float32, kept for the heat-map
+
+    @property
+    def confidence(self) -> float:
+        """The calibrated probability of the model's class; 0 for a rejected scan."""
+        return self.probabilities[self.label] if self.label else 0.0
+
+    @property
+    def widget_key(self) -> str:
+        """A short, stable suffix for this scan's widget keys (the first 16 hex digits of its sha256)."""
+        return self.sha256[:16]
+
+
+def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """A 2-D uint8 picture shrunk (never enlarged) so that its longer side is at most `side` pixels."""
+    scale = min(1.0, side / max(image.shape))
+    if scale == 1.0:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def item_from_result(result: ScanResult, model_version: str, image_size: int) -> ReviewItem:
+    """Shrink a pipeline result to what a worklist keeps between reruns (a thumbnail, the model input)."""
+    small = tensor = None
+    if result.scan is not None:
+        small = thumbnail(result.scan.image)
+        if result.status == "ok":
+            tensor = result.tensor if result.tensor is not None else prepare_image(result.scan.image, image_size)
+    return ReviewItem(result.sha256, result.filename, result.status, result.message, result.label,
+                      dict(result.probabilities), model_version, small, tensor)
+
+
+def status_of(item: ReviewItem, states: Mapping[str, Mapping]) -> str:
+    """Worklist status: "rejected", or "new" / "reviewed" / "flagged" from the scan's current history state."""
+    if item.status != "ok":
+        return "rejected"
+    state = states.get(item.sha256)
+    return str(state["status"]) if state else "new"
+
+
+def status_counts(statuses: Mapping[str, str]) -> dict[str, int]:
+    """{status: number of scans}, for every status in `STATUS_NAMES` (zeros included)."""
+    return {status: sum(value == status for value in statuses.values()) for status in STATUS_NAMES}
+
+
+def first_unreviewed(order: Sequence[str], statuses: Mapping[str, str]) -> str | None:
+    """The first scan (sha256) of the worklist still "new", or None when every scan has a verdict or was refused."""
+    return next((digest for digest in order if statuses[digest] == "new"), None)
+
+
+def next_unreviewed(order: Sequence[str], statuses: Mapping[str, str], current: str | None) -> str | None:
+    """The next "new" scan after `current`, wrapping round to the start; None when none is left."""
+    start = order.index(current) + 1 if current in order else 0
+    return first_unreviewed(list(order[start:]) + list(order[:start]), statuses)

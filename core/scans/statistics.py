@@ -1,0 +1,85 @@
+"""Cheap, model-free measurements of a greyscale image, the evidence of the pipeline's screening checks.
+
+They need no model: `core.pipeline.screen` compares them with limits measured on training MRI,
+and `core.training.gate_evaluation` reports their percentiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ImageStatistics:
+    """Cheap, model-free measurements of a greyscale image that separate MRI slices from most other pictures.
+
+    `border_brightness`: median of the outer ring (4% of the short side) relative to the image's
+    99th-percentile level; MRI slices sit on a dark background, so it is near 0.
+    `dark_fraction`: share of pixels at background level.
+    `largest_share`: share of the bright (foreground) pixels that belong to the largest connected
+    region; a head is one region, text or a star field is many.
+    `solidity`: area of that region over the area of its convex hull; a head is nearly convex, a
+    hand or a drawing of lines is not.
+    `extent`: area of that region over its bounding box; an ellipse fills about 0.79 of its box,
+    a fan-shaped ultrasound sector or a cross much less.
+    `inner_variation`: standard deviation over mean of the grey levels inside that region; brain
+    tissue varies moderately, a star field or a mostly-dark frame enormously.
+    `aspect_ratio`: long side over short side (>= 1).
+    `contrast`: standard deviation of the grey levels.
+    """
+
+    border_brightness: float
+    dark_fraction: float
+    largest_share: float
+    solidity: float
+    extent: float
+    inner_variation: float
+    aspect_ratio: float
+    contrast: float
+
+
+# Pixels at or under this fraction of the 99th-percentile level count as background, as in
+# core.scans.preprocess.content_box.
+_BACKGROUND_FRACTION = 0.12
+_BORDER_FRACTION = 0.04
+_ANALYSIS_SIDE = 256  # statistics are measured on a copy no larger than this, for speed
+
+
+def image_statistics(grey: np.ndarray) -> ImageStatistics:
+    """Measure a 2-D uint8 greyscale image (any size); see `ImageStatistics`."""
+    import cv2
+
+    height, width = grey.shape
+    contrast = float(grey.std())
+    scale = _ANALYSIS_SIDE / max(height, width)
+    small = grey if scale >= 1 else cv2.resize(
+        grey, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+    values = small.astype(np.float32)
+    bright_level = float(np.percentile(values, 99))
+    background = max(8.0, _BACKGROUND_FRACTION * bright_level)
+    ring = max(2, round(_BORDER_FRACTION * min(small.shape)))
+    border = np.concatenate([values[:ring].ravel(), values[-ring:].ravel(),
+                             values[:, :ring].ravel(), values[:, -ring:].ravel()])
+    border_brightness = float(np.median(border)) / max(bright_level, 1.0)
+    dark_fraction = float((values <= background).mean())
+    blurred = cv2.GaussianBlur(small, (5, 5), 0)
+    mask = (blurred > max(8.0, _BACKGROUND_FRACTION * float(np.percentile(blurred, 99)))).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    largest_share = solidity = extent = inner_variation = 0.0
+    if count > 1:
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        largest = 1 + int(np.argmax(areas))
+        largest_share = float(areas.max() / areas.sum())
+        region = (labels == largest).astype(np.uint8)
+        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        outline = max(contours, key=cv2.contourArea)
+        area = float(cv2.contourArea(outline))
+        solidity = area / max(float(cv2.contourArea(cv2.convexHull(outline))), 1.0)
+        extent = area / max(float(stats[largest, cv2.CC_STAT_WIDTH] * stats[largest, cv2.CC_STAT_HEIGHT]), 1.0)
+        inside = values[region.astype(bool)]
+        inner_variation = float(inside.std() / max(float(inside.mean()), 1.0))
+    return ImageStatistics(border_brightness, dark_fraction, largest_share, solidity, extent, inner_variation,
+                           max(height, width) / min(height, width), contrast)
