@@ -95,7 +95,8 @@ def result_from_output(filename: str, digest: str, scan: Scan, probabilities: np
     if screen_reason:
         return ScanResult(filename, digest, "rejected", screen_reason, None, named, distance, scan)
     if distance is not None:
-        if distance > classifier.gate.threshold:
+        outlier = float(classifier.gate.outlier_scores(features[np.newaxis])[0])
+        if distance > classifier.gate.threshold or outlier > classifier.gate.outlier_threshold:
             return ScanResult(filename, digest, "rejected", GATE_MESSAGE,
                               None, named, distance, scan)
     label = classifier.classes[int(np.argmax(probabilities))]

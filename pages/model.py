@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 import app_support
+from core.model.summary import describe_architecture, describe_source, plain_summary, training_commands
 
 NOT_RECORDED = "not recorded in the card"
 
@@ -42,6 +43,19 @@ def render_overview(data: dict, card) -> None:
     st.markdown("\n".join(f"- {_text(item)}" for item in limitations) if limitations else NOT_RECORDED)
 
 
+def render_summary(data: dict, card) -> None:
+    """The plain-language summary for clinicians, built from the card's own figures."""
+    try:
+        sections = plain_summary(data, card.display_names, card.classes)
+    except Exception as error:  # A card the summary cannot read must not hide the rest of the page.
+        st.caption(f"No plain-language summary: the card could not be read for it ({type(error).__name__}).")
+        return
+    columns = st.columns(2, gap="large")
+    for index, (heading, sentences) in enumerate(sections.items()):
+        with columns[index % 2]:
+            st.markdown(f"**{heading}**\n" + "\n".join(f"- {_text(sentence)}" for sentence in sentences))
+
+
 def render_contract(data: dict, card) -> None:
     """Class order and display names, and the input the model expects."""
     _section("Classes and input")
@@ -54,18 +68,9 @@ def render_contract(data: dict, card) -> None:
              if "image_size" in contract else "-",
              "Colour": contract.get("color_mode", "-"), "Value range": contract.get("value_range", "-"),
              "Preprocessing": contract.get("preprocessing", "-"), "Output": data.get("output", "-"),
-             "Architecture": data.get("architecture", "-")}
+             "Architecture": describe_architecture(data.get("architecture", "-"))}
     # A list rather than a table: the preprocessing and architecture texts are long and must wrap.
     right.markdown("\n".join(f"- **{name}**: {_text(_flat(value))}" for name, value in facts.items()))
-
-
-def _source(source) -> str:
-    """One training data source: "folder (N images)" when the card says so, else its fields."""
-    if isinstance(source, dict) and "folder" in source:
-        return f"{source['folder']} ({source['images']} images)" if "images" in source else str(source["folder"])
-    if isinstance(source, dict):
-        return ", ".join(f"{key}: {_flat(value)}" for key, value in source.items())
-    return str(source)
 
 
 def _flat(value) -> str:
@@ -74,16 +79,6 @@ def _flat(value) -> str:
     if isinstance(value, list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
-
-
-def training_commands(training: dict) -> list[str]:
-    """The commands that produced the weights, earliest first, following `continued_from` links."""
-    commands, run, seen = [], training, 0
-    while isinstance(run, dict) and seen < 20:  # a hand-edited card must not loop forever
-        if run.get("command"):
-            commands.append(str(run["command"]))
-        run, seen = run.get("continued_from"), seen + 1
-    return commands[::-1]
 
 
 def render_training(data: dict) -> None:
@@ -96,7 +91,7 @@ def render_training(data: dict) -> None:
     sources = training.get("data") or []
     if isinstance(sources, (str, dict)):
         sources = [sources]
-    st.markdown("**Data**: " + (", ".join(_text(_source(source)) for source in sources) if sources else NOT_RECORDED))
+    st.markdown("**Data**: " + (", ".join(_text(describe_source(source)) for source in sources) if sources else NOT_RECORDED))
     if training.get("split_manifest"):
         st.markdown(f"**Split manifest**: {_text(training['split_manifest'])}")
     if training.get("split_rule"):
@@ -184,10 +179,17 @@ def render_calibration(data: dict) -> None:
     if ood:
         threshold = ood.get("threshold", "-")
         facts["Out-of-distribution threshold"] = _number(threshold, "{:.1f}") if isinstance(threshold, (int, float)) \
-            else str(threshold)
+            else _flat(threshold)
         for key, value in ood.items():
-            if key not in {"file", "sha256", "threshold"}:
-                facts[f"Gate: {key.replace('_', ' ')}"] = _flat(value)
+            if isinstance(value, (str, int, float)) and key not in {"file", "sha256", "threshold"}:
+                facts[f"Gate: {key.replace('_', ' ')}"] = str(value)
+        head = ood.get("outlier_head") or {}
+        for key in ("method", "negatives", "threshold_rule"):
+            if key in head:
+                facts[f"Outlier head: {key.replace('_', ' ')}"] = _flat(head[key])
+        evaluation = ood.get("evaluation") or {}
+        if "meets_floors" in evaluation:
+            facts["Gate floors met (ood-eval)"] = "yes" if evaluation["meets_floors"] else "no"
     if "ood_pass_rate" in test:
         facts["MRI test scans passing the gate"] = _number(test.get("ood_pass_rate"), "{:.1%}")
     st.dataframe(pd.DataFrame({"Measure": list(facts), "Value": list(facts.values())}), hide_index=True,
@@ -229,6 +231,7 @@ def render() -> None:
     card = status.classifier.card
     data = card.data
     render_overview(data, card)
+    render_summary(data, card)
     render_contract(data, card)
     render_training(data)
     render_metrics(data, card)

@@ -106,7 +106,7 @@ def test_every_rerun_on_every_page_runs_the_entry_point_and_keeps_the_reviewer_n
 
 
 def test_a_continued_run_lists_every_command_earliest_first():
-    from pages.model import training_commands
+    from core.model.summary import training_commands
 
     training = {"command": "python -m core train --init-from first.keras",
                 "continued_from": {"sha256": "ab", "command": "python -m core train", "continued_from": None}}

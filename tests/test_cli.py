@@ -189,3 +189,23 @@ def test_the_command_line_works_from_any_folder(tmp_path):
     assert script, "the brainscan console script is not installed (pip install -e .)"
     completed = subprocess.run([script, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert completed.returncode == 0 and "predict" in completed.stdout
+
+
+def test_evaluate_gives_a_second_figure_without_flagged_labels_beside_the_full_one(tmp_path, tiny_model_path):
+    from core.training.label_audit import AUDIT_COLUMNS
+
+    data = write_class_folders(tmp_path / "data", per_class=3)
+    files = sorted(data.rglob("*.png"))
+    audit = tmp_path / "audit.csv"
+    with open(audit, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(AUDIT_COLUMNS)
+        for path in files[:2]:
+            writer.writerow([path.name, hashlib.sha256(path.read_bytes()).hexdigest(), "test", 0, "glioma",
+                             "meningioma", "0.1", "0.9", 1])
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--data", str(data), "--model", str(tiny_model_path), "--json", str(out),
+                 "--leave-out-flagged", str(audit)]) == 0
+    report = json.loads(out.read_text())
+    assert report["n"] == len(files)  # the full figure stays the result
+    assert report["without_flagged"]["n"] == len(files) - 2 and report["without_flagged"]["left_out"] == 2

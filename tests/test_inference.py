@@ -184,6 +184,12 @@ def test_agreement_check_catches_a_small_difference():
     assert outputs_agree((features, logits), (features + 1e-6, logits - 1e-6), 1.0) is not None
     assert outputs_agree((features, logits), (features, logits + 5e-4), 1.0) is None
     assert outputs_agree((features, logits), (features + 5e-4, logits), 1.0) is None
+    # A deep network may differ more in its activations (rounding over 16 blocks), never in what is shown:
+    assert outputs_agree((features, logits), (features + 5e-4, logits), 1.0, 1e-3) is not None
+    assert outputs_agree((features, logits), (features + 5e-3, logits), 1.0, 1e-3) is None
+    nudged = logits.copy()
+    nudged[:, 0] += 8e-4  # within the activations' 1e-3, but the probability moves by about 2e-4
+    assert outputs_agree((features, logits), (features, nudged), 1.0, 1e-3) is None
 
 
 def test_default_cache_lives_in_the_ignored_data_folder(monkeypatch):

@@ -75,6 +75,49 @@ def test_gate_rejects_features_unlike_its_means(tiny_classifier):
     assert outcome_stage(flagged) == "gate" and outcome_stage(passed) == "passed"
 
 
+def test_the_outlier_head_refuses_what_it_was_taught_is_not_mri(tiny_classifier, tmp_path):
+    """A gate whose distance admits everything still refuses a scan its outlier head scores over threshold."""
+    from core.scans.preprocess import prepare_image
+    from core.training.outlier import fit_outlier_head
+
+    mri, other = synthetic_slice(1, 96), synthetic_slice(2, 96, lesion_class=3)
+    tensors = np.stack([prepare_image(image, tiny_classifier.image_size) for image in (mri, other)])
+    features = tiny_classifier.predict_tensors(tensors).features.astype(np.float64)
+    rng = np.random.default_rng(0)
+    mri_cloud = features[0] + rng.normal(0, 1e-3, (40, features.shape[1]))
+    other_cloud = features[1] + rng.normal(0, 1e-3, (40, features.shape[1]))
+    weights, bias, threshold = fit_outlier_head(mri_cloud, other_cloud, mri_cloud[:20])
+    gate = MahalanobisGate(np.repeat(features[:1], 4, axis=0), np.eye(features.shape[1]), np.inf,
+                           weights, bias, threshold)
+    gate.save(tmp_path / "gate.npz")
+    gated = copy.copy(tiny_classifier)
+    gated.gate = MahalanobisGate.load(tmp_path / "gate.npz")
+    assert gated.gate.outlier_threshold == threshold and np.allclose(gated.gate.outlier_weights, weights)
+    assert analyse_bytes(gated, encode(mri), "mri.png").status == "ok"
+    refused = analyse_bytes(gated, encode(other), "other.png")
+    assert refused.status == "rejected" and outcome_stage(refused) == "gate"
+    # A gate without an outlier head (every earlier model's) scores nothing as an outlier.
+    assert np.all(MahalanobisGate(features, np.eye(features.shape[1]), np.inf).outlier_scores(features) == -np.inf)
+
+
+def test_real_non_mri_folders_are_counted_per_category_and_other_planes_as_passes(tiny_classifier, tmp_path):
+    from core.training.gate_evaluation import non_mri_folder_items
+
+    for category, images in {"head_ct": [synthetic_slice(3, 96)], "xray": [np.zeros((64, 64), np.uint8)],
+                             "brain_mri_other_plane": [synthetic_slice(4, 96), synthetic_slice(5, 96)]}.items():
+        (tmp_path / category).mkdir()
+        for index, image in enumerate(images):
+            (tmp_path / category / f"{index}.png").write_bytes(encode(image))
+    items = non_mri_folder_items(tmp_path)
+    assert [name for name, _ in items][0] == "brain_mri_other_plane/0.png"
+    report = evaluate_gate(tiny_classifier, [("a.png", lambda: encode(synthetic_slice(1, 96)))], [], items)
+    real = report["real_non_mri"]
+    assert real["n"] == 2 and set(real["by_category"]) == {"head_ct", "xray"}
+    assert real["by_category"]["xray"]["flagged"] == 1  # blank: the cheap checks stop it
+    assert real["other_plane_mri"] == {"categories": ["brain_mri_other_plane"], "n": 2, "passed": 2,
+                                       "pass_rate": 1.0}
+
+
 # ---------------------------------------------------------------- cheap checks
 
 
@@ -221,7 +264,7 @@ def test_ood_eval_command_reports_and_records_in_the_card(tiny_model_path, tmp_p
     printed = capsys.readouterr().out
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["mri"]["n"] == 8 and report["non_mri"]["n"] > 200
-    assert "MRI slices passed" in printed and "non-MRI images flagged" in printed
+    assert "MRI slices passed" in printed and "non-MRI images (synthetic set) flagged" in printed
     assert code == (0 if report["meets_floors"] else 1)
     card = load_card(model_path)  # still matches its model: the model file was not touched
     evaluation = card.data["ood"]["evaluation"]
@@ -230,3 +273,25 @@ def test_ood_eval_command_reports_and_records_in_the_card(tiny_model_path, tmp_p
     assert evaluation["non_mri_set"] == "core.training.nonmri.build_nonmri_set(seed=0)"
     assert evaluation["command"].startswith("python -m core") and evaluation["measured"]
     assert card.data["ood"]["threshold"] == load_card(tiny_model_path).data["ood"]["threshold"]  # the gate stays
+
+
+def test_a_pseudo_head_ct_has_a_saturated_ring_around_a_flatter_brain():
+    from core.scans.preprocess import prepare_image
+    from core.training.outlier import pseudo_head_ct, pseudo_head_cts
+
+    tensor = prepare_image(synthetic_slice(4, 128), 96)
+    rng = np.random.default_rng(0)
+    ct = pseudo_head_ct(tensor, rng)
+    assert ct.shape == tensor.shape and ct.dtype == np.float32 and 0.0 <= ct.min() and ct.max() <= 1.0
+    import cv2
+
+    for _ in range(10):
+        ct = pseudo_head_ct(tensor, rng)[..., 0]
+        head = (ct > 0.05).astype(np.uint8)
+        depth = cv2.distanceTransform(head, cv2.DIST_L2, 5)
+        bright = ct >= 0.75
+        assert bright.any() and depth[bright].mean() < 0.5 * depth[head.astype(bool)].mean()  # a rim, not the brain
+        deep = depth > 0.2 * depth.max()
+        assert np.percentile(ct[deep], 90) - np.percentile(ct[deep], 10) < 0.4  # a narrow band of grey inside
+    assert pseudo_head_ct(np.zeros_like(tensor), rng) is None  # no head, no CT
+    assert len(pseudo_head_cts(np.stack([tensor] * 16), every=8)) == 2

@@ -24,11 +24,19 @@ DEFAULT_PASS_PERCENTILE = 99.0
 
 @dataclass(frozen=True)
 class MahalanobisGate:
-    """Fitted gate: class means (C, D), shared precision (D, D), and the distance threshold."""
+    """Fitted gate: class means (C, D), shared precision (D, D), the distance threshold, and optionally
+    an outlier head: a linear score (D,) weights and a bias, over which an image is not a brain MRI.
+
+    The outlier head is a classifier of "not a brain MRI" trained with negatives (outlier exposure):
+    distance alone does not tell a head CT from an MRI slice, a learnt direction in feature space can.
+    """
 
     means: np.ndarray
     precision: np.ndarray
     threshold: float
+    outlier_weights: np.ndarray | None = None
+    outlier_bias: float = 0.0
+    outlier_threshold: float = np.inf
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Features (N, D) -> smallest squared Mahalanobis distance to any class mean, (N,) float64."""
@@ -39,19 +47,33 @@ class MahalanobisGate:
             best = np.minimum(best, np.einsum("nd,de,ne->n", centred, self.precision, centred))
         return best
 
+    def outlier_scores(self, features: np.ndarray) -> np.ndarray:
+        """Features (N, D) -> (N,) float64 logit of "not a brain MRI"; -inf everywhere without an outlier head."""
+        features = np.asarray(features, dtype=np.float64)
+        if self.outlier_weights is None:
+            return np.full(len(features), -np.inf)
+        return features @ self.outlier_weights + self.outlier_bias
+
     def is_in_distribution(self, features: np.ndarray) -> np.ndarray:
-        """(N,) bool: True where the features look like the training MRI slices."""
-        return self.distances(features) <= self.threshold
+        """(N,) bool: True where the features look like the training MRI slices by both tests."""
+        return (self.distances(features) <= self.threshold) & (self.outlier_scores(features) <= self.outlier_threshold)
 
     def save(self, path: Path) -> None:
         """Store the gate as a small `.npz` file."""
-        np.savez(path, means=self.means, precision=self.precision, threshold=np.array(self.threshold))
+        head = {} if self.outlier_weights is None else {
+            "outlier_weights": self.outlier_weights, "outlier_bias": np.array(self.outlier_bias),
+            "outlier_threshold": np.array(self.outlier_threshold)}
+        np.savez(path, means=self.means, precision=self.precision, threshold=np.array(self.threshold), **head)
 
     @classmethod
     def load(cls, path: Path) -> "MahalanobisGate":
-        """Read a gate saved by `save`."""
+        """Read a gate saved by `save` (with or without an outlier head)."""
         with np.load(path) as stored:
-            return cls(stored["means"], stored["precision"], float(stored["threshold"]))
+            head = {}
+            if "outlier_weights" in stored:
+                head = {"outlier_weights": stored["outlier_weights"], "outlier_bias": float(stored["outlier_bias"]),
+                        "outlier_threshold": float(stored["outlier_threshold"])}
+            return cls(stored["means"], stored["precision"], float(stored["threshold"]), **head)
 
 
 def fit_gate(

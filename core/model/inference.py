@@ -14,8 +14,8 @@ mismatch. The `.keras` file is the only source of truth; two runtimes execute it
 The conversion is cached in `data/runtime-cache/` (or `$BRAINSCAN_RUNTIME_CACHE`), keyed by the
 model file's sha256, together with reference outputs that TensorFlow computed from the `.keras`
 file for a few probe tensors. Every load runs the probes through the converted network and uses
-it only if its features, logits and calibrated probabilities agree with the reference within
-`TOLERANCE`; otherwise, or when OpenVINO is not installed, it falls back to TensorFlow. The Keras model itself
+it only if its calibrated probabilities agree with the reference within `TOLERANCE` and its
+features, logits and activations within `activation_tolerance(card)` (relative); otherwise, or when OpenVINO is not installed, it falls back to TensorFlow. The Keras model itself
 is loaded lazily, on the first call that needs it, and then kept.
 
 A card may ask for test-time augmentation (`test_time_augmentation`, written by `core.training.train`): the
@@ -54,7 +54,20 @@ logger = logging.getLogger(__name__)
 RUNTIMES = ("auto", "openvino", "tensorflow")
 # Largest difference allowed between the converted network and TensorFlow on the probe tensors,
 # for features, logits and probabilities alike (measured differences are about 1e-6).
+# What the reviewer sees, the calibrated probabilities, must agree within TOLERANCE, and so must
+# features, logits and activations (relative to their size). A deep network (EfficientNet-Lite0,
+# 16 blocks) sums in another order on each runtime, which moved its last activations by 1.1e-4
+# relative, harmless for the gate and the heat-map: for it they may differ by DEEP_NETWORK_TOLERANCE.
 TOLERANCE = 1e-4
+DEEP_NETWORK_TOLERANCE = 1e-3
+DEEP_NETWORKS = ("efficientnet-lite0",)
+
+
+def activation_tolerance(card) -> float:
+    """How far (relative) a converted network's features, logits and activations may stray for this card's model."""
+    architecture = card.data.get("architecture")
+    name = architecture.get("name") if isinstance(architecture, dict) else None
+    return DEEP_NETWORK_TOLERANCE if name in DEEP_NETWORKS else TOLERANCE
 _CACHE_FORMAT = 3
 # The card's `test_time_augmentation` values this module knows how to serve (see `core.training.train`).
 MIRROR_MEAN = "mean of logits over the slice and its left-right mirror"
@@ -335,11 +348,12 @@ def probe_tensors(image_size: int) -> np.ndarray:
 
 
 def outputs_agree(reference: tuple[np.ndarray, ...], candidate: tuple[np.ndarray, ...],
-                  temperature: float) -> float | None:
-    """Largest difference between two (features, logits, ...) tuples, or None when over `TOLERANCE`.
+                  temperature: float, relative_tolerance: float = TOLERANCE) -> float | None:
+    """Largest difference between two (features, logits, ...) tuples, or None when over a tolerance.
 
-    Arrays are compared relative to their size (tolerance times max(1, |value|)); the calibrated
-    probabilities from the logits (second item) absolutely.
+    Arrays are compared relative to their size (difference over max(1, |value|)) within
+    `relative_tolerance`; the calibrated probabilities from the logits (second item) absolutely,
+    within `TOLERANCE`.
     """
     worst = 0.0
     for expected, actual in zip(reference, candidate):
@@ -347,9 +361,12 @@ def outputs_agree(reference: tuple[np.ndarray, ...], candidate: tuple[np.ndarray
             return None
         scale = np.maximum(1.0, np.abs(expected))
         worst = max(worst, float(np.max(np.abs(actual - expected) / scale)))
+    if worst > relative_tolerance:
+        return None
     probability_gap = float(np.max(np.abs(softmax(reference[1], temperature) - softmax(candidate[1], temperature))))
-    worst = max(worst, probability_gap)
-    return worst if worst <= TOLERANCE else None
+    if probability_gap > TOLERANCE:
+        return None
+    return max(worst, probability_gap)
 
 
 def cache_root() -> Path:
@@ -388,9 +405,12 @@ def _openvino_engine(card: ModelCard, required: bool):
             probes, reference = stored["probes"], (stored["features"], stored["logits"], stored["activations"])
             head_kernel = stored["head_kernel"] if "head_kernel" in stored else None
         engine = _OpenVinoEngine(network, card.image_size, head_kernel)
-        gap = outputs_agree(reference, engine.run(probes) + engine.run_with_activations(probes)[1:], card.temperature)
+        tolerance = activation_tolerance(card)
+        gap = outputs_agree(reference, engine.run(probes) + engine.run_with_activations(probes)[1:], card.temperature,
+                            tolerance)
         if gap is None:
-            raise ModelContractError(f"the converted network differs from the model by more than {TOLERANCE}")
+            raise ModelContractError("the converted network differs from the model by more than the tolerance "
+                                     f"({TOLERANCE} in probabilities, {tolerance:g} relative elsewhere)")
         logger.info("openvino runtime for %s, largest difference from TensorFlow %.2g", card.model_path.name, gap)
         return engine, model
     except ModelContractError as error:

@@ -24,7 +24,8 @@ def select_split(files: list[LabelledFile], manifest_path: Path, split: str) -> 
     return chosen
 
 
-def evaluate_files(classifier, files: list[LabelledFile], manifest_path: Path | None = None) -> dict:
+def evaluate_files(classifier, files: list[LabelledFile], manifest_path: Path | None = None,
+                   leave_out: set[str] | None = None) -> dict:
     """Metrics of `classifier` on labelled files: accuracy, macro_f1, per_class, confusion_matrix, ece, n.
 
     Files the intake rejects are counted in `rejected` and left out of the metrics; files the
@@ -36,6 +37,9 @@ def evaluate_files(classifier, files: list[LabelledFile], manifest_path: Path | 
     `overlap` says how many of the scored files the model's split manifest (`manifest_path`, by
     sha256) puts in its training or validation split, and gives the figures without them: a
     score on files the model learnt from is not a held-out score.
+
+    `leave_out` (sha256 digests, e.g. a label audit's flags) adds `without_flagged`: the figures with
+    those files left out, a second figure beside, never instead of, the full one.
     """
     readers = [(str(item.path), item.path.read_bytes) for item in files]
     probabilities, truths, sources, digests, rejected, flagged = [], [], [], [], [], 0
@@ -61,6 +65,12 @@ def evaluate_files(classifier, files: list[LabelledFile], manifest_path: Path | 
             "recall": present_recalls(part),
         }
     report["overlap"] = training_overlap(digests, truths, probabilities, classifier.classes, manifest_path)
+    if leave_out is not None:
+        keep = np.array([digest not in leave_out for digest in digests])
+        part = classification_report(truths[keep], probabilities[keep], classifier.classes) if keep.any() else None
+        report["without_flagged"] = None if part is None else {
+            "n": part["n"], "left_out": int((~keep).sum()), "accuracy": part["accuracy"],
+            "macro_f1": part["macro_f1"], "recall": present_recalls(part)}
     report["rejected"] = rejected
     report["ood_flagged"] = flagged
     report["ood_pass_rate"] = 1.0 - flagged / len(truths)
@@ -96,8 +106,8 @@ def _overlap_lines(overlap: dict | None, display_names: dict[str, str]) -> list[
     if overlap["manifest"] is None:
         return ["overlap with the model's training data: unknown (no split manifest to compare with)"]
     if not overlap["files"]:
-        return [f"overlap with the model's training data: none (no file is in the train or validation split of "
-                f"{overlap['manifest']})"]
+        return [f"overlap with the model's training data: no file is byte-identical to one in the train or "
+                f"validation split of {overlap['manifest']} (near-duplicates are not compared here)"]
     lines = [f"WARNING: {overlap['files']} of these files are ones the model was trained or tuned on "
              f"({overlap['train']} in the train and {overlap['validation']} in the validation split of "
              f"{overlap['manifest']}, matched by sha256); the figures above are not a held-out score"]
@@ -109,6 +119,15 @@ def _overlap_lines(overlap: dict | None, display_names: dict[str, str]) -> list[
         lines.append(f"  without them: n = {without['n']}, accuracy = {without['accuracy']:.4f}, "
                      f"macro-F1 = {without['macro_f1']:.4f}; recall {recalls}")
     return lines
+
+
+def _flagged_lines(without: dict | None, display_names: dict[str, str]) -> list[str]:
+    if not without:
+        return []
+    recalls = "  ".join(f"{display_names.get(name, name)} {value:.3f}" for name, value in without["recall"].items())
+    return [f"without the {without['left_out']} files the label audit flags (a second figure, not the result): "
+            f"n = {without['n']}, accuracy = {without['accuracy']:.4f}, macro-F1 = {without['macro_f1']:.4f}; "
+            f"recall {recalls}"]
 
 
 def source_folder(item: LabelledFile) -> str:
@@ -125,6 +144,7 @@ def format_report(report: dict, display_names: dict[str, str]) -> str:
         f"out-of-distribution gate: {report.get('ood_flagged', 0)} flagged "
         f"(pass rate {report.get('ood_pass_rate', 1.0):.4f}); rejected at intake: {len(report.get('rejected', []))}",
         *_overlap_lines(report.get("overlap"), display_names),
+        *_flagged_lines(report.get("without_flagged"), display_names),
         "",
         f"{'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]

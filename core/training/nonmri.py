@@ -4,7 +4,7 @@ Nothing is downloaded: the material is scikit-image's bundled sample pictures (p
 microscopy, astronomy, documents, a CT head phantom), their crops, rotations and greyscale
 copies, and images drawn here: noise, gradients, checkerboards, stripes, text, documents, charts,
 screenshots, shapes, and imitations of other medical images (chest and hand radiographs, an
-ultrasound fan, an abdominal CT slice). The last group and the head phantom are deliberately hard:
+ultrasound fan, an abdominal CT slice, an axial head CT slice). The last group and the head phantom are deliberately hard:
 dark backgrounds and body-like outlines, as MRI slices have.
 
 `build_nonmri_set(seed)` is deterministic for a seed. Keep one seed for developing the gate
@@ -57,7 +57,15 @@ def build_nonmri_set(seed: int = EVALUATION_SEED, variants_per_photo: int = 4,
         category = "medical_lookalike" if kind in _MEDICAL_LOOKALIKES else "drawn"
         for index in range(drawn_per_kind):
             items.append((f"{category}/{kind}-{index}", draw(rng)))
-    return [(f"{name}{extension}", data) for name, image in items for extension, data in [_encode(image, rng)]]
+    encoded = [(f"{name}{extension}", data) for name, image in items for extension, data in [_encode(image, rng)]]
+    # Kinds added later draw from generators of their own, so every earlier image (and so every
+    # earlier measurement on the set) stays byte for byte what it was.
+    for kind, draw in _LATER_DRAWINGS.items():
+        later = np.random.default_rng([seed, len(kind)] + [ord(letter) for letter in kind])
+        for index in range(drawn_per_kind):
+            extension, data = _encode(draw(later), later)
+            encoded.append((f"medical_lookalike/{kind}-{index}{extension}", data))
+    return encoded
 
 
 def category_of(name: str) -> str:
@@ -337,7 +345,48 @@ def _abdominal_ct(rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-_MEDICAL_LOOKALIKES = ("chest_radiograph", "hand_radiograph", "ultrasound", "abdominal_ct")
+def _head_ct(rng: np.random.Generator) -> np.ndarray:
+    """An axial head CT slice: what CT shows and MRI does not is a bright, closed bone ring around a
+    mid-grey, nearly uniform brain (brain window), or a bright ring around a dark brain (bone window)."""
+    size = int(rng.integers(256, 512))
+    image = np.zeros((size, size), np.float32)
+    centre = (int(size * rng.uniform(0.46, 0.54)), int(size * rng.uniform(0.44, 0.52)))
+    half_width, half_height = int(size * rng.uniform(0.3, 0.4)), int(size * rng.uniform(0.36, 0.44))
+    angle = float(rng.uniform(-10, 10))
+    window = rng.choice(["brain", "brain", "brain", "bone", "enhanced"])
+    brain_level = {"brain": rng.uniform(95, 135), "bone": rng.uniform(25, 45), "enhanced": rng.uniform(110, 150)}[window]
+    bone_level = 255.0 if window != "bone" else rng.uniform(200, 255)
+    skull = max(3, int(size * rng.uniform(0.015, 0.045)))
+    scalp = max(2, int(size * rng.uniform(0.008, 0.02)))
+    cv2.ellipse(image, centre, (half_width + skull + scalp, half_height + skull + scalp), angle, 0, 360,
+                float(brain_level * 0.9), -1)  # scalp: soft tissue, a little darker than brain
+    cv2.ellipse(image, centre, (half_width + skull, half_height + skull), angle, 0, 360, float(bone_level), -1)
+    cv2.ellipse(image, centre, (half_width, half_height), angle, 0, 360, float(brain_level), -1)
+    texture = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), size / 60)
+    inside = np.zeros((size, size), np.uint8)
+    cv2.ellipse(inside, centre, (half_width, half_height), angle, 0, 360, 1, -1)
+    contrast = 10.0 if window != "enhanced" else 25.0
+    image += inside * texture / max(float(np.abs(texture).max()), 1e-6) * contrast
+    if rng.random() < 0.8:  # ventricles: cerebrospinal fluid is dark on CT
+        for side in (-1, 1):
+            ventricle = (int(centre[0] + side * half_width * rng.uniform(0.08, 0.18)), int(centre[1] - half_height * 0.05))
+            axes = (int(half_width * rng.uniform(0.05, 0.12)), int(half_height * rng.uniform(0.15, 0.3)))
+            cv2.ellipse(image, ventricle, axes, float(side * rng.uniform(5, 25)), 0, 360, float(brain_level * 0.45), -1)
+    if rng.random() < 0.35:  # a skull-base slice: petrous bone and the orbits' air and fat
+        for side in (-1, 1):
+            petrous = (int(centre[0] + side * half_width * 0.45), int(centre[1] + half_height * 0.2))
+            cv2.ellipse(image, petrous, (int(half_width * 0.3), int(half_height * 0.08)), float(side * 35), 0, 360,
+                        float(bone_level), -1)
+            orbit = (int(centre[0] + side * half_width * 0.4), int(centre[1] - half_height * 0.75))
+            cv2.circle(image, orbit, int(half_width * 0.18), 10.0, -1)
+    if rng.random() < 0.5:  # the scanner table, an arc under the head
+        cv2.ellipse(image, (centre[0], int(centre[1] + half_height * 1.1)), (int(size * 0.48), int(size * 0.12)), 0,
+                    0, 180, float(rng.uniform(120, 220)), max(2, size // 120))
+    image = cv2.GaussianBlur(image, (0, 0), 0.8) + rng.normal(0, 3, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+_MEDICAL_LOOKALIKES = ("chest_radiograph", "hand_radiograph", "ultrasound", "abdominal_ct", "head_ct")
 _DRAWINGS: dict[str, Callable[[np.random.Generator], np.ndarray]] = {
     "noise": _noise,
     "smooth_noise": _smooth_noise,
@@ -355,3 +404,4 @@ _DRAWINGS: dict[str, Callable[[np.random.Generator], np.ndarray]] = {
     "ultrasound": _ultrasound,
     "abdominal_ct": _abdominal_ct,
 }
+_LATER_DRAWINGS: dict[str, Callable[[np.random.Generator], np.ndarray]] = {"head_ct": _head_ct}

@@ -1,9 +1,11 @@
-"""Training the default classifier from scratch, then calibrating, evaluating and carding it.
+"""Training the classifier (the residual CNN from scratch, or EfficientNet-Lite0 from ImageNet weights),
+then calibrating, evaluating and carding it.
 
 `train` runs the whole pipeline: load and preprocess every image of the given datasets, group
-near-duplicates and split by group, fit the CNN with augmentation and early stopping on the
-validation split, fit the temperature on validation, fit the out-of-distribution gate, measure
-on the held-out test split, and write the model, its card and the split manifest.
+near-duplicates and split by group, fit the network with augmentation and early stopping on the
+validation split, fit the temperature on validation, fit the out-of-distribution gate (distance
+and outlier head), measure on the held-out test split, and write the model, its card and the
+split manifest.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -25,15 +27,31 @@ import numpy as np
 from core import config
 from core.classes import CLASS_NAMES, DISPLAY_NAMES, class_index
 from core.model.calibration import fit_temperature, softmax
-from core.model.card import file_sha256, load_card, write_card
+from core.model.card import card_path_for, file_sha256, load_card, write_card
 from core.model.inference import MIRROR_MEAN
 from core.progress import progress
 from core.scans.preprocess import prepare_bytes
 from core.training.dataset import LabelledFile, find_labelled_files
 from core.training.metrics import classification_report
+from core.training.nonmri import DEVELOPMENT_SEED
+from core.training.outlier import DEFAULT_PASS_RATE, fit_outlier_head, pseudo_head_cts
 from core.training.split import ManifestRow, assign_splits, group_near_duplicates, thumbnail_vectors, write_manifest
 
 MODEL_VERSION = "1.0.0"
+RESIDUAL_CNN = "residual-cnn"
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
+# The first version a run from scratch (or from ImageNet weights) gets, per architecture: a new
+# architecture is a new major version of the default model.
+FIRST_VERSION = {RESIDUAL_CNN: MODEL_VERSION, EFFICIENTNET_LITE0: "2.0.0"}
+ARCHITECTURE_NAMES = {
+    RESIDUAL_CNN: "residual CNN from scratch",
+    EFFICIENTNET_LITE0: "EfficientNet-Lite0, ImageNet-pretrained (core.training.pretrained), fine-tuned",
+}
+# Fine-tuning moves the pretrained network's activations; batch norm's ImageNet momentum (0.99)
+# would trail them for hundreds of steps, so fine-tuning uses the residual CNN's 0.9.
+FINE_TUNE_BATCH_NORM_MOMENTUM = 0.9
+# The non-MRI categories the gate's outlier head learns from (see negative_tensors).
+TRAINING_NEGATIVE_CATEGORIES = ("drawn", "medical_lookalike")
 
 
 def _prepare_file(task: tuple[str, int]) -> tuple[np.ndarray, str]:
@@ -91,6 +109,21 @@ class FitSettings:
     precision: str = "float32"
     mixup_alpha: float = 0.0
     scanner_augment: bool = False
+    architecture: str = RESIDUAL_CNN
+    pretrained: Path | None = None  # an ImageNet backbone written by `python -m core import-weights`
+    freeze_epochs: int = 0  # epochs that train only the new head before every layer is fine-tuned
+
+
+def build_network(settings: FitSettings):
+    """The untrained network of `settings.architecture` at `settings.image_size`, ending in logits."""
+    if settings.architecture == EFFICIENTNET_LITE0:
+        from core.model.efficientnet import build_efficientnet_lite0
+
+        return build_efficientnet_lite0(settings.image_size, num_classes=len(CLASS_NAMES),
+                                        batch_norm_momentum=FINE_TUNE_BATCH_NORM_MOMENTUM)
+    from core.model.network import build_model
+
+    return build_model(settings.image_size, width=settings.width)
 
 
 def _fit(train_x, train_y, validation_x, validation_y, settings: FitSettings, work_dir: Path):
@@ -102,7 +135,7 @@ def _fit(train_x, train_y, validation_x, validation_y, settings: FitSettings, wo
         trained, epochs_run = _fit_with_policy(train_x, train_y, validation_x, validation_y, settings, work_dir)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return _as_float32(trained, settings.image_size, settings.width), epochs_run
+    return _as_float32(trained, settings), epochs_run
 
 
 def mixup(images, labels, alpha: float, seed: int):
@@ -153,22 +186,40 @@ def scanner_variation(images, seed: int):
     return tf.clip_by_value(images, 0.0, 1.0)
 
 
-def _as_float32(model, image_size: int, width: int):
+def _as_float32(model, settings: FitSettings):
     """The same weights in a float32 model: what is saved and served, whatever the training precision."""
-    from core.model.network import build_model
-
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
-    served = build_model(image_size, width=width)
+    served = build_network(settings)
     served.set_weights(model.get_weights())
     return served
+
+
+def _fit_head_only(model, train_data, validation_data, settings: FitSettings, class_weight: dict) -> None:
+    """Train only the new classification head for `settings.freeze_epochs`, the pretrained layers frozen.
+
+    A randomly initialised head sends large, random gradients into the pretrained layers on the
+    first steps; training it alone first (batch norm frozen too, in inference mode) means the
+    fine-tuning of every layer that follows starts from a sensible classifier.
+    """
+    import keras
+
+    from core.model.network import LOGITS_LAYER
+
+    for layer in model.layers:
+        layer.trainable = layer.name == LOGITS_LAYER
+    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.05),
+                  metrics=["accuracy"])
+    model.fit(train_data, validation_data=validation_data, epochs=settings.freeze_epochs, class_weight=class_weight,
+              verbose=2 if not sys.stdout.isatty() else 1)
+    for layer in model.layers:
+        layer.trainable = True
 
 
 def _fit_with_policy(train_x, train_y, validation_x, validation_y, settings: FitSettings, work_dir: Path):
     import keras
     import tensorflow as tf
-
-    from core.model.network import build_model
 
     image_size, epochs, batch_size, seed = settings.image_size, settings.epochs, settings.batch_size, settings.seed
     learning_rate, init_from = settings.learning_rate, settings.init_from
@@ -195,7 +246,14 @@ def _fit_with_policy(train_x, train_y, validation_x, validation_y, settings: Fit
     validation_data = tf.data.Dataset.from_tensor_slices(
         (validation_x, keras.utils.to_categorical(validation_y, class_count))
     ).batch(128)
-    model = build_model(image_size, width=settings.width)
+    model = build_network(settings)
+    if init_from is None and settings.pretrained is not None:
+        from core.training.pretrained import copy_backbone_weights
+
+        copied = copy_backbone_weights(model, settings.pretrained)
+        print(f"initialised {copied} layers from the ImageNet backbone {settings.pretrained}", flush=True)
+        if settings.freeze_epochs > 0:
+            _fit_head_only(model, train_data, validation_data, settings, class_weight)
     if init_from is not None:
         # Another cosine cycle from an earlier run's weights (same split, checked by the caller).
         # The network is fully convolutional up to global pooling, so the weights carry over to
@@ -289,6 +347,27 @@ def model_outputs(model, tensors: np.ndarray, mirror: bool = False, batch_size: 
     return np.asarray(features), logits
 
 
+def negative_tensors(image_size: int) -> np.ndarray:
+    """The drawn images of the non-MRI development set (`core.training.nonmri`) as model inputs (N, S, S, 1).
+
+    Its photographs are left out: the evaluation set starts from the same originals, so the gate
+    would otherwise be measured on pictures it was fitted on. Images the intake refuses outright
+    never reach the network, so they teach the gate nothing.
+    """
+    from core.errors import ScanRejected
+    from core.training.nonmri import build_nonmri_set, category_of
+
+    tensors = []
+    for name, data in build_nonmri_set(DEVELOPMENT_SEED):
+        if category_of(name) not in TRAINING_NEGATIVE_CATEGORIES:
+            continue
+        try:
+            tensors.append(prepare_bytes(data, name, image_size))
+        except ScanRejected:
+            continue
+    return np.stack(tensors).astype(np.float32) if tensors else np.zeros((0, image_size, image_size, 1), np.float32)
+
+
 def _calibrate_and_measure(model, tensors, label_indices, splits, out_dir: Path, name: str,
                            mirror: bool = False) -> dict:
     """Fit temperature (validation) and gate (train/validation); measure on validation and test.
@@ -302,6 +381,15 @@ def _calibrate_and_measure(model, tensors, label_indices, splits, out_dir: Path,
     outputs = {split_name: model_outputs(model, tensors[mask], mirror) for split_name, mask in masks.items()}
     temperature = fit_temperature(outputs["validation"][1], label_indices[masks["validation"]])
     gate = fit_gate(outputs["train"][0], label_indices[masks["train"]], outputs["validation"][0], len(CLASS_NAMES))
+    negatives = negative_tensors(int(tensors.shape[1]))
+    pseudo_cts = pseudo_head_cts(tensors[masks["train"]])
+    examples = [batch for batch in (negatives, pseudo_cts) if len(batch)]
+    outlier_threshold = None
+    if examples:
+        negative_features = np.vstack([model_outputs(model, batch)[0] for batch in examples])
+        weights, bias, outlier_threshold = fit_outlier_head(outputs["train"][0], negative_features,
+                                                            outputs["validation"][0])
+        gate = replace(gate, outlier_weights=weights, outlier_bias=bias, outlier_threshold=outlier_threshold)
     ood_path = out_dir / f"{name}.ood.npz"
     gate.save(ood_path)
 
@@ -328,6 +416,14 @@ def _calibrate_and_measure(model, tensors, label_indices, splits, out_dir: Path,
             "sha256": file_sha256(ood_path),
             "threshold": gate.threshold,
             "threshold_rule": "99th percentile of the validation split's distances",
+            "outlier_head": None if outlier_threshold is None else {
+                "method": "logistic 'not a brain MRI' score on the pooled features (outlier exposure)",
+                "negatives": f"the drawn images of core.training.nonmri.build_nonmri_set(seed={DEVELOPMENT_SEED}) "
+                f"({len(negatives)}; not its photographs) and {len(pseudo_cts)} pseudo head CTs "
+                "(core.training.outlier.pseudo_head_ct of every 8th training slice)",
+                "threshold": outlier_threshold,
+                "threshold_rule": f"{DEFAULT_PASS_RATE:.1%} of the validation split's slices score under it",
+            },
         },
         "metrics": metrics,
         "metrics_data": "held-out test split of the manifest (files whose split is 'test'), "
@@ -346,7 +442,6 @@ def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = Non
     import keras
 
     from core.errors import DatasetError
-    from core.model.card import card_path_for
     from core.training.split import read_manifest
 
     model_path = Path(model_path)
@@ -364,6 +459,17 @@ def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = Non
     card["calibration_command"] = command or "python -m core calibrate " + " ".join(f"--data {d}" for d in data_dirs)
     write_card(model_path, card)
     return model_path
+
+
+def _check_training_packages() -> None:
+    """Refuse before any work when a package the last steps need is missing (requirements-train.txt)."""
+    import importlib.util
+
+    from core.errors import DatasetError
+
+    missing = [package for package in ("sklearn", "skimage") if importlib.util.find_spec(package) is None]
+    if missing:
+        raise DatasetError(f"training needs {', '.join(missing)}: pip install -r requirements-train.txt")
 
 
 def _next_minor(version: str) -> str:
@@ -389,6 +495,9 @@ def train(
     precision: str = "float32",
     mixup_alpha: float = 0.0,
     scanner_augment: bool = False,
+    architecture: str = RESIDUAL_CNN,
+    pretrained: Path | None = None,
+    freeze_epochs: int = 0,
 ) -> Path:
     """Train, calibrate, evaluate and card a model; return the path of the written `.keras` file.
 
@@ -400,12 +509,35 @@ def train(
     128 px); the saved model is float32 either way. `mixup_alpha` > 0 trains on blends of two
     slices and their labels (see `mixup`), a regulariser against memorising the training slices.
     `scanner_augment` adds gamma, resolution and noise changes (see `scanner_variation`).
+    `architecture` "efficientnet-lite0" fine-tunes EfficientNet-Lite0 from the ImageNet backbone
+    `pretrained` (written by `python -m core import-weights`), training only the new head for
+    `freeze_epochs` first.
     """
+    from core.errors import DatasetError
+
+    _check_training_packages()
+    if architecture not in ARCHITECTURE_NAMES:
+        raise DatasetError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURE_NAMES)}")
+    if pretrained is not None and architecture != EFFICIENTNET_LITE0:
+        raise DatasetError(f"--pretrained is an EfficientNet-Lite0 backbone; it does not fit the {architecture}")
     # The card of the model to continue from, after load_card's sha256 and class checks.
     previous = load_card(Path(init_from)).data if init_from is not None else None
     if previous is not None:
-        width = previous["architecture"]["width"]
+        width = previous["architecture"].get("width", width)
+        continued = previous["architecture"].get("name", RESIDUAL_CNN)
+        if architecture not in (RESIDUAL_CNN, continued) or pretrained is not None:
+            raise DatasetError(f"{init_from} is a {continued}; a continued run keeps its network and weights "
+                               "(leave out --architecture and --pretrained)")
+        architecture = continued
         image_size = image_size or previous["input"]["image_size"]
+    pretrained_record = None
+    if architecture == EFFICIENTNET_LITE0 and previous is None:
+        from core.training.pretrained import read_import_record
+
+        if pretrained is None:
+            raise DatasetError("--architecture efficientnet-lite0 needs --pretrained BACKBONE "
+                               "(python -m core import-weights writes one)")
+        pretrained_record = read_import_record(Path(pretrained))
     image_size = image_size or config.IMAGE_SIZE
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -439,8 +571,6 @@ def train(
     }
     print(f"groups: {groups.max() + 1}; split counts: {split_counts}", flush=True)
     if previous is not None and previous["training"]["split_manifest_sha256"] != manifest_sha256:
-        from core.errors import DatasetError
-
         raise DatasetError(f"{init_from} was trained on a different split (its manifest digest differs from this "
                            "data's); continue only on the same data folders and seed")
     manifest_path = out_dir / f"{name}.split.csv"
@@ -449,15 +579,17 @@ def train(
     is_train, is_validation = splits == "train", splits == "validation"
     settings = FitSettings(image_size, width, epochs, batch_size, seed, learning_rate,
                            Path(init_from) if init_from is not None else None, precision, mixup_alpha,
-                           scanner_augment)
+                           scanner_augment, architecture, Path(pretrained) if pretrained else None, freeze_epochs)
     model, epochs_run = _fit(tensors[is_train], label_indices[is_train], tensors[is_validation],
                              label_indices[is_validation], settings, work_dir)
-    model_path = out_dir / f"{name}.keras"
+    # Everything is written beside the run's logs first and moved into `out_dir` only once the card
+    # is complete: a run that fails at its last step must not leave a model without its card there.
+    model_path = work_dir / f"{name}.keras"
     model.save(model_path)
 
     card = {
         "name": name,
-        "version": MODEL_VERSION if previous is None else _next_minor(previous["version"]),
+        "version": FIRST_VERSION[architecture] if previous is None else _next_minor(previous["version"]),
         "created": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
         "classes": list(CLASS_NAMES),
         "display_names": {key: DISPLAY_NAMES[key] for key in CLASS_NAMES},
@@ -470,7 +602,13 @@ def train(
         },
         "output": "logits; probabilities = softmax(logits / temperature), logits averaged with the mirror "
         "image's when test_time_augmentation says so",
-        "architecture": {"type": "residual CNN from scratch", "width": width, "parameters": int(model.count_params())},
+        "architecture": {
+            "name": architecture, "type": ARCHITECTURE_NAMES[architecture], "parameters": int(model.count_params()),
+            **({"width": width} if architecture == RESIDUAL_CNN else {}),
+            **({"pretrained": pretrained_record} if pretrained_record else {}),
+            **({"pretrained": previous["architecture"]["pretrained"]}
+               if previous is not None and "pretrained" in previous["architecture"] else {}),
+        },
         "training": {
             "data": [
                 {"folder": Path(data_dir).name, "images": sum(1 for item in files if item.source == Path(data_dir).name)}
@@ -490,6 +628,7 @@ def train(
             "precision": precision,
             "mixup_alpha": mixup_alpha,
             "scanner_augment": scanner_augment,
+            "freeze_epochs": freeze_epochs,
             "weight_averaging": "exponential moving average of the weights, horizon about 5 epochs",
             "command": command or "python -m core train " + " ".join(f"--data {d}" for d in data_dirs) + f" --out {out_dir}",
             "duration_seconds": round(time.time() - started),
@@ -512,6 +651,8 @@ def train(
             "Works on one slice at a time, with no patient context or volume information.",
         ],
     }
-    card.update(_calibrate_and_measure(model, tensors, label_indices, splits, out_dir, name))
+    card.update(_calibrate_and_measure(model, tensors, label_indices, splits, work_dir, name))
     write_card(model_path, card)
-    return model_path
+    for produced in (model_path, card_path_for(model_path), work_dir / card["ood"]["file"]):
+        shutil.copyfile(produced, out_dir / produced.name)
+    return out_dir / model_path.name

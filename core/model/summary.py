@@ -1,0 +1,127 @@
+"""A plain-language summary of a model card for clinicians: what the model was trained on, how often it
+is right per class, what it is known to get wrong, and what the gate refuses.
+
+Every sentence is built from figures in the card; a figure the card lacks leaves its sentence out,
+never a guess. The Model page shows these lines above the engineering detail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+def _percent(value: float) -> str:
+    """0.975 -> "97.5%", 0.9 -> "90%": one decimal, dropped when it is zero."""
+    return f"{100 * float(value):.1f}".removesuffix(".0") + "%"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count_phrase(count: int, total: int) -> str:
+    return f"{count} of {total}"
+
+
+def plain_summary(data: Mapping, display_names: Mapping[str, str], classes: tuple[str, ...]) -> dict[str, list[str]]:
+    """{heading: [sentences]} for the sections "What it is", "How often it is right", "What it gets wrong",
+    "What it refuses"; sections with nothing recorded are left out."""
+    name = {key: display_names.get(key, key) for key in classes}
+    sections: dict[str, list[str]] = {}
+    training = data.get("training") or {}
+    sources = [source for source in training.get("data") or [] if isinstance(source, Mapping)]
+    trained_on = (training.get("split_counts") or {}).get("train")
+    images = sum(value for value in trained_on.values() if _is_number(value)) if isinstance(trained_on, Mapping) else 0
+    what = ["It reads one 2-D brain MRI slice and gives the probability of "
+            + ", ".join(name[key].lower() for key in classes[:-1]) + f" and {name[classes[-1]].lower()}. "
+            "It is a review aid, not a diagnosis: it sees no other slice, sequence or patient history."]
+    if images:
+        folders = ", ".join(str(source.get("folder")) for source in sources if source.get("folder"))
+        what.append(f"It learnt from {int(images):,} labelled slices" + (f" of public collections ({folders})"
+                    if folders else "") + "; the slices it is measured on below were kept apart from training, "
+                    "near-duplicates included.")
+    sections["What it is"] = what
+
+    test = (data.get("metrics") or {}).get("test") or {}
+    per_class = test.get("per_class") or {}
+    matrix = test.get("confusion_matrix")
+    if isinstance(per_class, Mapping) and per_class and _is_number(test.get("n")) and _is_number(test.get("accuracy")):
+        right = [f"On {int(test['n']):,} held-out test slices it was right {_percent(float(test['accuracy']))} of "
+                 "the time."]
+        for key in classes:
+            row = per_class.get(key) or {}
+            if isinstance(row, Mapping) and _is_number(row.get("recall")) and _is_number(row.get("support")):
+                found = round(float(row["recall"]) * int(row["support"]))
+                sentence = f"{name[key]}: found {_count_phrase(found, int(row['support']))} ({_percent(row['recall'])})"
+                if _is_number(row.get("precision")):
+                    sentence += f"; when it says {name[key].lower()}, it is right {_percent(row['precision'])}"
+                right.append(sentence + ".")
+        sections["How often it is right"] = right
+    if isinstance(matrix, list) and len(matrix) == len(classes) and all(
+            isinstance(row, list) and len(row) == len(classes) and all(map(_is_number, row)) for row in matrix):
+        mistakes = sorted(((matrix[truth][guess], truth, guess) for truth in range(len(classes))
+                           for guess in range(len(classes)) if truth != guess and matrix[truth][guess]),
+                          reverse=True)[:3]
+        wrong = [f"{name[classes[truth]]} read as {name[classes[guess]].lower()}: {_count_phrase(count, sum(matrix[truth]))} "
+                 "test slices." for count, truth, guess in mistakes]
+        robustness = data.get("robustness") or {}
+        accuracy = robustness.get("accuracy") if isinstance(robustness, Mapping) else None
+        measured = {key: value for key, value in accuracy.items() if _is_number(value)} \
+            if isinstance(accuracy, Mapping) else {}
+        if measured:
+            worst_name, worst = min(measured.items(), key=lambda item: item[1])
+            wrong.append(f"Slices that look as another scanner or export makes them are read less well: at worst "
+                         f"({worst_name}) it was right {_percent(worst)} of the time.")
+        wrong.append("Any finding outside the four classes (a bleed, a stroke, a metastasis) is forced into one "
+                     "of them unless the gate refuses the image.")
+        sections["What it gets wrong"] = wrong
+
+    evaluation = (data.get("ood") or {}).get("evaluation") or {}
+    if evaluation:
+        refuses = []
+        if _is_number(evaluation.get("mri_pass_rate")):
+            refuses.append(f"It lets {_percent(evaluation['mri_pass_rate'])} of held-out brain MRI slices through; "
+                           "the others are refused as 'not recognised' and need a manual read.")
+        real = evaluation.get("real_non_mri") or {}
+        if isinstance(real, Mapping) and isinstance(real.get("by_category"), Mapping) and _is_number(
+                real.get("flag_rate")):
+            parts = [f"{category.replace('_', ' ')} {row['flagged']} of {row['n']}"
+                     for category, row in real["by_category"].items()]
+            refuses.append(f"It refused {_percent(real['flag_rate'])} of real images that are not brain MRI "
+                           f"({', '.join(parts)}).")
+            other = real.get("other_plane_mri") or {}
+            if isinstance(other, Mapping) and other.get("n"):
+                refuses.append(f"Brain MRI in other planes (sagittal, coronal) is read, not refused: "
+                               f"{other['passed']} of {other['n']} passed.")
+        if _is_number(evaluation.get("non_mri_flag_rate")):
+            refuses.append(f"It refused {_percent(evaluation['non_mri_flag_rate'])} of a synthetic set of "
+                           "photographs, documents, drawings and imitations of other scans.")
+        sections["What it refuses"] = refuses
+    return sections
+
+
+def describe_source(source) -> str:
+    """One training data source: "folder (N images)" when the card says so, else its fields."""
+    if isinstance(source, dict) and "folder" in source:
+        return f"{source['folder']} ({source['images']} images)" if "images" in source else str(source["folder"])
+    if isinstance(source, dict):
+        return ", ".join(f"{key}: {value}" for key, value in source.items())
+    return str(source)
+
+
+def training_commands(training: Mapping) -> list[str]:
+    """The commands that produced the weights, earliest first, following `continued_from` links."""
+    commands, run, seen = [], training, 0
+    while isinstance(run, dict) and seen < 20:  # a hand-edited card must not loop forever
+        if run.get("command"):
+            commands.append(str(run["command"]))
+        run, seen = run.get("continued_from"), seen + 1
+    return commands[::-1]
+
+
+def describe_architecture(value) -> str:
+    """The card's architecture as one line: "EfficientNet-Lite0 ..., 3,418,148 parameters" (older cards: as is)."""
+    if isinstance(value, Mapping):
+        parameters = value.get("parameters")
+        return str(value.get("type", "-")) + (f", {parameters:,} parameters" if isinstance(parameters, int) else "")
+    return str(value)
