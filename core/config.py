@@ -3,6 +3,8 @@
 | variable                    | meaning                                          | default                         |
 | --------------------------- | ------------------------------------------------ | ------------------------------- |
 | BRAINSCAN_MODEL             | the `.keras` model file (its card sits beside it) | models/brainscan-default.keras |
+| BRAINSCAN_DATABASE_URL      | the review history's database (SQLAlchemy URL):  | sqlite:/// + BRAINSCAN_HISTORY_DB |
+|                             | sqlite:///PATH or postgresql+psycopg://...       |                                 |
 | BRAINSCAN_HISTORY_DB        | SQLite file holding the review history           | data/history.sqlite3            |
 | BRAINSCAN_MAX_UPLOAD_MB     | largest scan file accepted, in megabytes         | 50                              |
 | BRAINSCAN_MAX_PIXELS        | largest decoded image accepted, in pixels        | 40000000                        |
@@ -46,6 +48,11 @@ def model_path() -> Path:
 def history_db_path() -> Path:
     """The SQLite history database; its folder is created on first use."""
     return _env_path("BRAINSCAN_HISTORY_DB", DATA_DIR / "history.sqlite3")
+
+
+def database_url() -> str:
+    """The history's database URL: BRAINSCAN_DATABASE_URL, else the SQLite file of `history_db_path()`."""
+    return os.environ.get("BRAINSCAN_DATABASE_URL", "").strip() or f"sqlite:///{history_db_path()}"
 
 
 def max_upload_bytes() -> int:

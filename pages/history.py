@@ -53,8 +53,41 @@ def cases_chart(summary: dict, display_names: dict[str, str]) -> alt.Chart:
     ).properties(height=220)
 
 
+def verify_chain(store) -> None:
+    """Button callback: walk the hash chain now and record the result, which render_audit then shows."""
+    try:
+        store.verify(record=True, verified_by=f"History page ({app_support.reviewer_name() or 'no name given'})")
+    except HistoryUnavailable as error:
+        st.session_state["history_verify_error"] = str(error)
+
+
+def render_audit(store) -> None:
+    """The admin's view of tamper evidence: the last verification of the hash chain, and a button to run one."""
+    st.subheader("Tamper check", divider="gray")
+    try:
+        last = store.last_verification()
+    except HistoryUnavailable as error:
+        app_support.history_unavailable(error, "The last tamper check cannot be shown")
+        return
+    if last is None:
+        st.caption("The hash chain has not been verified yet.")
+    elif last["intact"]:
+        st.success(f"Chain intact when verified at {last['time'][:19].replace('T', ' ')} UTC: "
+                   f"{last['event_count']} events, last hash `{last['last_hash'][:16]}…` "
+                   f"({app_support.escape_markdown(last['verified_by'])}).", icon=":material/verified:")
+    else:
+        st.error(f"**Chain broken** when verified at {last['time'][:19].replace('T', ' ')} UTC: event "
+                 f"{last['first_bad_event_id']}: {app_support.escape_markdown(last['problem'])}.",
+                 icon=":material/gpp_bad:")
+    if "history_verify_error" in st.session_state:
+        app_support.history_unavailable(st.session_state.pop("history_verify_error"), "The chain was not verified")
+    st.button("Verify the chain now", key="history_verify", icon=":material/fact_check:", on_click=verify_chain,
+              args=(store,), help="Recompute every event's hash in order; `python -m core audit verify` does the "
+                                  "same from a shell.")
+
+
 def render() -> None:
-    """Draw the History page: scope, filters, summary charts, the table and its CSV export."""
+    """Draw the History page: scope, filters, summary charts, the table, its CSV export and the tamper check."""
     st.title("History")
     session = app_support.session_id()
     status = app_support.model_status()
@@ -73,11 +106,12 @@ def render() -> None:
         cases = store.current_state(session_id=scope)
         rows = cases if view == "cases" else store.events(session_id=scope)
     except HistoryUnavailable as error:
-        st.error(f"The history database could not be read ({error}).", icon=":material/database:")
+        app_support.history_unavailable(error, "The history cannot be shown")
         return
     if not rows:
         st.info("Nothing recorded yet in this session. Review a scan, or switch on **All sessions**."
                 if not everyone else "Nothing has been recorded yet.", icon=":material/inbox:")
+        render_audit(store)
         return
 
     filters = st.columns(4)
@@ -124,6 +158,7 @@ def render() -> None:
         on_click="ignore", icon=":material/download:", type="primary",
         help="The rows shown above. Text that a spreadsheet would run as a formula is prefixed with '.",
     )
+    render_audit(store)
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
     try:
         earlier = [row for row in store.current_state(session_id=session) if row["sha256"] not in shown]
     except HistoryUnavailable as error:
-        st.error(f"The history database could not be read ({error}).")
+        app_support.history_unavailable(error, "Scans reviewed earlier in this session are not listed")
         return
     if not earlier:
         return
@@ -210,7 +210,8 @@ def render() -> None:
             states.update(store.latest_by_sha256([item.sha256 for item in items if item.model_version == version],
                                                  version))
     except HistoryUnavailable as error:
-        st.error(f"The history database could not be read ({error}); saved verdicts are not shown.")
+        app_support.history_unavailable(error, "Saved verdicts are not shown, and a verdict is saved only once it "
+                                        "is back")
         states = {}
     render_earlier(store, session, {item.sha256 for item in items}, display_names)
     if not items:

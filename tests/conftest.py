@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
 
+from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures: every history test runs on both engines)
 from tests.synthetic import encode, make_tiny_model, synthetic_slice
+
+
+@pytest.fixture(autouse=True)
+def _history_from_the_test_only(monkeypatch):
+    """A BRAINSCAN_DATABASE_URL in the shell (a team's database) must never receive a test's events.
+
+    After the test, the history engines it opened are closed: each test has its own database, and
+    pooled connections (three file handles each on SQLite) would otherwise pile up over the run.
+    """
+    monkeypatch.delenv("BRAINSCAN_DATABASE_URL", raising=False)
+    yield
+    store = sys.modules.get("core.review.store")
+    if store is not None:
+        store.dispose_engines()
 
 
 @pytest.fixture(scope="session")

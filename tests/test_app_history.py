@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.review import store as store_module
 from core.review.store import HistoryStore
 from tests.navigate import open_page
 from tests.synthetic import encode, synthetic_slice
@@ -76,11 +76,11 @@ def seed(path: Path) -> None:
     store.record_verdict(verdict="override", override_label="meningioma", reason="dural tail", **scan_1)
     store.record_verdict(session_id=THEIRS, reviewer="Bob", file_name="scan-3.png", sha256=f"{3:064x}",
                          verdict="flag", note="@second opinion", **common)
-    with sqlite3.connect(path) as connection:  # An old prediction, as if made ten days ago.
-        connection.execute(
-            "INSERT INTO events (time, session_id, kind, sha256, file_name, model_version, predicted_class)"
-            " VALUES (?, ?, 'prediction', ?, 'old.png', 'tiny 0.0.1-test', 'pituitary')",
-            (f"{TEN_DAYS_AGO.isoformat()}T09:00:00.000+00:00", THEIRS, f"{4:064x}"))
+    # An old prediction, as if made ten days ago: the store stamps the time itself, so its clock is set back.
+    with pytest.MonkeyPatch.context() as clock:
+        clock.setattr(store_module, "utc_now", lambda: f"{TEN_DAYS_AGO.isoformat()}T09:00:00.000+00:00")
+        store.record_prediction(session_id=THEIRS, reviewer="", file_name="old.png", sha256=f"{4:064x}",
+                                model_version="tiny 0.0.1-test", predicted_class="pituitary", probabilities={})
 
 
 def test_a_verdict_saved_on_review_appears_in_history_and_in_the_csv(history_path, downloads):
@@ -145,3 +145,21 @@ def test_an_empty_history_says_so(history_path):
     app = history_page(OURS)
     assert "Nothing recorded yet" in " ".join(element.value for element in app.info)
     assert not app.download_button
+
+
+def test_the_tamper_check_shows_the_last_verification_and_runs_one_on_request(history_path):
+    seed(history_path)
+    app = history_page(OURS)
+    assert "has not been verified yet" in " ".join(element.value for element in app.caption)
+    app.button(key="history_verify").click().run()
+    assert not app.exception, app.exception
+    assert "Chain intact when verified at" in app.success[-1].value and "7 events" in app.success[-1].value
+
+    import sqlite3  # Someone with the file edits a note behind the app's back.
+
+    with sqlite3.connect(history_path) as connection:
+        connection.execute("DROP TRIGGER events_are_not_updated")
+        connection.execute("UPDATE events SET note = 'edited' WHERE id = 5")
+    connection.close()
+    app.button(key="history_verify").click().run()
+    assert "Chain broken" in app.error[-1].value and "event 5" in app.error[-1].value

@@ -239,3 +239,32 @@ def test_no_patient_tag_of_a_dicom_upload_reaches_the_history(history_path):
     stored = dump.encode() + b"".join(path.read_bytes() for path in history_path.parent.glob("history.sqlite3*"))
     for secret in (b"Doe^Jane", b"Doe", b"PID-99172", b"19700101", b"St Example Hospital"):
         assert secret not in stored
+
+
+def test_while_the_history_is_down_verdicts_are_refused_and_it_comes_back_without_a_restart(
+        postgres_server, tiny_model_path, monkeypatch):
+    from tests.postgres import fresh_postgres_history
+
+    url = fresh_postgres_history(postgres_server)
+    monkeypatch.setenv("BRAINSCAN_MODEL", str(tiny_model_path))
+    monkeypatch.setenv("BRAINSCAN_DATABASE_URL", url)
+    scan = encode(synthetic_slice(41, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value(("scan-41.png", scan, "image/png")).run()
+    postgres_server.stop()
+    try:
+        app.button(key=f"review_save_{key_of(scan)}").click().run()
+        assert not app.exception, app.exception
+        assert "Not saved: the history is unavailable" in texts(app.error)
+        assert "Saved:" not in texts(app.success)
+        assert "The history is unavailable" in texts(app.error)  # The page's own read of saved verdicts.
+        open_page(app, "history")
+        assert not app.exception, app.exception
+        assert "The history is unavailable" in texts(app.error)
+    finally:
+        postgres_server.start()
+    open_page(app, "review")  # The same server process, no restart: its pool reconnects.
+    assert "unavailable" not in texts(app.error)
+    app.button(key=f"review_save_{key_of(scan)}").click().run()
+    assert "Saved: confirmed." in texts(app.success)
+    assert [event["kind"] for event in HistoryStore(url).events()] == ["prediction", "verdict"]

@@ -13,10 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,37 +43,30 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(model_path: Path, history_path: Path, log_path: Path) -> Iterator[str]:
-    """Run `streamlit run streamlit_app.py` on a free port until the block ends; yield its base URL."""
-    port = free_port()
-    environment = dict(os.environ, BRAINSCAN_MODEL=str(model_path), BRAINSCAN_HISTORY_DB=str(history_path),
-                       TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none"]
+def streamlit_server(model_path: Path, history_path: Path | None, log_path: Path, *, database_url: str | None = None,
+                     port: int | None = None) -> Iterator[str]:
+    """Run `streamlit run streamlit_app.py` on a free port until the block ends; yield its base URL.
+
+    The history is the SQLite file `history_path`, or `database_url` when given (a replica of a
+    team set-up). The command line is the one deploy/team.py starts replicas with.
+    """
+    from deploy.team import replica_command, stop_process, wait_until_healthy
+
+    port = port or free_port()
+    environment = dict(os.environ, BRAINSCAN_MODEL=str(model_path), TF_CPP_MIN_LOG_LEVEL="3")
+    environment.pop("BRAINSCAN_DATABASE_URL", None)
+    if database_url:
+        environment["BRAINSCAN_DATABASE_URL"] = database_url
+    else:
+        environment["BRAINSCAN_HISTORY_DB"] = str(history_path)
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(replica_command(port), cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-                time.sleep(0.25)
+            wait_until_healthy(url, server, log_path, timeout=60)
             yield url
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server)
 
 
 @contextmanager

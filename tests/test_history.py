@@ -1,4 +1,7 @@
-"""The history store: append-only events, idempotent predictions, verdict rules, durability, concurrency."""
+"""The history store: append-only events, idempotent predictions, verdict rules, durability, concurrency.
+
+Every test that takes `store` runs twice: on SQLite and on a real PostgreSQL server (tests/postgres.py).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,13 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from core.classes import CLASS_NAMES
+from core.errors import HistoryUnavailable
 from core.review.records import COLUMNS, VerdictRejected, filter_rows, row_date, summarise
-from core.review.store import HistoryStore
+from core.review.store import HistorySchemaOutdated, HistoryStore
+from tests.postgres import fresh_postgres_history, owner_url
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION = "a" * 32
@@ -42,11 +48,22 @@ def verdict(store: HistoryStore, number: int = 1, kind: str = "confirm", reviewe
 
 
 @pytest.fixture
-def store(tmp_path) -> HistoryStore:
-    return HistoryStore(tmp_path / "nested" / "history.sqlite3")
+def store(database_url) -> HistoryStore:
+    return HistoryStore(database_url)
 
 
-def test_the_database_is_created_in_wal_mode_with_its_folder(store):
+def run_sql(url: str, statement: str) -> None:
+    """Execute one statement outside the store, as someone with a database client would."""
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
+def test_the_database_is_created_in_wal_mode_with_its_folder(tmp_path):
+    store = HistoryStore(tmp_path / "nested" / "history.sqlite3")
     assert store.path.is_file()
     with sqlite3.connect(store.path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -101,23 +118,51 @@ def test_a_verdict_that_breaks_a_rule_is_refused_and_not_stored(store, arguments
     assert store.events() == []
 
 
-def test_events_cannot_be_updated_or_deleted(store):
+CHANGES = ["UPDATE events SET verdict = 'flag'", "DELETE FROM events"]
+
+
+def test_events_cannot_be_updated_or_deleted(store, database_url):
     verdict(store)
-    with sqlite3.connect(store.path) as connection:
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            connection.execute("UPDATE events SET verdict = 'flag'")
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            connection.execute("DELETE FROM events")
-    assert store.events()[0]["verdict"] == "confirm"
+    # On PostgreSQL the app's role is refused by its grants; the owner (and any role) by the triggers.
+    attempts = [(database_url, "append-only")] if store.dialect == "sqlite" else \
+        [(database_url, "permission denied"), (owner_url(database_url), "append-only")]
+    statements = CHANGES + ([] if store.dialect == "sqlite" else ["TRUNCATE events"])
+    for url, refusal in attempts:
+        for statement in statements:
+            with pytest.raises(sa.exc.DatabaseError, match=refusal):
+                run_sql(url, statement)
+    assert [event["verdict"] for event in store.events()] == ["confirm"]
 
 
-def test_only_non_identifying_fields_exist_in_the_database(store):
-    with sqlite3.connect(store.path) as connection:
-        columns = [row[1] for row in connection.execute("PRAGMA table_info(events)")]
+def test_only_non_identifying_fields_of_a_scan_exist_in_the_database(store, database_url):
+    engine = sa.create_engine(database_url, poolclass=sa.NullPool)
+    columns = [column["name"] for column in sa.inspect(engine).get_columns("events")]
+    engine.dispose()
     assert tuple(columns) == COLUMNS
-    assert set(columns) <= {"id", "time", "session_id", "reviewer", "kind", "sha256", "file_name", "model_version",
+    # The reviewer's identity (typed name, or a sign-in's issuer, subject, email, name and role) and
+    # the hash chain; never a patient's name, id, birth date or institution from a DICOM header.
+    assert set(columns) <= {"id", "time", "session_id", "reviewer", "actor_issuer", "actor_subject", "actor_email",
+                            "actor_name", "actor_role", "kind", "sha256", "file_name", "model_version",
                             "predicted_class", "p_glioma", "p_meningioma", "p_pituitary", "p_no_tumor", "verdict",
-                            "final_label", "reason", "note"}
+                            "final_label", "reason", "note", "prev_hash", "hash"}
+
+
+def test_a_signed_in_actor_is_stored_with_the_event_and_chained(store):
+    actor = {"issuer": "https://login.example.org", "subject": "248289761001", "email": "ann@example.org",
+             "name": "Ann Example", "role": "reviewer"}
+    verdict(store, actor=actor)
+    [event] = store.events()
+    assert {name: event[f"actor_{name}"] for name in actor} == actor
+    assert store.verify().intact
+
+
+def test_text_round_trips_identically_on_both_engines(store):
+    note = "Ünïcødé ✓ 漢字 \"quoted\" back\\slash\nnew line, emoji 🧠 and a NUL\x00 removed"
+    verdict(store, note=note, reviewer="  Zoë  ")
+    [event] = store.events()
+    assert event["note"] == note.replace("\x00", "") and event["reviewer"] == "Zoë"
+    assert event["p_glioma"] == 0.7 and isinstance(event["p_glioma"], float)
+    assert store.verify().intact  # The hash computed before the insert matches what came back.
 
 
 def test_session_and_scan_filters_of_the_current_state(store):
@@ -188,7 +233,7 @@ def test_two_threads_saving_at_the_same_moment_both_land(store):
 WRITER = """
 import sys, time
 from core.review.store import HistoryStore
-store = HistoryStore(sys.argv[1])
+store = HistoryStore(sys.argv[1])  # a URL
 start_at, count, reviewer = float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 time.sleep(max(0.0, start_at - time.time()))
 for index in range(count):
@@ -200,16 +245,16 @@ for index in range(count):
 """
 
 
-def _writer(path: Path, start_at: float, count: int, reviewer: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(start_at), str(count), reviewer],
+def _writer(url: str, start_at: float, count: int, reviewer: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, url, str(start_at), str(count), reviewer],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_two_processes_saving_at_the_same_moment_all_land(store):
+def test_two_processes_saving_at_the_same_moment_all_land(store, database_url):
     import time
 
-    start_at = time.time() + 1.5  # Both interpreters are up by then; their writes then overlap.
-    writers = [_writer(store.path, start_at, 25, name) for name in ("process-a", "process-b")]
+    start_at = time.time() + 2.0  # Both interpreters are up by then; their writes then overlap.
+    writers = [_writer(database_url, start_at, 25, name) for name in ("process-a", "process-b")]
     outputs = [writer.communicate(timeout=60) for writer in writers]
     assert [writer.returncode for writer in writers] == [0, 0], [error for _, error in outputs]
     reported = {int(line) for output, _ in outputs for line in output.split()}
@@ -217,14 +262,15 @@ def test_two_processes_saving_at_the_same_moment_all_land(store):
     assert len(reported) == 50
     assert {event["id"] for event in events} == reported
     assert sorted({event["reviewer"] for event in events}) == ["process-a", "process-b"]
+    assert store.verify().intact  # Interleaved appends still form one chain.
 
 
-def test_a_writer_killed_mid_stream_loses_nothing_it_reported_saved(store):
+def test_a_writer_killed_mid_stream_loses_nothing_it_reported_saved(store, database_url):
     import time
 
     reported: set[int] = set()
     for round_number in range(2):
-        writer = _writer(store.path, 0.0, 100_000, f"round-{round_number}")
+        writer = _writer(database_url, 0.0, 100_000, f"round-{round_number}")
         for line in writer.stdout:
             reported.add(int(line))
             if len(reported) >= 40 * (round_number + 1):
@@ -234,17 +280,17 @@ def test_a_writer_killed_mid_stream_loses_nothing_it_reported_saved(store):
         reported.update(int(line) for line in remaining.split())  # Printed after commit, before the kill.
         assert writer.returncode == -signal.SIGKILL
         time.sleep(0.05)
-    with sqlite3.connect(store.path) as connection:
-        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if store.path is not None:
+        with sqlite3.connect(store.path) as connection:
+            assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     stored = {event["id"] for event in store.events()}
     assert reported <= stored
     assert len(stored) - len(reported) <= 2  # At most the commit in flight at each kill went unreported.
-    verdict(store, 1)  # The database still takes writes after the crashes.
+    verdict(store, 1)  # The database still takes writes after the crashes...
+    assert store.verify().intact  # ... and a killed writer left no gap or fork in the chain.
 
 
 def test_a_database_that_cannot_be_used_raises_one_storage_neutral_error(tmp_path):
-    from core.errors import HistoryUnavailable
-
     folder = tmp_path / "is-a-folder.sqlite3"
     folder.mkdir()  # sqlite cannot open a folder as its database file
     with pytest.raises(HistoryUnavailable, match="is-a-folder"):
@@ -253,3 +299,38 @@ def test_a_database_that_cannot_be_used_raises_one_storage_neutral_error(tmp_pat
     blocked.write_text("")
     with pytest.raises(HistoryUnavailable):
         HistoryStore(blocked / "history.sqlite3")  # its folder would have to be a file's child
+
+
+def test_a_postgresql_server_that_does_not_answer_raises_one_storage_neutral_error():
+    from deploy.team import free_port
+
+    url = f"postgresql+psycopg://brainscan_app:secret-password@127.0.0.1:{free_port()}/brainscan"
+    with pytest.raises(HistoryUnavailable, match="could not be used") as raised:
+        HistoryStore(url)
+    assert "secret-password" not in str(raised.value)  # Messages reach pages and logs: never the password.
+
+
+def test_a_postgresql_history_not_yet_upgraded_refuses_to_read_or_write(postgres_server):
+    url = fresh_postgres_history(postgres_server, upgraded=False)
+    with pytest.raises(HistorySchemaOutdated, match="python -m core history upgrade"):
+        HistoryStore(url)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    with engine.connect() as connection:
+        assert "events" not in sa.inspect(connection).get_table_names()  # The app created nothing itself.
+    engine.dispose()
+
+
+def test_an_unknown_database_url_is_refused_plainly():
+    with pytest.raises(HistoryUnavailable, match="not mysql"):
+        HistoryStore("mysql://somewhere/history")
+
+
+def test_a_sqlite_history_removed_under_a_running_app_is_created_afresh(tmp_path):
+    path = tmp_path / "history.sqlite3"
+    verdict(HistoryStore(path))
+    for leftover in tmp_path.glob("history.sqlite3*"):
+        leftover.unlink()
+    store = HistoryStore(path)
+    assert store.events() == [] and path.is_file()
+    verdict(store)
+    assert len(store.events()) == 1

@@ -1,9 +1,11 @@
 """Review: what reviewers record and how it is kept - the history store, the record's rules, the worklist, export.
 
 Owns the vocabulary and rules of a review record (`records`: verdicts, statuses, limits, final
-labels, filters and summaries), the append-only history store (`store`, the only module that
-talks to a database), the worklist's plain logic (`worklist`) and the spreadsheet-safe CSV
-writer (`export`) that the app and the CLI share.
+labels, filters and summaries), the append-only history store (`store`, on SQLite or PostgreSQL,
+with its tables and engines in `database` and its schema migrations in `migrations`: the only
+modules that touch a database), the hash chain's canonical encoding (`chain`), the worklist's
+plain logic (`worklist`) and the spreadsheet-safe CSV writer (`export`) that the app and the
+CLI share.
 
 It may import `core.pipeline` (a worklist holds pipeline results) and everything below it; never
 `core.training` or the CLI. Pages reach the store only through the app's glue (`app_support`).

@@ -18,10 +18,16 @@ VERDICT_NAMES: dict[str, str] = {"confirm": "Confirmed", "override": "Overridden
 # The status of a scan in a worklist, derived from its latest event.
 STATUSES: tuple[str, ...] = ("new", "reviewed", "flagged")
 PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in CLASS_NAMES)
+# Who acted, as a sign-in provider names them (issuer + subject identify; email, name and role are
+# as shown then). Empty until the app signs reviewers in; `reviewer` is the name typed meanwhile.
+IDENTITY_COLUMNS: tuple[str, ...] = ("actor_issuer", "actor_subject", "actor_email", "actor_name", "actor_role")
+# The hash chain (core.review.chain): the previous event's hash and this event's own.
+CHAIN_COLUMNS: tuple[str, ...] = ("prev_hash", "hash")
 COLUMNS: tuple[str, ...] = (
-    "id", "time", "session_id", "reviewer", "kind", "sha256", "file_name", "model_version", "predicted_class",
-    *PROBABILITY_COLUMNS, "verdict", "final_label", "reason", "note",
+    "id", "time", "session_id", "reviewer", *IDENTITY_COLUMNS, "kind", "sha256", "file_name", "model_version",
+    "predicted_class", *PROBABILITY_COLUMNS, "verdict", "final_label", "reason", "note", *CHAIN_COLUMNS,
 )
+MAX_IDENTITY_CHARS = 320  # an email address's longest legal length
 MAX_REVIEWER_CHARS = 80
 MAX_REASON_CHARS = 500
 MAX_NOTE_CHARS = 2000

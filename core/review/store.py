@@ -1,36 +1,63 @@
-"""The review history store: an append-only SQLite log of predictions and verdicts, and its current state.
+"""The review history store: an append-only, hash-chained log of predictions and verdicts, and its current state.
 
-Every event is one row of the `events` table and is never updated or deleted (triggers refuse
-it). The current state of a scan - its latest verdict, or its prediction while none exists - is
-the `current_state` view, keyed by (sha256, model_version): a verdict is about one model's
-prediction, so a new model version starts a new case.
+One store, two engines, chosen by URL (`BRAINSCAN_DATABASE_URL`): SQLite (`sqlite:///PATH`, the
+embedded default, `BRAINSCAN_HISTORY_DB`) for one process, PostgreSQL
+(`postgresql+psycopg://...`) for a team whose app runs as several replicas. Both behave the same:
+the same tests run against both.
 
-Durability: the database runs in WAL mode with `synchronous=FULL`, and every write is its own
-`BEGIN IMMEDIATE` transaction on a fresh connection, so a function that returned has put its
-event on disk, a killed server loses nothing it reported saved, and concurrent sessions (threads
-or processes) queue on the write lock instead of failing.
+Every event is one row of `events` and is never updated or deleted: triggers refuse it on both
+engines, and on PostgreSQL the app's role may only INSERT and SELECT (deploy/postgres-init.sql).
+Each event stores the previous event's hash and its own over its fields (`core.review.chain`),
+and appends are serialised - `BEGIN IMMEDIATE` on SQLite, a transaction-scoped advisory lock on
+PostgreSQL - so the chain never forks, whatever the number of writers. `verify()` walks the
+chain and names the first event that no longer matches. The current state of a scan - its
+latest verdict, or its prediction while none exists - is keyed by (sha256, model_version): a
+verdict is about one model's prediction, so a new model version starts a new case.
 
-Only non-identifying fields are stored: file name, sha256 of the bytes, model version,
-probabilities, verdicts, reasons, notes, reviewer and timestamps - never DICOM tags. Every database
-failure reaches callers as `core.errors.HistoryUnavailable`; the vocabulary and rules of a record
-live in `core.review.records`.
+Durability: a function that returned has committed its event (SQLite: WAL with
+`synchronous=FULL`; PostgreSQL: a synchronous commit), so a killed server loses nothing it
+reported saved. The schema is managed by versioned migrations (`core.review.migrations`): a
+SQLite history is upgraded when first opened (an embedded single-user file), a PostgreSQL one
+must already be at the app's revision, else nothing is read or written until
+`python -m core history upgrade` has run.
+
+Only non-identifying fields of a scan are stored: file name, sha256 of the bytes, model version,
+probabilities, verdicts, reasons, notes - never DICOM tags. Every database failure reaches callers
+as `core.errors.HistoryUnavailable`; the vocabulary and rules of a record live in
+`core.review.records`.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine
 
 from core import config
 from core.classes import CLASS_NAMES
 from core.errors import HistoryUnavailable
+from core.review import migrations
+from core.review.chain import GENESIS_HASH, HASHED_COLUMNS, event_hash
+from core.review.database import (
+    APPEND_LOCK_KEY,
+    IMMEDIATE,
+    chain_verifications,
+    create_history_engine,
+    display_url,
+    events,
+    normalise_url,
+)
 from core.review.records import (
     COLUMNS,
+    IDENTITY_COLUMNS,
     MAX_FILE_NAME_CHARS,
+    MAX_IDENTITY_CHARS,
     MAX_NOTE_CHARS,
     MAX_REASON_CHARS,
     MAX_REVIEWER_CHARS,
@@ -40,53 +67,37 @@ from core.review.records import (
     final_label_of,
 )
 
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 15_000
+UPGRADE_COMMAND = "python -m core history upgrade"
+READ_BATCH = 1000
+# Scans per query when the current state is narrowed to a list of scans (bound parameters are finite).
+SCANS_PER_QUERY = 500
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    reviewer TEXT NOT NULL DEFAULT '',
-    kind TEXT NOT NULL CHECK (kind IN ('prediction', 'verdict')),
-    sha256 TEXT NOT NULL,
-    file_name TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    predicted_class TEXT,
-    {", ".join(f"{column} REAL" for column in PROBABILITY_COLUMNS)},
-    verdict TEXT CHECK (verdict IS NULL OR verdict IN ('confirm', 'override', 'flag')),
-    final_label TEXT,
-    reason TEXT NOT NULL DEFAULT '',
-    note TEXT NOT NULL DEFAULT '',
-    CHECK ((kind = 'verdict') = (verdict IS NOT NULL))
-);
--- The same prediction seen again in a session (a rerun, a re-upload) is not a new event.
-CREATE UNIQUE INDEX IF NOT EXISTS one_prediction_per_session
-    ON events (session_id, sha256, model_version) WHERE kind = 'prediction';
-CREATE INDEX IF NOT EXISTS events_by_scan ON events (sha256, model_version, id);
-CREATE INDEX IF NOT EXISTS events_by_session ON events (session_id);
-CREATE TRIGGER IF NOT EXISTS events_are_not_updated BEFORE UPDATE ON events
-    BEGIN SELECT RAISE(ABORT, 'history events are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_are_not_deleted BEFORE DELETE ON events
-    BEGIN SELECT RAISE(ABORT, 'history events are append-only'); END;
-CREATE VIEW IF NOT EXISTS current_state AS
-    WITH latest AS (
-        SELECT sha256, model_version, MAX(id) AS last_id, MIN(time) AS first_time, COUNT(*) AS event_count,
-               MAX(CASE WHEN kind = 'verdict' THEN id END) AS verdict_id
-        FROM events GROUP BY sha256, model_version
-    )
-    SELECT events.*,
-           CASE WHEN events.kind = 'prediction' THEN 'new'
-                WHEN events.verdict = 'flag' THEN 'flagged'
-                ELSE 'reviewed' END AS status,
-           latest.first_time, latest.event_count
-    FROM latest JOIN events ON events.id = COALESCE(latest.verdict_id, latest.last_id);
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
+_engines: dict[str, Engine] = {}
+_ready: set[str] = set()  # URLs whose schema was found at the head revision by this process
+_schema_locks: dict[str, threading.Lock] = {}
+_engines_lock = threading.Lock()
 
-_initialised: set[Path] = set()
-_initialise_lock = threading.Lock()
+
+class HistorySchemaOutdated(HistoryUnavailable):
+    """The database's schema is not the revision this app expects; nothing is read or written until it is."""
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What a walk of the hash chain found: intact or the first event that does not match, and the head."""
+
+    intact: bool
+    event_count: int
+    last_event_id: int | None
+    last_hash: str
+    first_bad_event_id: int | None = None
+    problem: str = ""
+
+    def summary(self) -> str:
+        """One line: the count and last hash when intact, else the first event that does not match and why."""
+        if self.intact:
+            return f"chain intact: {self.event_count} events, last hash {self.last_hash}"
+        return f"chain broken at event {self.first_bad_event_id}: {self.problem} ({self.event_count} events read)"
 
 
 def utc_now() -> str:
@@ -94,79 +105,167 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def database_url_of(database: str | Path | None) -> str:
+    """The URL of `database`: a URL as given, a file path as `sqlite:///PATH`, None as `config.database_url()`."""
+    if database is None:
+        return config.database_url()
+    text = str(database)
+    return text if "://" in text else f"sqlite:///{text}"
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of what the database said, without SQLAlchemy's statement dump and help link."""
+    original = getattr(error, "orig", None)
+    text = str(original if original is not None else error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
 class HistoryStore:
-    """The history database at `path` (default `config.history_db_path()`); safe to share between threads."""
+    """The history at a database URL (default `config.database_url()`); safe to share between threads.
 
-    def __init__(self, path: Path | None = None):
-        """Open (creating if needed) the database; raise `HistoryUnavailable` when it cannot be used."""
-        self.path = Path(path or config.history_db_path())
+    `HistoryStore(path)` with a file path opens `sqlite:///path`. Engines are kept per URL and
+    process, so constructing a store on every page run is cheap; the schema is checked (and a
+    SQLite file upgraded) on the first construction per process until it is found at head.
+    """
+
+    def __init__(self, database: str | Path | None = None):
+        """Open the history; raise `HistoryUnavailable` when it cannot be used, `HistorySchemaOutdated` when not at head."""
+        url = database_url_of(database)
+        self.display_url = display_url(url)
         try:
-            self._initialise()
-        except OSError as error:
-            raise HistoryUnavailable(f"the history database {self.path} cannot be created ({error})") from error
+            self.url: URL = normalise_url(url)
+        except ValueError as error:
+            raise HistoryUnavailable(str(error)) from None
+        self.dialect = self.url.get_backend_name()
+        database_file = self.url.database if self.dialect == "sqlite" else None
+        self.path: Path | None = Path(database_file) if database_file and database_file != ":memory:" else None
+        self._key = self.url.render_as_string(hide_password=False)
+        with _engines_lock:
+            if self.path is not None and self._key in _ready and not self.path.exists():
+                # The file was removed under a running app: pooled connections would still read the
+                # removed copy, so they go, and the next check creates the history afresh.
+                _ready.discard(self._key)
+                _engines.pop(self._key).dispose()
+            if self._key not in _engines:
+                _engines[self._key] = create_history_engine(self.url)
+            self.engine = _engines[self._key]
+            self._schema_lock = _schema_locks.setdefault(self._key, threading.Lock())
+        if self._key not in _ready:
+            self._check_schema()
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # One short-lived connection per operation: nothing is shared between threads, and each
-        # connection is closed (its file handles released) as soon as the operation ends.
-        # Callers see one storage-neutral error, whatever the engine said.
-        try:
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            with closing(connection):
-                connection.row_factory = sqlite3.Row
-                connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                connection.execute("PRAGMA synchronous = FULL")
-                yield connection
-        except sqlite3.Error as error:
-            raise HistoryUnavailable(f"the history database {self.path} could not be used ({error})") from error
+    def close(self) -> None:
+        """Release this URL's pooled connections in this process (a later store opens new ones)."""
+        with _engines_lock:
+            engine = _engines.pop(self._key, None)
+            _ready.discard(self._key)
+        if engine is not None:
+            engine.dispose()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        # BEGIN IMMEDIATE takes the write lock up front, so a read-then-insert cannot interleave
-        # with another writer, and COMMIT returns only once the event is durable.
-        with self._connect() as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+    # -- schema -----------------------------------------------------------------------------------
 
-    def _initialise(self) -> None:
-        with _initialise_lock:
-            if self.path in _initialised and self.path.exists():
+    def _check_schema(self) -> None:
+        # One check (and SQLite upgrade) at a time per database; another database's store need not wait.
+        with self._schema_lock:
+            if self._key in _ready:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as connection:
-                # WAL survives a killed writer (the log is replayed or discarded on next open) and
-                # lets readers proceed while a verdict is being written; the mode is stored in the file.
-                connection.execute("PRAGMA journal_mode = WAL")
-                connection.executescript(_SCHEMA)
-            _initialised.add(self.path)
+            if self.path is not None:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as error:
+                    raise HistoryUnavailable(f"the history database {self.path} cannot be created ({error})") \
+                        from error
+            revision = self.revision()
+            head = migrations.head_revision()
+            if revision != head and revision is not None and revision not in migrations.known_revisions():
+                raise HistorySchemaOutdated(
+                    f"the history database {self.display_url} is at schema revision {revision}, which this version "
+                    "of the app does not know: run the app version that upgraded it")
+            if revision != head and self.dialect == "sqlite":
+                self._upgrade()
+            elif revision != head:
+                raise HistorySchemaOutdated(
+                    f"the history database {self.display_url} is at schema revision {revision or 'none (empty)'}, "
+                    f"not {head}: nothing is read or written until `{UPGRADE_COMMAND}` has run")
+            _ready.add(self._key)
+
+    def revision(self) -> str | None:
+        """The schema revision the database is at (None: empty, or a history from before migrations)."""
+        with self._translate(), self.engine.connect() as connection:
+            return migrations.current_revision(connection)
+
+    def _upgrade(self) -> None:
+        try:
+            migrations.upgrade(self.url)
+        except Exception as error:  # Alembic and the migrations raise several kinds; each means "not upgraded".
+            raise HistoryUnavailable(f"the history database {self.display_url} could not be upgraded "
+                                     f"({_reason(error)})") from error
+
+    # -- connections --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        # Callers see one storage-neutral error, whatever the engine or the driver said.
+        try:
+            yield
+        except sa.exc.SQLAlchemyError as error:
+            raise HistoryUnavailable(f"the history database {self.display_url} could not be used "
+                                     f"({_reason(error)})") from error
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._translate(), self.engine.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def _append(self) -> Iterator[tuple[Connection, str]]:
+        """One transaction holding the append lock, and the hash at the head of the chain when it was taken."""
+        with self._translate(), self.engine.connect() as connection:
+            # SQLite: BEGIN IMMEDIATE takes the write lock up front, so the head read below cannot
+            # go stale before the insert. PostgreSQL: the advisory lock does the same across
+            # processes and is released by COMMIT, once the event is durable.
+            connection.execution_options(**{IMMEDIATE: True})
+            with connection.begin():
+                if self.dialect == "postgresql":
+                    connection.execute(sa.select(sa.func.pg_advisory_xact_lock(APPEND_LOCK_KEY)))
+                head = connection.execute(sa.select(events.c.hash).order_by(events.c.id.desc()).limit(1)).scalar()
+                yield connection, head or GENESIS_HASH
+
+    @staticmethod
+    def _insert(connection: Connection, row: dict, previous_hash: str) -> int:
+        # Stamped under the lock, so time never runs backwards along the chain.
+        row = {**row, "time": utc_now(), "prev_hash": previous_hash}
+        row["hash"] = event_hash(row)
+        return int(connection.execute(events.insert().values(**row)).inserted_primary_key[0])
+
+    # -- writing ------------------------------------------------------------------------------------
 
     def record_prediction(self, *, session_id: str, reviewer: str, file_name: str, sha256: str, model_version: str,
-                          predicted_class: str, probabilities: Mapping[str, float]) -> int | None:
+                          predicted_class: str, probabilities: Mapping[str, float],
+                          actor: Mapping[str, str] | None = None) -> int | None:
         """Append a prediction event; return its id, or None when this session already recorded it."""
         row = _event_row("prediction", session_id, reviewer, file_name, sha256, model_version, predicted_class,
-                         probabilities)
-        with self._write() as connection:
-            cursor = connection.execute(_insert_sql("INSERT OR IGNORE"), row)
-            return int(cursor.lastrowid) if cursor.rowcount == 1 else None
+                         probabilities, actor=actor)
+        with self._append() as (connection, head):
+            seen = connection.execute(sa.select(events.c.id).where(
+                events.c.session_id == session_id, events.c.sha256 == sha256,
+                events.c.model_version == model_version, events.c.kind == "prediction").limit(1)).first()
+            return None if seen is not None else self._insert(connection, row, head)
 
     def record_verdict(self, *, session_id: str, reviewer: str, file_name: str, sha256: str, model_version: str,
                        predicted_class: str, probabilities: Mapping[str, float], verdict: str,
-                       override_label: str | None = None, reason: str = "", note: str = "") -> int:
-        """Append a verdict event once it is durable on disk; return its id.
+                       override_label: str | None = None, reason: str = "", note: str = "",
+                       actor: Mapping[str, str] | None = None) -> int:
+        """Append a verdict event once it is committed; return its id.
 
         `confirm` takes the model's class as final label, `override` takes `override_label` and
         needs a reason, `flag` leaves the final label empty for a second reader. Saving the same
         verdict, reviewer, reason and note as the scan's latest verdict adds nothing and returns
-        that event's id. Raises `VerdictRejected` saying what to fix.
+        that event's id. `actor` holds the signed-in identity (issuer, subject, email, name, role)
+        where there is one. Raises `VerdictRejected` saying what to fix.
         """
-        reviewer = reviewer.strip()
-        reason = reason.strip()
-        note = note.strip()
+        reviewer = _clean(reviewer)
+        reason = _clean(reason)
+        note = _clean(note)
         if not reviewer:
             raise VerdictRejected("enter your name as reviewer before saving a verdict")
         final_label = final_label_of(verdict, predicted_class, override_label, reason)
@@ -174,26 +273,27 @@ class HistoryStore:
         check_length("reason", reason, MAX_REASON_CHARS)
         check_length("note", note, MAX_NOTE_CHARS)
         row = _event_row("verdict", session_id, reviewer, file_name, sha256, model_version, predicted_class,
-                         probabilities, verdict, final_label, reason, note)
-        with self._write() as connection:
+                         probabilities, verdict, final_label, reason, note, actor=actor)
+        with self._append() as (connection, head):
             latest = connection.execute(
-                "SELECT id, reviewer, verdict, final_label, reason, note FROM events"
-                " WHERE sha256 = ? AND model_version = ? AND kind = 'verdict' ORDER BY id DESC LIMIT 1",
-                (sha256, model_version),
-            ).fetchone()
+                sa.select(events.c.id, events.c.reviewer, events.c.verdict, events.c.final_label, events.c.reason,
+                          events.c.note)
+                .where(events.c.sha256 == sha256, events.c.model_version == model_version,
+                       events.c.kind == "verdict")
+                .order_by(events.c.id.desc()).limit(1)).first()
             if latest is not None and tuple(latest)[1:] == (reviewer, verdict, final_label, reason, note):
-                return int(latest["id"])
-            return int(connection.execute(_insert_sql("INSERT"), row).lastrowid)
+                return int(latest.id)
+            return self._insert(connection, row, head)
+
+    # -- reading ------------------------------------------------------------------------------------
 
     def events(self, session_id: str | None = None) -> list[dict]:
         """Every event, oldest first, as dicts keyed by `COLUMNS`; only one session's when `session_id` is given."""
-        query = f"SELECT {', '.join(COLUMNS)} FROM events"
-        parameters: tuple = ()
+        query = sa.select(*(events.c[name] for name in COLUMNS)).order_by(events.c.id)
         if session_id is not None:
-            query += " WHERE session_id = ?"
-            parameters = (session_id,)
-        with self._connect() as connection:
-            return [dict(row) for row in connection.execute(query + " ORDER BY id", parameters)]
+            query = query.where(events.c.session_id == session_id)
+        with self._read() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
 
     def current_state(self, session_id: str | None = None, sha256s: Sequence[str] | None = None,
                       model_version: str | None = None) -> list[dict]:
@@ -203,54 +303,243 @@ class HistoryStore:
         `event_count`, oldest case first. `session_id` keeps the scans that session touched;
         `sha256s` and `model_version` narrow to those scans.
         """
-        conditions, parameters = [], []
-        if session_id is not None:
-            conditions.append("EXISTS (SELECT 1 FROM events AS touched WHERE touched.session_id = ?"
-                              " AND touched.sha256 = current_state.sha256"
-                              " AND touched.model_version = current_state.model_version)")
-            parameters.append(session_id)
         if sha256s is not None:
-            # json_each takes the whole list as one parameter, so any worklist length fits.
-            conditions.append("sha256 IN (SELECT value FROM json_each(?))")
-            parameters.append(_json_list(sha256s))
-        if model_version is not None:
-            conditions.append("model_version = ?")
-            parameters.append(model_version)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        with self._connect() as connection:
-            rows = connection.execute(f"SELECT * FROM current_state{where} ORDER BY first_time, id", parameters)
-            return [dict(row) for row in rows]
+            wanted = list(dict.fromkeys(str(value) for value in sha256s))
+            chunks = [wanted[start:start + SCANS_PER_QUERY] for start in range(0, len(wanted), SCANS_PER_QUERY)]
+        else:
+            chunks = [None]
+        rows: list[dict] = []
+        with self._read() as connection:
+            for chunk in chunks:
+                query = _current_state_query(session_id, chunk, model_version)
+                rows.extend(dict(row) for row in connection.execute(query).mappings())
+        if len(chunks) > 1:
+            rows.sort(key=lambda row: (row["first_time"], row["id"]))
+        return rows
 
     def latest_by_sha256(self, sha256s: Sequence[str], model_version: str) -> dict[str, dict]:
         """Current-state rows of these scans under one model version, keyed by sha256 (absent: never recorded)."""
         return {row["sha256"]: row for row in self.current_state(sha256s=sha256s, model_version=model_version)}
 
+    # -- tamper evidence ----------------------------------------------------------------------------
 
-def _json_list(values: Iterable[str]) -> str:
-    import json
+    def verify(self, *, record: bool = False, verified_by: str = "", anchor: str | None = None) -> ChainReport:
+        """Walk the hash chain in id order; report it intact, or the first event whose hash does not match.
 
-    return json.dumps([str(value) for value in values])
+        Also checks that the last event of the latest intact verification on record is still there
+        with the same hash (so removing events from the end shows), and with `anchor` that an event
+        with that hash (kept outside the database) is in the chain. `record` appends the result to
+        `chain_verifications`, which the History page shows.
+        """
+        with self._read() as connection:
+            checkpoint = connection.execute(
+                sa.select(chain_verifications).where(chain_verifications.c.intact.is_(True),
+                                                     chain_verifications.c.last_event_id.is_not(None))
+                .order_by(chain_verifications.c.id.desc()).limit(1)).mappings().first()
+            report = _walk(connection, checkpoint, anchor)
+        if record:
+            self.record_verification(report, verified_by)
+        return report
+
+    def record_verification(self, report: ChainReport, verified_by: str) -> None:
+        """Append a verification's result to `chain_verifications` (the app's role may insert there)."""
+        with self._translate(), self.engine.begin() as connection:
+            connection.execute(chain_verifications.insert().values(
+                time=utc_now(), verified_by=verified_by[:MAX_REVIEWER_CHARS], **asdict(report)))
+
+    def last_verification(self) -> dict | None:
+        """The latest recorded verification (time, verified_by, intact, event_count, last hash, problem), or None."""
+        with self._read() as connection:
+            row = connection.execute(sa.select(chain_verifications).order_by(chain_verifications.c.id.desc())
+                                     .limit(1)).mappings().first()
+        return None if row is None else dict(row)
+
+    def ping(self) -> None:
+        """Raise `HistoryUnavailable` unless the database answers a query now."""
+        with self._read() as connection:
+            connection.execute(sa.select(events.c.id).limit(1)).all()
+
+    def event_count(self) -> int:
+        """How many events the history holds."""
+        with self._read() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
 
 
-def _insert_sql(verb: str) -> str:
-    names = [column for column in COLUMNS if column != "id"]
-    return f"{verb} INTO events ({', '.join(names)}) VALUES ({', '.join(':' + name for name in names)})"
+def open_existing_history(database: str | Path | None = None) -> HistoryStore:
+    """The history at `database`, refusing a SQLite file that does not exist (a mistyped path is not an empty history)."""
+    url = database_url_of(database)
+    try:
+        parsed = normalise_url(url)
+    except ValueError as error:
+        raise HistoryUnavailable(str(error)) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).is_file():
+        raise HistoryUnavailable(f"there is no history at {parsed.database}")
+    return HistoryStore(url)
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection this process holds (tests, and before a fork); stores reopen on next use."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+        _ready.clear()
+    for engine in engines:
+        engine.dispose()
+
+
+def upgrade_history(database: str | Path | None = None) -> tuple[str | None, str]:
+    """Apply every migration the history lacks; return (revision before, revision after)."""
+    url = database_url_of(database)
+    store_url = display_url(url)
+    try:
+        parsed = normalise_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_history_engine(parsed, for_migrations=True)
+        try:
+            with engine.connect() as connection:
+                before = migrations.current_revision(connection)
+        finally:
+            engine.dispose()
+        known = migrations.known_revisions()
+        if before is not None and before not in known:
+            raise HistorySchemaOutdated(f"the history database {store_url} is at schema revision {before}, which "
+                                        "this version of the app does not know")
+        migrations.upgrade(parsed)
+    except HistoryUnavailable:
+        raise
+    except Exception as error:  # A bad URL, an unreachable server, a refused DDL: the upgrade did not happen.
+        raise HistoryUnavailable(f"the history database {store_url} could not be upgraded ({_reason(error)})") \
+            from error
+    with _engines_lock:
+        _ready.discard(parsed.render_as_string(hide_password=False))
+    return before, migrations.head_revision()
+
+
+def migrate_history(source: str | Path, destination: str | Path) -> tuple[int, ChainReport]:
+    """Copy every event (and verification record) in order from one history to an empty one; verify it there.
+
+    The source must have an intact chain; the destination is upgraded to head first (so its URL
+    needs a role that may create tables) and must hold no events. Ids and hashes are copied as
+    they are, so the chain and every event number carry over. Returns (events copied, the
+    destination's verification).
+    """
+    origin = open_existing_history(source)
+    found = origin.verify()
+    if not found.intact:
+        raise HistoryUnavailable(f"the source history is not intact, nothing was copied: {found.summary()}")
+    upgrade_history(destination)
+    target = HistoryStore(destination)
+    copied = 0
+    with origin._read() as reading, target._append() as (writing, _head):
+        if writing.execute(sa.select(sa.func.count()).select_from(events)).scalar_one():
+            raise HistoryUnavailable(f"the destination {target.display_url} already holds events; migrate into an "
+                                     "empty history")
+        for table in (events, chain_verifications):
+            last_id = 0
+            while True:
+                batch = [dict(row) for row in reading.execute(
+                    sa.select(table).where(table.c.id > last_id).order_by(table.c.id).limit(READ_BATCH)).mappings()]
+                if not batch:
+                    break
+                writing.execute(table.insert(), batch)
+                last_id = batch[-1]["id"]
+                copied += len(batch) if table is events else 0
+            if target.dialect == "postgresql":
+                # Copied ids bypassed the sequence; the next append must continue after them.
+                writing.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                                        f"COALESCE((SELECT max(id) FROM {table.name}), 0) + 1, false)"))
+    return copied, target.verify(record=True, verified_by="python -m core history migrate")
+
+
+def _current_state_query(session_id: str | None, sha256s: Sequence[str] | None, model_version: str | None):
+    """The current-state select: per (sha256, model_version), the latest verdict's row, else the latest event's."""
+    grouped = sa.select(
+        events.c.sha256, events.c.model_version,
+        sa.func.max(events.c.id).label("last_id"),
+        sa.func.min(events.c.time).label("first_time"),
+        sa.func.count().label("event_count"),
+        sa.func.max(sa.case((events.c.kind == "verdict", events.c.id))).label("verdict_id"),
+    ).group_by(events.c.sha256, events.c.model_version)
+    if session_id is not None:
+        # A case belongs to a session when the session touched the scan, whoever recorded its latest event.
+        touched = events.alias("touched")
+        grouped = grouped.where(sa.exists().where(touched.c.session_id == session_id,
+                                                  touched.c.sha256 == events.c.sha256,
+                                                  touched.c.model_version == events.c.model_version))
+    if sha256s is not None:
+        grouped = grouped.where(events.c.sha256.in_(sha256s))
+    if model_version is not None:
+        grouped = grouped.where(events.c.model_version == model_version)
+    latest = grouped.subquery("latest")
+    status = sa.case((events.c.kind == "prediction", "new"), (events.c.verdict == "flag", "flagged"),
+                     else_="reviewed").label("status")
+    return (sa.select(*(events.c[name] for name in COLUMNS), status, latest.c.first_time, latest.c.event_count)
+            .join_from(events, latest, events.c.id == sa.func.coalesce(latest.c.verdict_id, latest.c.last_id))
+            .order_by(latest.c.first_time, events.c.id))
+
+
+def _walk(connection: Connection, checkpoint: Mapping | None, anchor: str | None) -> ChainReport:
+    """Read every event in id order, recomputing each hash; stop judging at the first mismatch, keep counting."""
+    columns = (events.c.id, events.c.hash, *(events.c[name] for name in HASHED_COLUMNS))
+    rows = connection.execution_options(yield_per=READ_BATCH).execute(sa.select(*columns).order_by(events.c.id))
+    expected_previous, previous_id = GENESIS_HASH, None
+    count, bad_id, problem, anchor_seen = 0, None, "", anchor is None
+    checkpoint_id = checkpoint["last_event_id"] if checkpoint else None
+    checkpoint_seen = checkpoint is None
+    for row in rows.mappings():
+        count += 1
+        if bad_id is not None:
+            continue
+        if row["prev_hash"] != expected_previous:
+            bad_id = row["id"]
+            problem = ("its prev_hash is not the hash of the event before it (event "
+                       f"{previous_id}): an event was removed or inserted before it" if previous_id is not None else
+                       "it is the first event but does not follow the genesis hash: events were removed before it")
+        elif event_hash(row) != row["hash"]:
+            bad_id, problem = row["id"], "its fields do not match its hash: the row was changed after it was written"
+        elif checkpoint_id is not None and row["id"] == checkpoint_id:
+            checkpoint_seen = True
+            if row["hash"] != checkpoint["last_hash"]:
+                bad_id, problem = row["id"], (f"its hash differs from the one verified at {checkpoint['time']}: "
+                                              "the history was rewritten from here")
+        elif checkpoint_id is not None and not checkpoint_seen and row["id"] > checkpoint_id:
+            bad_id, problem = checkpoint_id, (f"it was the last event verified at {checkpoint['time']} and is "
+                                              "missing: events were removed")
+        anchor_seen = anchor_seen or row["hash"] == anchor
+        expected_previous, previous_id = row["hash"], row["id"]
+    if bad_id is None and not checkpoint_seen:
+        bad_id, problem = checkpoint_id, (f"it was the last event verified at {checkpoint['time']} and is missing: "
+                                          "events were removed from the end")
+    if bad_id is None and not anchor_seen:
+        bad_id, problem = previous_id, f"no event has the anchor hash {anchor}: the history was cut or rewritten"
+    return ChainReport(intact=bad_id is None, event_count=count, last_event_id=previous_id,
+                       last_hash=expected_previous, first_bad_event_id=bad_id, problem=problem)
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text cannot hold NUL, and both engines must store the same characters.
+    return str(text or "").replace("\x00", "").strip()
 
 
 def _event_row(kind: str, session_id: str, reviewer: str, file_name: str, sha256: str, model_version: str,
                predicted_class: str | None, probabilities: Mapping[str, float], verdict: str | None = None,
-               final_label: str | None = None, reason: str = "", note: str = "") -> dict:
+               final_label: str | None = None, reason: str = "", note: str = "",
+               actor: Mapping[str, str] | None = None) -> dict:
     if not session_id or not sha256 or not model_version:
         raise ValueError("an event needs a session id, a sha256 and a model version")
     unknown = set(probabilities) - set(CLASS_NAMES)
     if unknown:
         raise ValueError(f"probabilities for unknown classes {sorted(unknown)}")
     row = {
-        "time": utc_now(), "session_id": session_id, "reviewer": reviewer.strip()[:MAX_REVIEWER_CHARS],
-        "kind": kind, "sha256": sha256, "file_name": file_name[:MAX_FILE_NAME_CHARS],
+        "session_id": session_id, "reviewer": _clean(reviewer)[:MAX_REVIEWER_CHARS],
+        "kind": kind, "sha256": sha256, "file_name": str(file_name).replace("\x00", "")[:MAX_FILE_NAME_CHARS],
         "model_version": model_version, "predicted_class": predicted_class,
         "verdict": verdict, "final_label": final_label, "reason": reason, "note": note,
     }
+    actor = actor or {}
+    for column in IDENTITY_COLUMNS:
+        row[column] = _clean(actor.get(column.removeprefix("actor_"), ""))[:MAX_IDENTITY_CHARS]
     for name, column in zip(CLASS_NAMES, PROBABILITY_COLUMNS):
         value = probabilities.get(name)
         row[column] = None if value is None else float(value)
