@@ -15,11 +15,16 @@ the result.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_PASS_PERCENTILE = 99.0
+# The share of validation MRI the distance lets through. 99.5 rather than 99: with the outlier head
+# beside it, the stricter distance stopped more real slices (on a split of the validation slices,
+# thresholds fitted on one half, 99.33% vs 99.56% of the other half passed) while the negatives it
+# alone caught were caught by the head anyway.
+DEFAULT_PASS_PERCENTILE = 99.5
 
 
 @dataclass(frozen=True)
@@ -39,13 +44,23 @@ class MahalanobisGate:
     outlier_threshold: float = np.inf
 
     def distances(self, features: np.ndarray) -> np.ndarray:
-        """Features (N, D) -> smallest squared Mahalanobis distance to any class mean, (N,) float64."""
-        features = np.asarray(features, dtype=np.float64)
-        best = np.full(len(features), np.inf)
-        for mean in self.means:
-            centred = features - mean
-            best = np.minimum(best, np.einsum("nd,de,ne->n", centred, self.precision, centred))
-        return best
+        """Features (N, D) -> smallest squared Mahalanobis distance to any class mean, (N,) float64.
+
+        Expanded as x'Px - 2 m'Px + m'Pm, so one product with the precision serves every class:
+        with 1280 features the per-class form cost 5 ms a scan, as much as the network itself.
+        """
+        features = np.ascontiguousarray(features, dtype=np.float64)
+        projected, means_projected, means_norms = self._expansion
+        transformed = (projected @ features.T).T
+        quadratic = np.einsum("nd,nd->n", transformed, features)
+        return np.min(quadratic[:, np.newaxis] - 2.0 * features @ means_projected.T + means_norms, axis=1)
+
+    @cached_property
+    def _expansion(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        precision = np.ascontiguousarray(self.precision, dtype=np.float64)
+        means = np.asarray(self.means, dtype=np.float64)
+        means_projected = means @ precision
+        return precision, means_projected, np.einsum("kd,kd->k", means_projected, means)
 
     def outlier_scores(self, features: np.ndarray) -> np.ndarray:
         """Features (N, D) -> (N,) float64 logit of "not a brain MRI"; -inf everywhere without an outlier head."""

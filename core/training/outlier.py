@@ -19,7 +19,10 @@ import numpy as np
 
 from core.scans.preprocess import prepare_image
 
-DEFAULT_PASS_RATE = 0.995
+# On a split of the validation slices (threshold fitted on one half, measured on the other; the
+# test split not used), 0.999 let 99.8% of the other half through and still flagged every
+# development negative, against 99.6% at 0.995.
+DEFAULT_PASS_RATE = 0.999
 PSEUDO_CT_EVERY = 8  # one pseudo head CT per this many training slices
 
 

@@ -33,6 +33,7 @@ from core.progress import progress
 from core.scans.preprocess import prepare_bytes
 from core.training.dataset import LabelledFile, find_labelled_files
 from core.training.metrics import classification_report
+from core.model.gate import DEFAULT_PASS_PERCENTILE
 from core.training.nonmri import DEVELOPMENT_SEED
 from core.training.outlier import DEFAULT_PASS_RATE, fit_outlier_head, pseudo_head_cts
 from core.training.split import ManifestRow, assign_splits, group_near_duplicates, thumbnail_vectors, write_manifest
@@ -415,7 +416,7 @@ def _calibrate_and_measure(model, tensors, label_indices, splits, out_dir: Path,
             "file": ood_path.name,
             "sha256": file_sha256(ood_path),
             "threshold": gate.threshold,
-            "threshold_rule": "99th percentile of the validation split's distances",
+            "threshold_rule": f"{DEFAULT_PASS_PERCENTILE:g}th percentile of the validation split's distances",
             "outlier_head": None if outlier_threshold is None else {
                 "method": "logistic 'not a brain MRI' score on the pooled features (outlier exposure)",
                 "negatives": f"the drawn images of core.training.nonmri.build_nonmri_set(seed={DEVELOPMENT_SEED}) "
