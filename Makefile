@@ -29,8 +29,17 @@ services:
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql nginx >/dev/null) || \
 	  echo "postgresql or nginx could not be installed: the PostgreSQL and team tests will be skipped"; }
 
+# Local mode listens on 127.0.0.1 only. BRAINSCAN_LISTEN=0.0.0.0 (or another address) is the explicit
+# opt-in to other interfaces, and prints a warning: local mode has no sign-in (docs/sign-in.md).
+BRAINSCAN_LISTEN ?= 127.0.0.1
+BRAINSCAN_MAX_UPLOAD_MB ?= 50
+
 run: setup
-	$(PYTHON) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true
+	@case "$(BRAINSCAN_LISTEN)" in 127.0.0.1|localhost|::1) ;; *) \
+	  echo "WARNING: listening on $(BRAINSCAN_LISTEN): anyone who can reach this machine can use the app under" \
+	       "any name. Without an [auth] section in .streamlit/secrets.toml there is no sign-in (docs/sign-in.md)." >&2;; esac
+	$(PYTHON) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true \
+	  --server.address $(BRAINSCAN_LISTEN) --server.maxUploadSize $(BRAINSCAN_MAX_UPLOAD_MB)
 
 # PostgreSQL, two replicas and nginx on loopback (deploy/team.py): http://127.0.0.1:8080 until Ctrl-C.
 team: setup services

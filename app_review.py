@@ -18,14 +18,22 @@ import pandas as pd
 import streamlit as st
 
 import app_support
+from core import config
 from core.errors import HistoryUnavailable, ScanRejected
 from core.pipeline import analyse_bytes
-from core.review.records import VERDICT_NAMES, VerdictRejected
-from core.review.worklist import ReviewItem, first_unreviewed, item_from_result, next_unreviewed
+from core.review.reads import split_reads
+from core.review.records import IDENTITY_COLUMNS, VERDICT_NAMES, VerdictRejected
+from core.review.worklist import (
+    ReviewItem,
+    first_unreviewed,
+    item_from_result,
+    next_unreviewed,
+)
 from core.scans.dicom import BRAIN_WINDOW
 from core.scans.intake import load_scan, sniff_format
 
 DICOM_VIEWS_KEPT = 8  # re-classified DICOM frame/window choices kept per session
+PICTURES_KEPT = 2000  # thumbnails (at most 512 x 512 bytes each) kept per process for second readers
 HIGHLIGHT = "#2b6cb0"
 MUTED = "#c3cad5"
 _WORKLIST_STATE = ("review_items", "review_digests", "review_unrecorded", "review_heatmaps", "review_current",
@@ -56,9 +64,12 @@ def classify_uploads(uploads, classifier, store, session: str) -> list[ReviewIte
         digests[upload.file_id] = digest
         if digest not in items:
             with st.spinner("Classifying the scan...") if bar is None else nullcontext():
-                items[digest] = classify(classifier, data, upload.name)
-            if items[digest].status == "ok":
-                unrecorded.add(digest)
+                item = classify(classifier, data, upload.name)
+            # A refused file is recorded too, under the sha256 of the bytes that were uploaded.
+            items[digest] = item if item.sha256 else replace(item, sha256=digest)
+            unrecorded.add(digest)
+            if item.thumbnail is not None:
+                remember_picture(item)
         del data
         if bar is not None:
             bar.progress(position / len(pending), text=f"Classified {position} of {len(pending)} scans")
@@ -69,6 +80,26 @@ def classify_uploads(uploads, classifier, store, session: str) -> list[ReviewIte
         del digests[file_id]
     _record_predictions([item for digest, item in items.items() if digest in unrecorded], store, session, unrecorded)
     return list(items.values())
+
+
+@st.cache_resource(show_spinner=False)
+def _pictures() -> dict[str, np.ndarray]:
+    # The second reader's view of a scan someone else uploaded to this server process (never the bytes).
+    return {}
+
+
+def remember_picture(item: ReviewItem) -> None:
+    """Keep a scan's thumbnail for the Second reads page, the latest PICTURES_KEPT per server process."""
+    pictures = _pictures()
+    pictures.pop(item.sha256, None)
+    pictures[item.sha256] = item.thumbnail
+    while len(pictures) > PICTURES_KEPT:
+        pictures.pop(next(iter(pictures)), None)
+
+
+def picture_of(sha256: str) -> np.ndarray | None:
+    """The thumbnail of a scan uploaded to this server process, or None."""
+    return _pictures().get(sha256)
 
 
 def upload_of(uploads, item: ReviewItem):
@@ -91,13 +122,20 @@ def uploader_generation() -> int:
 
 
 def _record_predictions(items: list[ReviewItem], store, session: str, unrecorded: set[str]) -> None:
-    # A prediction is recorded once per session (the store ignores repeats); a database failure
-    # leaves it pending so the next rerun tries again instead of silently losing it.
+    # A prediction (or a refusal, with its reason) is recorded once per session (the store ignores
+    # repeats); a database failure leaves it pending so the next rerun tries again instead of
+    # silently losing it.
     for item in items:
         try:
-            store.record_prediction(session_id=session, reviewer=app_support.reviewer_name(),
-                                    file_name=item.file_name, sha256=item.sha256, model_version=item.model_version,
-                                    predicted_class=item.label, probabilities=item.probabilities)
+            if item.status != "ok":
+                store.record_refusal(session_id=session, reviewer=app_support.reviewer_name(),
+                                     file_name=item.file_name, sha256=item.sha256, model_version=item.model_version,
+                                     reason=item.message, actor=app_support.actor())
+            else:
+                store.record_prediction(session_id=session, reviewer=app_support.reviewer_name(),
+                                        file_name=item.file_name, sha256=item.sha256, model_version=item.model_version,
+                                        predicted_class=item.label, probabilities=item.probabilities,
+                                        actor=app_support.actor())
             unrecorded.discard(item.sha256)
         except HistoryUnavailable as error:
             app_support.history_unavailable(error, "Predictions are shown but not yet recorded; they are recorded "
@@ -106,9 +144,87 @@ def _record_predictions(items: list[ReviewItem], store, session: str, unrecorded
 
 
 def select_first_unreviewed(order: list[str], statuses: dict[str, str]) -> None:
-    """Show the worklist's first unreviewed scan unless the current choice is still in the worklist."""
+    """Show the worklist's first unreviewed scan unless the current choice is still in the worklist.
+
+    Right after a verdict was saved, move on to the next unreviewed scan (if any is left).
+    """
+    saved = st.session_state.pop("review_advance", None)
+    if saved is not None and saved == st.session_state.get("review_current"):
+        following = next_unreviewed(order, statuses, saved)
+        if following is not None:
+            st.session_state["review_current"] = following
     if st.session_state.get("review_current") not in order:
         st.session_state["review_current"] = first_unreviewed(order, statuses) or order[0]
+
+
+def reader_statuses(items: list[ReviewItem], states: dict[str, dict], identity) -> dict[str, str]:
+    """Each worklist scan's status for this reader: refused, or new / reviewed / flagged by their own read.
+
+    Another reader's read does not make a scan reviewed for this one: every reader reads every scan.
+    """
+    statuses = {}
+    for item in items:
+        own, _ = own_and_other_reads(states.get(item.sha256), identity)
+        statuses[item.sha256] = ("rejected" if item.status != "ok" else "new" if own is None
+                                 else "flagged" if own["verdict"] == "flag" else "reviewed")
+    return statuses
+
+
+def own_and_other_reads(state: dict | None, identity) -> tuple[dict | None, list[dict]]:
+    """(this reader's own latest read of a case or None, the other readers' reads)."""
+    if not state or identity is None:
+        return None, []
+    return split_reads(state.get("reads") or [], identity.key)
+
+
+def sees_other_reads(identity) -> bool:
+    """Second readers and admins see every read; a reviewer too unless blind double reading is on (the default)."""
+    return identity is not None and (identity.sees_every_read or not config.blind_double_reading())
+
+
+def render_other_reads(others: list[dict], state: dict | None, identity, display_names: dict[str, str]) -> None:
+    """Earlier reads by other readers, read-only: in full for those allowed, else only that they exist."""
+    if not others and not (state or {}).get("adjudication"):
+        return
+    if not sees_other_reads(identity):
+        count = len(others)
+        st.caption(f":material/visibility_off: This scan has been read before ({count} "
+                   f"{'read' if count == 1 else 'reads'}). Blind double reading: who read it and what they "
+                   "decided are hidden until your read is saved and a second reader looks at the scan.")
+        return
+    with st.expander(f"Other reads of this scan ({len(others)})", expanded=True):
+        for read in others:
+            label = display_names.get(read["final_label"], "-") if read["final_label"] else "no class (flagged)"
+            st.markdown(f"**{app_support.escape_markdown(read['reviewer'])}**"
+                        f"{' (' + read['actor_role'].replace('_', ' ') + ')' if read.get('actor_role') else ''}: "
+                        f"{VERDICT_NAMES[read['verdict']]} · {app_support.escape_markdown(label)} · "
+                        f"{read['time'][:19].replace('T', ' ')} UTC")
+            detail = " · ".join(part for part in (f"Reason: {read['reason']}" if read["reason"] else "",
+                                                  f"Note: {read['note']}" if read["note"] else "") if part)
+            if detail:
+                st.caption(app_support.escape_markdown(detail))
+        adjudication = (state or {}).get("adjudication")
+        if adjudication:
+            st.markdown(f"**Adjudicated** by {app_support.escape_markdown(adjudication['reviewer'])}: "
+                        f"{app_support.escape_markdown(display_names.get(adjudication['final_label'], ''))} - "
+                        f"{app_support.escape_markdown(adjudication['reason'])}")
+
+
+def viewer_row(row: dict, identity) -> dict:
+    """A current-state row as this viewer may see it: a blind reviewer sees their own read of it, not the latest."""
+    if sees_other_reads(identity):
+        return row
+    own, _ = own_and_other_reads(row, identity)
+    shown = dict(row)
+    for column in ("verdict", "final_label", "reason", "note", "reviewer", "time", *IDENTITY_COLUMNS):
+        shown[column] = (own or {}).get(column, row[column] if column == "time" else None if column in (
+            "verdict", "final_label") else "")
+    if own is None:
+        shown["status"] = row["status"] if row["status"] == "rejected" else "new"
+    elif row["status"] not in ("adjudicated",):
+        shown["status"] = "flagged" if own["verdict"] == "flag" else "reviewed"
+    shown["reads"], shown["adjudication"] = [own] if own else [], None
+    return shown
 
 
 def go_to_next_unreviewed(order: list[str], statuses: dict[str, str]) -> None:
@@ -137,7 +253,7 @@ def save_verdict(item: ReviewItem, session: str) -> None:
             probabilities=item.probabilities, verdict=verdict,
             override_label=st.session_state.get(f"review_override_{key}"),
             reason=(st.session_state.get(f"review_reason_{key}") or "") if verdict == "override" else "",
-            note=st.session_state.get(f"review_note_{key}") or "",
+            note=st.session_state.get(f"review_note_{key}") or "", actor=app_support.actor(),
         )
     except VerdictRejected as rejection:
         flashes[item.sha256] = ("error", f"Not saved: {rejection}.")
@@ -146,6 +262,7 @@ def save_verdict(item: ReviewItem, session: str) -> None:
         flashes[item.sha256] = ("error", message)
     else:
         flashes[item.sha256] = ("success", f"Saved: {VERDICT_NAMES[verdict].lower()}.")
+        st.session_state["review_advance"] = item.sha256  # The worklist moves on to the next unreviewed scan.
 
 
 def take_flash(item: ReviewItem) -> tuple[str, str] | None:

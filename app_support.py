@@ -1,5 +1,5 @@
 """The only Streamlit-aware glue: the cached model, the history store, the session id, the shared sidebar and
-the confusion heat map both the History and Model pages draw.
+the confusion heat map both the History and Model pages draw. Who the user is comes from app_identity.py.
 
 `core/` never imports Streamlit; pages never load models or open databases themselves.
 """
@@ -17,9 +17,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+import app_identity
 from core import config
 from core.errors import HistoryUnavailable
-from core.review.records import MAX_REVIEWER_CHARS
 from core.review.store import HistoryStore
 
 NOTICE = (
@@ -131,7 +131,17 @@ def hand_over_to_front_door() -> None:
 
 
 def session_id() -> str:
-    """This browser tab's id, kept in session state and mirrored in the URL so a refresh keeps it."""
+    """The history session and worklist owner of this run.
+
+    Team mode: the signed-in user's own key (from issuer and subject), never in the URL, so a copied
+    URL grants nothing. Local mode: this browser tab's id, kept in session state and mirrored in the
+    URL so a refresh keeps it.
+    """
+    identity = app_identity.current_identity()
+    if identity is not None and not identity.local:
+        if SESSION_PARAMETER in st.query_params:
+            del st.query_params[SESSION_PARAMETER]
+        return app_identity.owner_key(identity)
     if "session_id" not in st.session_state:
         from_url = st.query_params.get(SESSION_PARAMETER, "")
         st.session_state["session_id"] = from_url if _SESSION_ID.fullmatch(from_url) else uuid.uuid4().hex
@@ -142,8 +152,15 @@ def session_id() -> str:
 
 
 def reviewer_name() -> str:
-    """The reviewer name typed in the sidebar, stripped; empty until given."""
-    return str(st.session_state.get("reviewer_name") or "").strip()
+    """The reviewer recorded with an event: the signed-in user's name (team mode) or the typed name; empty until known."""
+    identity = app_identity.current_identity()
+    return identity.display_name if identity is not None else ""
+
+
+def actor() -> dict[str, str]:
+    """The signed-in identity the history records with an event (issuer, subject, email, name, role); {} locally."""
+    identity = app_identity.current_identity()
+    return identity.actor() if identity is not None else {}
 
 
 def escape_markdown(text: str) -> str:
@@ -151,8 +168,8 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
-def render_sidebar(status: ModelStatus) -> None:
-    """The sidebar every page shares: model status, reviewer name and the not-for-diagnosis notice."""
+def render_sidebar(status: ModelStatus, identity) -> None:
+    """The sidebar every page shares: model status, who is reviewing and the not-for-diagnosis notice."""
     with st.sidebar:
         if status.classifier is not None:
             card = status.classifier.card
@@ -161,12 +178,7 @@ def render_sidebar(status: ModelStatus) -> None:
         else:
             st.markdown("**Model** not loaded")
             st.error(status.error, icon=":material/error:")
-        st.text_input(
-            "Reviewer name", key="reviewer_name", max_chars=MAX_REVIEWER_CHARS, placeholder="Your name",
-            help="Asked once per session; recorded with every verdict you save.",
-        )
-        if not reviewer_name():
-            st.caption("Enter your name to save verdicts.")
+        app_identity.render_identity(identity)
         st.warning(NOTICE, icon=":material/info:")
 
 

@@ -2,17 +2,28 @@
 
 import streamlit as st
 
+import app_identity
 import app_support
-from pages import history, model, review
+from pages import history, model, review, second_reads
+
+FAVICON = "🧠"
 
 
-def navigation() -> st.Page:
-    """Register the three pages with `st.navigation`; return the one the URL asks for."""
-    return st.navigation([
+def navigation(identity=None, position: str = "sidebar") -> st.Page:
+    """Register the pages this user may open with `st.navigation`; return the one the URL asks for.
+
+    The Second reads page is for second readers and admins; without an identity (before the
+    gate, or when it refused) every page is registered, so any URL resolves, but none is run.
+    """
+    pages = [
         st.Page(review.render, title="Review", icon=":material/fact_check:", url_path="review", default=True),
         st.Page(history.render, title="History", icon=":material/history:", url_path="history"),
-        st.Page(model.render, title="Model", icon=":material/description:", url_path="model"),
-    ])
+    ]
+    if identity is None or identity.adjudicates:
+        pages.append(st.Page(second_reads.render, title="Second reads", icon=":material/group:",
+                             url_path="second-reads"))
+    pages.append(st.Page(model.render, title="Model", icon=":material/description:", url_path="model"))
+    return st.navigation(pages, position=position)
 
 
 def rerun_through_navigation() -> None:
@@ -23,6 +34,7 @@ def rerun_through_navigation() -> None:
     pages/__init__.py). Widgets drawn in such a run get other ids than on every later run, so a
     name typed at once would be dropped; nothing is drawn here, and the rerun draws it all.
     """
+    st.set_page_config(page_title="BrainScan Review", page_icon=FAVICON)  # before a page's icon can become the tab's
     navigation()  # Switches the process to this navigation for good.
     st.session_state["navigation_ready"] = True
     st.rerun()
@@ -32,10 +44,22 @@ def run() -> None:
     """Configure the page, draw the shared sidebar and hand over to the selected page."""
     if not st.session_state.get("navigation_ready"):
         rerun_through_navigation()  # A session's first run may be the pages-folder fallback.
-    st.set_page_config(page_title="BrainScan Review", page_icon=":material/neurology:", layout="wide")
-    app_support.session_id()
-    app_support.render_sidebar(app_support.model_status())
-    navigation().run()
+    st.set_page_config(page_title="BrainScan Review", page_icon=FAVICON, layout="wide")
+    identity = app_identity.gate()  # Team mode: a signed-in user with a role, else the sign-in page.
+    if identity is None:
+        navigation(position="hidden")  # no page links and no page run: the gate's page is all there is
+        return
+    owner = app_support.session_id()
+    app_identity.restore_workspace(owner)
+    try:
+        app_support.render_sidebar(app_support.model_status(), identity)
+        page = navigation(identity)
+        # A page's material icon would become the tab's icon, fetched from fonts.gstatic.com; an emoji
+        # icon is drawn in the browser, so the page makes no request outside the app's own origin.
+        st.set_page_config(page_icon=FAVICON)
+        page.run()
+    finally:
+        app_identity.keep_workspace(owner)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@
 | BRAINSCAN_LOW_CONFIDENCE    | probability under which a prediction is flagged  | 0.80                            |
 | BRAINSCAN_RUNTIME           | inference runtime: auto, openvino or tensorflow  | auto (see core/inference.py)    |
 | BRAINSCAN_RUNTIME_CACHE     | folder of converted models, keyed by sha256      | data/runtime-cache              |
+| BRAINSCAN_BLIND_READS       | 1: a reviewer sees that a scan was read before,  | 1                               |
+|                             | not by whom or what; 0: every reader sees reads  |                                 |
+| BRAINSCAN_ROLES_CLAIM       | ID-token claim holding roles (team mode)         | roles                           |
+| BRAINSCAN_ROLES_FILE        | TOML [roles] table, e-mail -> roles (team mode)  | none                            |
 """
 
 from __future__ import annotations
@@ -78,3 +82,8 @@ IMAGE_SIZE = 128
 SPLIT_IMAGE_SIZE = 128
 COLOR_MODE = "grayscale"
 VALUE_RANGE = (0.0, 1.0)
+
+
+def blind_double_reading() -> bool:
+    """Whether a `reviewer` is kept blind to earlier reads of a scan (BRAINSCAN_BLIND_READS, default on)."""
+    return os.environ.get("BRAINSCAN_BLIND_READS", "1").strip().lower() not in ("0", "false", "no", "off")

@@ -1,18 +1,33 @@
-"""History: every prediction and verdict, filters, summary charts and a spreadsheet-safe CSV export."""
+"""History: reads, adjudications and refusals, filters, agreement figures and a spreadsheet-safe CSV export.
+
+An admin sees every session and the tamper check; anyone else sees their own reads only.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
+import app_identity
+import app_review
 import app_support
 from core.classes import CLASS_NAMES, DISPLAY_NAMES
 from core.errors import HistoryUnavailable
 from core.review.export import CASE_COLUMNS, EVENT_COLUMNS, csv_bytes
-from core.review.records import PROBABILITY_COLUMNS, VERDICT_NAMES, VERDICTS, filter_rows, row_date, summarise
+from core.review.reads import reader_agreement, reader_key
+from core.review.records import (
+    PROBABILITY_COLUMNS,
+    STATUS_LABELS,
+    VERDICT_NAMES,
+    VERDICTS,
+    filter_rows,
+    row_date,
+    summarise,
+)
 
 VIEWS = {"cases": "Cases (latest state)", "events": "Every event"}
 NO_VERDICT = "none"
@@ -35,11 +50,51 @@ def table(rows: list[dict], view: str, display_names: dict[str, str]) -> pd.Data
         **{f"P({display_names.get(column[2:], column[2:])})": [row[column] for row in rows]
            for column in PROBABILITY_COLUMNS},
         "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in rows],
+        **({"Status": [STATUS_LABELS.get(row["status"], row["status"]) for row in rows],
+            "Reads": [chain_of_reads(row, display_names) for row in rows]} if view == "cases" else {}),
         "Final label": [name(row["final_label"]) for row in rows],
         "Reason": [row["reason"] for row in rows],
         "Note": [row["note"] for row in rows],
     })
     return frame
+
+
+def chain_of_reads(row: dict, display_names: dict[str, str]) -> str:
+    """The case's reads in order (reader: verdict class), then its adjudication, as one line."""
+    parts = [f"{read['reviewer']}: {VERDICT_NAMES[read['verdict']].lower()}"
+             + (f" {display_names.get(read['final_label'], read['final_label'])}" if read["final_label"] else "")
+             + (f" (amended {read['amended']}x)" if read.get("amended") else "") for read in row.get("reads") or []]
+    adjudication = row.get("adjudication")
+    if adjudication:
+        parts.append(f"adjudicated by {adjudication['reviewer']}: "
+                     f"{display_names.get(adjudication['final_label'], adjudication['final_label'])}")
+    return "; ".join(parts)
+
+
+def record_export(file_name: str, data: bytes, description: str) -> None:
+    """Download callback: an export is an event too (who exported which file, of what, when)."""
+    try:
+        app_support.open_history().record_export(
+            session_id=app_support.session_id(), reviewer=app_support.reviewer_name() or "(local reviewer)",
+            file_name=file_name, sha256=hashlib.sha256(data).hexdigest(), description=description,
+            actor=app_support.actor())
+    except HistoryUnavailable as error:
+        st.session_state["history_export_error"] = str(error)
+
+
+def render_reader_agreement(cases: list[dict]) -> None:
+    """Agreement between readers who read the same scans: raw agreement and Cohen's kappa per pair."""
+    pairs = reader_agreement({(row["sha256"], row["model_version"]): row.get("reads") or [] for row in cases})
+    if not pairs:
+        st.caption("Agreement between readers appears once two readers have both given a class to the same scans.")
+        return
+    st.dataframe(pd.DataFrame({
+        "Readers": [" & ".join(pair["readers"]) for pair in pairs],
+        "Scans read by both": [pair["scans"] for pair in pairs],
+        "Agreement": [pair["agreement"] for pair in pairs],
+        "Cohen's kappa": [None if pair["kappa"] is None else round(pair["kappa"], 3) for pair in pairs],
+    }), hide_index=True, key="history_reader_agreement",
+        column_config={"Agreement": st.column_config.NumberColumn(format="percent")})
 
 
 def cases_chart(summary: dict, display_names: dict[str, str]) -> alt.Chart:
@@ -96,22 +151,28 @@ def render() -> None:
     if store is None:
         return
 
+    identity = app_identity.current_identity()
+    admin = identity is not None and identity.is_admin
     top = st.columns([3, 2], vertical_alignment="bottom")
     view = top[0].segmented_control("Show", list(VIEWS), format_func=VIEWS.get, default="cases", required=True,
                                     key="history_view") or "cases"
-    everyone = top[1].toggle("All sessions", value=False, key="history_all_sessions",
-                             help="Off: only the scans of this browser session. On: everything ever recorded.")
+    # Only an admin sees (and exports) everyone's scans; a reviewer sees their own reads only.
+    everyone = admin and top[1].toggle("All sessions", value=False, key="history_all_sessions",
+                                       help="Off: only the scans of this session. On: everything ever recorded.")
     scope = None if everyone else session
     try:
-        cases = store.current_state(session_id=scope)
-        rows = cases if view == "cases" else store.events(session_id=scope)
+        cases = [app_review.viewer_row(row, identity) for row in store.current_state(session_id=scope)]
+        rows = cases if view == "cases" else [event for event in store.events(session_id=scope)
+                                              if admin or reader_key(event) == identity.key]
     except HistoryUnavailable as error:
         app_support.history_unavailable(error, "The history cannot be shown")
         return
     if not rows:
-        st.info("Nothing recorded yet in this session. Review a scan, or switch on **All sessions**."
-                if not everyone else "Nothing has been recorded yet.", icon=":material/inbox:")
-        render_audit(store)
+        st.info("Nothing recorded yet in this session. Review a scan"
+                + (", or switch on **All sessions**." if admin else ".") if not everyone
+                else "Nothing has been recorded yet.", icon=":material/inbox:")
+        if admin:
+            render_audit(store)
         return
 
     filters = st.columns(4)
@@ -134,7 +195,8 @@ def render() -> None:
     figures = st.columns(4)
     figures[0].metric("Scans", sum(summary["cases_per_class"].values()))
     figures[1].metric("Reviewed", summary["status_counts"]["reviewed"])
-    figures[2].metric("Flagged", summary["status_counts"]["flagged"])
+    figures[2].metric("Flagged", summary["status_counts"]["flagged"], help="Awaiting a second read: flagged, or read "
+                      "differently by two readers, and not yet adjudicated.")
     figures[3].metric("Model-reviewer agreement",
                       "-" if summary["agreement"] is None else f"{summary['agreement']:.0%}",
                       help=f"{summary['agreed']} of {summary['decided']} scans with a final label kept the "
@@ -145,6 +207,8 @@ def render() -> None:
         summary["confusion"], [display_names.get(name, name) for name in CLASS_NAMES], rows="Model's class",
         columns="Final label", title="Model's class against final label", height=220), width="stretch")
 
+    if app_review.sees_other_reads(identity):
+        render_reader_agreement(cases)
     st.subheader(f"{len(shown)} of {len(rows)} {'scans' if view == 'cases' else 'events'}", divider="gray")
     probability_columns = {f"P({display_names.get(column[2:], column[2:])})": st.column_config.NumberColumn(
         format="percent") for column in PROBABILITY_COLUMNS}
@@ -152,13 +216,20 @@ def render() -> None:
                  column_config=probability_columns)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     # Built once per run from exactly the rows on screen; a download button is never nested in a button.
+    data = csv_bytes(shown, CASE_COLUMNS if view == "cases" else EVENT_COLUMNS)
+    file_name = f"brainscan-history-{view}-{stamp}.csv"
+    scope_text = "all sessions" if everyone else "own session"
     st.download_button(
-        "Export CSV", data=csv_bytes(shown, CASE_COLUMNS if view == "cases" else EVENT_COLUMNS),
-        file_name=f"brainscan-history-{view}-{stamp}.csv", mime="text/csv", key="history_export",
-        on_click="ignore", icon=":material/download:", type="primary",
-        help="The rows shown above. Text that a spreadsheet would run as a formula is prefixed with '.",
+        "Export CSV", data=data, file_name=file_name, mime="text/csv", key="history_export",
+        on_click=record_export, args=(file_name, data, f"{VIEWS[view]}, {len(shown)} rows, {scope_text}"),
+        icon=":material/download:", type="primary",
+        help="The rows shown above (recorded in the history as an export). Text that a spreadsheet would run as a "
+             "formula is prefixed with '.",
     )
-    render_audit(store)
+    if "history_export_error" in st.session_state:
+        app_support.history_unavailable(st.session_state.pop("history_export_error"), "The export was not recorded")
+    if admin:
+        render_audit(store)
 
 
 if __name__ == "__main__":

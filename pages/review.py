@@ -10,12 +10,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+import app_identity
 import app_review
 import app_support
 from core import config
 from core.errors import HistoryUnavailable
-from core.review.records import VERDICT_NAMES, VERDICTS
-from core.review.worklist import STATUS_NAMES, ReviewItem, status_counts, status_of
+from core.review.records import STATUS_LABELS, VERDICT_NAMES, VERDICTS
+from core.review.worklist import STATUS_NAMES, ReviewItem, status_counts
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "gif", "tif", "tiff", "webp"]
 
@@ -63,17 +64,19 @@ def render_prediction(item: ReviewItem, classifier) -> None:
 
 
 def render_verdict(item: ReviewItem, state: dict | None, classifier, session: str) -> None:
-    """The reviewer's verdict form, prefilled with the scan's latest saved verdict."""
+    """This reader's verdict form: blank, or their own read to amend; other reads read-only, as the role allows."""
     display_names = classifier.card.display_names
     key = item.widget_key
-    saved = state if state and state.get("verdict") else None
-    st.subheader("Your verdict", divider="gray")
+    identity = app_identity.current_identity()
+    saved, others = app_review.own_and_other_reads(state, identity)
+    st.subheader("Your read", divider="gray")
+    app_review.render_other_reads(others, state, identity, display_names)
     if saved:
         final = display_names.get(saved["final_label"], "none yet (second read)") if saved["final_label"] else \
             "none yet (second read)"
         st.info(f"Saved verdict: **{VERDICT_NAMES[saved['verdict']]}** · final label **{final}** · by "
-                f"{app_support.escape_markdown(saved['reviewer'])} at {saved['time'][:19].replace('T', ' ')} UTC",
-                icon=":material/task_alt:")
+                f"{app_support.escape_markdown(saved['reviewer'])} at {saved['time'][:19].replace('T', ' ')} UTC. "
+                "Saving again amends your read; the earlier one stays in the history.", icon=":material/task_alt:")
     verdict = st.radio(
         "Verdict", VERDICTS, index=VERDICTS.index(saved["verdict"]) if saved else 0, horizontal=True,
         format_func={"confirm": "Confirm", "override": "Override", "flag": "Flag for second read"}.get,
@@ -82,8 +85,10 @@ def render_verdict(item: ReviewItem, state: dict | None, classifier, session: st
     if verdict == "override":
         choices = [name for name in classifier.classes if name != item.label]
         previous = saved["final_label"] if saved and saved["verdict"] == "override" else None
-        st.selectbox("Correct class", choices, index=choices.index(previous) if previous in choices else 0,
-                     format_func=lambda name: display_names.get(name, name), key=f"review_override_{key}")
+        # No class is pre-selected: the reader must choose one.
+        st.selectbox("Correct class", choices, index=choices.index(previous) if previous in choices else None,
+                     placeholder="Choose the correct class", format_func=lambda name: display_names.get(name, name),
+                     key=f"review_override_{key}")
         st.text_input("Reason for the override (required)", value=saved["reason"] if previous else "",
                       max_chars=500, key=f"review_reason_{key}")
     st.text_area("Note (optional)", value=saved["note"] if saved else "", max_chars=2000, height=80,
@@ -129,14 +134,15 @@ def render_worklist(items: list[ReviewItem], statuses: dict[str, str], display_n
     st.dataframe(
         pd.DataFrame({
             "File": [item.file_name for item in items],
-            "Model's class": [display_names.get(item.label, "-") if item.label else "-" for item in items],
+            "Model's class": [display_names.get(item.label, "-") if item.label else f"Refused: {item.message}"
+                              for item in items],
             "Probability": [item.confidence if item.label else None for item in items],
             "Status": [STATUS_NAMES[statuses[item.sha256]] for item in items],
         }),
         hide_index=True, key="review_worklist",
         column_config={"Probability": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)},
     )
-    app_review.select_first_unreviewed(order, statuses)
+    app_review.select_first_unreviewed(order, statuses)  # also moves on from a scan just saved
     chooser, step = st.columns([4, 1], vertical_alignment="bottom")
     chooser.selectbox(
         "Scan", order, key="review_current",
@@ -158,7 +164,9 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
     inside) was about half of the browser's work per upload (bench/page.py).
     """
     try:
-        earlier = [row for row in store.current_state(session_id=session) if row["sha256"] not in shown]
+        identity = app_identity.current_identity()  # a blind reviewer sees their own read of each scan only
+        earlier = [app_review.viewer_row(row, identity) for row in store.current_state(session_id=session)
+                   if row["sha256"] not in shown]
     except HistoryUnavailable as error:
         app_support.history_unavailable(error, "Scans reviewed earlier in this session are not listed")
         return
@@ -170,7 +178,7 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
             pd.DataFrame({
                 "File": [row["file_name"] for row in earlier],
                 "Model's class": [display_names.get(row["predicted_class"], row["predicted_class"]) for row in earlier],
-                "Status": [STATUS_NAMES.get(row["status"], row["status"]) for row in earlier],
+                "Status": [STATUS_LABELS.get(row["status"], row["status"]) for row in earlier],
                 "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in earlier],
                 "Final label": [display_names.get(row["final_label"], "") for row in earlier],
                 "Reviewer": [row["reviewer"] for row in earlier],
@@ -217,7 +225,7 @@ def render() -> None:
     if not items:
         st.info("Upload one or more scans to start.", icon=":material/upload_file:")
         return
-    statuses = {item.sha256: status_of(item, states) for item in items}
+    statuses = app_review.reader_statuses(items, states, app_identity.current_identity())
     current = render_worklist(items, statuses, display_names) if len(items) > 1 else items[0]
     st.button("Clear worklist", icon=":material/clear_all:", key="review_clear", on_click=app_review.clear_worklist,
               help="Empty the worklist and the uploader. Saved verdicts stay in the history.")

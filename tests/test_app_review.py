@@ -111,7 +111,12 @@ def test_an_override_needs_a_reason_and_a_change_of_verdict_is_appended(history_
     app.file_uploader(key=UPLOADER).set_value(("scan-10.png", scan, "image/png")).run()
     app.radio(key=f"review_verdict_{key}").set_value("override").run()
     predicted = next(name for name, shown in DISPLAY_NAMES.items() if shown == app.metric[0].value)
-    assert predicted not in app.selectbox(key=f"review_override_{key}").options
+    override = app.selectbox(key=f"review_override_{key}")
+    assert predicted not in override.options
+    assert override.value is None  # no class is pre-selected: the reader must choose one
+    app.button(key=f"review_save_{key}").click().run()
+    assert "choose the class you override the prediction with" in texts(app.error)
+    app.selectbox(key=f"review_override_{key}").select_index(0).run()
     app.button(key=f"review_save_{key}").click().run()
     assert "needs a reason" in texts(app.error)
     assert [event["kind"] for event in HistoryStore(history_path).events()] == ["prediction"]
@@ -140,14 +145,25 @@ def test_a_batch_is_a_worklist_with_status_and_next_unreviewed(history_path):
     assert list(worklist["Status"]) == ["New", "New", "Rejected"]
     assert app.selectbox(key="review_current").value == hashlib.sha256(first).hexdigest()
 
+    assert list(worklist["Model's class"])[2].startswith("Refused: ")  # the reason, not "-"
+
     app.button(key=f"review_save_{key_of(first)}").click().run()
     assert list(table_with(app, "Probability")["Status"]) == ["Reviewed", "New", "Rejected"]
+    # Saving moves on to the next unreviewed scan, and the selector shows the saved one's new status.
+    selector = app.selectbox(key="review_current")
+    assert selector.value == hashlib.sha256(second).hexdigest()
+    assert "1. first.png (reviewed)" in selector.options
     app.button(key="review_next").click().run()
     assert app.selectbox(key="review_current").value == hashlib.sha256(second).hexdigest()
     app.selectbox(key="review_current").set_value(next(
         option for option in app.selectbox(key="review_current").options if "broken.png" in option)).run()
     assert "Not classified" in texts(app.error)
-    assert len(HistoryStore(history_path).events()) == 3  # Two predictions and one verdict; no rejection.
+    # Two predictions, the refused file (name, sha256, reason, who uploaded it) and one verdict.
+    events = HistoryStore(history_path).events()
+    assert [event["kind"] for event in events] == ["prediction", "prediction", "refusal", "verdict"]
+    refusal = events[2]
+    assert (refusal["file_name"], refusal["reviewer"]) == ("broken.png", "Ann")
+    assert refusal["sha256"] == hashlib.sha256(b"not an image").hexdigest() and refusal["reason"]
 
 
 def test_a_refresh_reads_the_saved_verdict_back_from_the_database(history_path):
@@ -158,11 +174,18 @@ def test_a_refresh_reads_the_saved_verdict_back_from_the_database(history_path):
     app.button(key=f"review_save_{key_of(scan)}").click().run()
 
     refreshed = start(session=session, reviewer=None)  # A new Streamlit session, the same URL.
-    earlier = table_with(refreshed, "Verdict")
-    assert list(earlier["File"]) == ["scan-13.png"] and list(earlier["Verdict"]) == ["Confirmed"]
+    # The name and the worklist (picture included) survive the reload, without uploading again.
+    assert refreshed.text_input(key="reviewer_name").value == "Ann"
+    assert "Saved verdict: **Confirmed**" in texts(refreshed.info)
+    assert refreshed.get("image") or refreshed.get("imgs"), "the scan's picture should be shown again"
     refreshed.file_uploader(key=UPLOADER).set_value(("scan-13.png", scan, "image/png")).run()
     assert "Saved verdict: **Confirmed**" in texts(refreshed.info)
     assert len(HistoryStore(history_path).events()) == 2  # Re-uploading in the same session adds nothing.
+
+    cleared = start(session=session, reviewer=None)
+    cleared.button(key="review_clear").click().run()
+    earlier = table_with(cleared, "Verdict")
+    assert list(earlier["File"]) == ["scan-13.png"] and list(earlier["Verdict"]) == ["Confirmed"]
 
 
 def test_earlier_scans_stay_in_a_closed_expander_with_or_without_a_worklist(history_path):

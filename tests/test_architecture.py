@@ -27,7 +27,7 @@ def tree(tmp_path) -> Path:
     """A copy of the project's Python packages, front door and contracts."""
     for name in ("core", "pages"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "streamlit_app.py", "app_support.py", "app_review.py"):
+    for name in ("pyproject.toml", "streamlit_app.py", "app_support.py", "app_review.py", "app_identity.py"):
         shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
 
@@ -52,6 +52,8 @@ GLUE = "Pages reach the history store and model loading only through the app's g
      "core.scans.scan -> streamlit"),
     ("core/pipeline.py", "import app_review", "The core must be unaware of user-facing toolkits",
      "core.pipeline -> app_review"),
+    ("core/review/identity.py", "import app_identity", "The core must be unaware of user-facing toolkits",
+     "core.review.identity -> app_identity"),
     ("core/model/card.py", "from core.training import metrics", STAGES, "core.model.card -> core.training.metrics"),
     ("core/review/records.py", "from core.training import metrics", STAGES,
      "core.review.records -> core.training.metrics"),
@@ -109,3 +111,7 @@ def test_the_review_glue_reaches_storage_only_through_app_support():
                                                                 "core.model.inference"))}
     front_door = top_level_imports(ROOT / "app_support.py")
     assert not {name for name in front_door if name.split(".")[0] in {"sqlite3", "sqlalchemy", "psycopg", "pages"}}
+    identity = top_level_imports(ROOT / "app_identity.py")
+    assert not {name for name in identity if name.split(".")[0] in {"sqlite3", "sqlalchemy", "psycopg", "alembic", "pages"}}
+    assert not {name for name in identity if name.startswith(("core.review.store", "core.review.database",
+                                                                "core.model.inference"))}

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,11 +45,13 @@ def free_port() -> int:
 
 @contextmanager
 def streamlit_server(model_path: Path, history_path: Path | None, log_path: Path, *, database_url: str | None = None,
-                     port: int | None = None) -> Iterator[str]:
+                     port: int | None = None, command: list[str] | None = None,
+                     extra_environment: dict[str, str] | None = None) -> Iterator[str]:
     """Run `streamlit run streamlit_app.py` on a free port until the block ends; yield its base URL.
 
     The history is the SQLite file `history_path`, or `database_url` when given (a replica of a
-    team set-up). The command line is the one deploy/team.py starts replicas with.
+    team set-up). The command line is the one deploy/team.py starts replicas with, unless
+    `command(port)`'s is given.
     """
     from deploy.team import replica_command, stop_process, wait_until_healthy
 
@@ -59,8 +62,10 @@ def streamlit_server(model_path: Path, history_path: Path | None, log_path: Path
         environment["BRAINSCAN_DATABASE_URL"] = database_url
     else:
         environment["BRAINSCAN_HISTORY_DB"] = str(history_path)
+    environment.update(extra_environment or {})
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(replica_command(port), cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command(port) if command else replica_command(port), cwd=ROOT, env=environment,
+                                  stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_until_healthy(url, server, log_path, timeout=60)
@@ -158,11 +163,9 @@ def test_upload_review_reload_and_download(browser_app, tmp_path):
     page.get_by_role("button", name="Save verdict").click()
     page.get_by_text("Saved: confirmed.").wait_for()
 
-    # A refresh starts a new Streamlit session but keeps the session id, so what was saved is read back.
+    # A refresh starts a new Streamlit session but keeps the session id: the worklist is still there
+    # (without uploading again), and what was saved is read back from the history.
     page.reload()
-    page.get_by_text("Earlier in this session (1 scan,").wait_for()
-    upload(page, scan)
-    wait_for_result(page)
     page.get_by_text("Saved verdict:").wait_for()
     assert f"by {REVIEWER}" in page.get_by_text("Saved verdict:").inner_text()
 
@@ -199,8 +202,9 @@ def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(brows
         assert page.url.startswith(f"{url}/{path}?session="), page.url
         assert sidebar.get_by_role("textbox", name="Reviewer name").count() == 1
         assert sidebar.get_by_text("loaded").count() >= 1
-        assert [link.strip().split()[-1] for link in
-                sidebar.locator("[data-testid='stSidebarNav'] a").all_inner_texts()] == ["Review", "History", "Model"]
+        # Local mode's one reviewer holds every role, so the Second reads page is there too.
+        assert [" ".join(link.split()[1:]) for link in sidebar.locator("[data-testid='stSidebarNav'] a")
+                .all_inner_texts()] == ["Review", "History", "Second reads", "Model"]
         assert page.get_by_text("Page not found").count() == 0
         if path == "history":
             # The first run was the pages-folder fallback; a name typed now must survive the reruns after it.
@@ -211,6 +215,53 @@ def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(brows
             wait_until_idle(page)
             assert sidebar.get_by_role("textbox", name="Reviewer name").input_value() == REVIEWER
     assert page.errors == [], f"the browser logged errors: {page.errors}"
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses on which something listens on TCP `port`."""
+    import psutil
+
+    return {connection.laddr.ip for connection in psutil.net_connections(kind="tcp")
+            if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port}
+
+
+def test_local_mode_listens_on_loopback_only_and_keeps_name_and_worklist_across_a_reload(tmp_path, tiny_model_path):
+    from tests.synthetic import encode, synthetic_slice
+
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no Chromium at /usr/bin/chromium: install it with `make browser` (apt-get install chromium)")
+    port = free_port()
+    # `make run`'s command line before this issue, with no address: .streamlit/config.toml must keep it on loopback.
+    plain_run = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+                 "--server.headless", "true"]
+    scan = tmp_path / "local-scan.png"
+    scan.write_bytes(encode(synthetic_slice(23, 160)))
+    with streamlit_server(tiny_model_path, tmp_path / "history.sqlite3", tmp_path / "streamlit.log", port=port,
+                          command=lambda _port: plain_run) as url, browser_page(executable) as page:
+        assert listening_addresses(port) == {"127.0.0.1"}
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(url)
+        page.get_by_text("Single-reviewer local mode").wait_for()
+        assert "200MB" not in page.locator("[data-testid='stFileUploader']").inner_text()
+        assert "50MB" in page.locator("[data-testid='stFileUploader']").inner_text().replace(" ", "")
+        enter_reviewer(page, REVIEWER)
+        upload(page, scan)
+        wait_for_result(page)
+        page.reload()
+        page.get_by_role("button", name="Save verdict").wait_for()
+        wait_until_idle(page)
+        sidebar = page.locator("section[data-testid='stSidebar']")
+        assert sidebar.get_by_role("textbox", name="Reviewer name").input_value() == REVIEWER
+        assert page.get_by_text("local-scan.png").count() >= 1
+        assert page.locator("[data-testid='stImage'] img").count() >= 1  # the picture, without uploading again
+        page.get_by_role("button", name="Save verdict").click()
+        page.get_by_text("Saved: confirmed.").wait_for()
+        # Every request the page made went to the app's own origin (no fonts or icons from outside hosts).
+        outside = sorted({request for request in requests if not request.startswith((url, "data:", "blob:"))})
+        assert outside == [], outside
+        assert page.errors == [], f"the browser logged errors: {page.errors}"
 
 
 def take_screenshot(output: Path, model_path: Path, image_path: Path, history_path: Path) -> None:

@@ -243,9 +243,9 @@ def test_history_upgrade_and_errors_are_one_line_from_the_command_line(tmp_path,
     command = [sys.executable, "-m", "core", "history", "upgrade", "--database", owner]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().endswith("schema revision none -> 0001")
+    assert first.stdout.strip().endswith("schema revision none -> 0002")
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert again.stdout.strip().endswith("already at schema revision 0001")
+    assert again.stdout.strip().endswith("already at schema revision 0002")
     app = owner.replace("//brainscan_owner@", "//brainscan_app@")
     denied = subprocess.run([sys.executable, "-m", "core", "audit", "verify", "--database",
                              app.replace(f":{postgres_server.port}/", ":1/")],

@@ -202,7 +202,7 @@ def test_summary_counts_agreement_and_confusion():
     ]
     summary = summarise(states)
     assert summary["cases_per_class"] == {"glioma": 2, "meningioma": 0, "pituitary": 1, "no_tumor": 1}
-    assert summary["status_counts"] == {"new": 1, "reviewed": 2, "flagged": 1}
+    assert summary["status_counts"] == {"new": 1, "reviewed": 2, "flagged": 1, "adjudicated": 0, "rejected": 0}
     assert (summary["decided"], summary["agreed"], summary["agreement"]) == (2, 1, 0.5)
     glioma, meningioma = CLASS_NAMES.index("glioma"), CLASS_NAMES.index("meningioma")
     assert summary["confusion"][glioma][glioma] == 1 and summary["confusion"][glioma][meningioma] == 1
@@ -334,3 +334,50 @@ def test_a_sqlite_history_removed_under_a_running_app_is_created_afresh(tmp_path
     assert store.events() == [] and path.is_file()
     verdict(store)
     assert len(store.events()) == 1
+
+
+ANN = {"issuer": "https://id.example", "subject": "ann", "email": "ann@example.org", "name": "Ann", "role": "reviewer"}
+SAM = {"issuer": "https://id.example", "subject": "sam", "email": "sam@example.org", "name": "Sam",
+       "role": "second_reader"}
+
+
+def test_two_readers_reads_are_kept_apart_and_a_disagreement_awaits_an_adjudication(store):
+    predict(store)
+    first = verdict(store, reviewer="Ann", note="Ann's private note", actor=ANN)
+    second = verdict(store, kind="override", reviewer="Sam", override_label="meningioma", reason="dural tail",
+                     actor=SAM)
+    assert second != first  # Sam's read is his own, not a change to Ann's
+    [case] = store.current_state()
+    assert (case["status"], case["final_label"]) == ("flagged", None)
+    assert [read["actor_subject"] for read in case["reads"]] == ["ann", "sam"]
+    # Ann saving the same read again adds nothing; amending it adds an event and keeps the old one.
+    assert verdict(store, reviewer="Ann", note="Ann's private note", actor=ANN) == first
+    verdict(store, kind="override", reviewer="Ann", override_label="meningioma", reason="second look", actor=ANN)
+    [case] = store.current_state()
+    assert (case["status"], case["final_label"]) == ("reviewed", "meningioma")
+    assert [read["amended"] for read in case["reads"]] == [1, 0]
+    with pytest.raises(VerdictRejected, match="needs a reason"):
+        store.record_adjudication(session_id=SESSION, reviewer="Sam", file_name="scan-1.png", sha256=digest(1),
+                                  model_version=MODEL, predicted_class="glioma", probabilities=PROBABILITIES,
+                                  final_label="glioma", reason=" ", actor=SAM)
+    store.record_adjudication(session_id=SESSION, reviewer="Sam", file_name="scan-1.png", sha256=digest(1),
+                              model_version=MODEL, predicted_class="glioma", probabilities=PROBABILITIES,
+                              final_label="glioma", reason="panel decision", actor=SAM)
+    [case] = store.current_state()
+    assert (case["status"], case["final_label"]) == ("adjudicated", "glioma")
+    assert case["adjudication"]["actor_subject"] == "sam" and case["adjudication"]["actor_role"] == "second_reader"
+    assert store.verify().intact
+
+
+def test_refusals_and_exports_are_events_and_exports_are_no_case(store):
+    assert store.record_refusal(session_id=SESSION, reviewer="Ann", file_name="notes.txt", sha256=digest(9),
+                                model_version=MODEL, reason="not an image", actor=ANN) is not None
+    assert store.record_refusal(session_id=SESSION, reviewer="Ann", file_name="notes.txt", sha256=digest(9),
+                                model_version=MODEL, reason="not an image", actor=ANN) is None
+    store.record_export(session_id=SESSION, reviewer="Ann", file_name="export.csv", sha256=digest(10),
+                        description="cases, 1 row", actor=ANN)
+    [case] = store.current_state()
+    assert (case["status"], case["file_name"], case["reason"]) == ("rejected", "notes.txt", "not an image")
+    kinds = [(event["kind"], event["actor_subject"]) for event in store.events()]
+    assert kinds == [("refusal", "ann"), ("export", "ann")]
+    assert store.verify().intact

@@ -4,8 +4,10 @@ Owns the vocabulary and rules of a review record (`records`: verdicts, statuses,
 labels, filters and summaries), the append-only history store (`store`, on SQLite or PostgreSQL,
 with its tables and engines in `database` and its schema migrations in `migrations`: the only
 modules that touch a database), the hash chain's canonical encoding (`chain`), the worklist's
-plain logic (`worklist`) and the spreadsheet-safe CSV writer (`export`) that the app and the
-CLI share.
+plain logic (`worklist`), the spreadsheet-safe CSV writer (`export`) that the app and the
+CLI share, who may do what (`identity`: ID-token claims and the roles file mapped to roles) and
+the double-reading rules (`reads`: each reader's read, second reads, adjudication, final label,
+agreement between readers).
 
 It may import `core.pipeline` (a worklist holds pipeline results) and everything below it; never
 `core.training` or the CLI. Pages reach the store only through the app's glue (`app_support`).

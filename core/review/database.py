@@ -14,6 +14,8 @@ failed attempt at most, and give up connecting after a few seconds rather than h
 
 from __future__ import annotations
 
+import time
+
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
@@ -59,7 +61,7 @@ events = sa.Table(
     sa.Column("note", sa.Text, nullable=False, server_default=""),
     sa.Column("prev_hash", sa.Text, nullable=False),
     sa.Column("hash", sa.Text, nullable=False),
-    sa.CheckConstraint("kind IN ('prediction', 'verdict')", name="kind"),
+    sa.CheckConstraint("kind IN ('prediction', 'verdict', 'adjudication', 'refusal', 'export')", name="kind"),
     sa.CheckConstraint("verdict IS NULL OR verdict IN ('confirm', 'override', 'flag')", name="verdict"),
     sa.CheckConstraint("(kind = 'verdict') = (verdict IS NOT NULL)", name="verdict_iff_kind"),
     sa.CheckConstraint("length(prev_hash) = 64 AND length(hash) = 64", name="hash_length"),
@@ -131,6 +133,24 @@ def create_history_engine(url: str | URL, *, for_migrations: bool = False) -> En
                             connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "options": options})
 
 
+def _set_wal(dbapi_connection, cursor) -> None:
+    """Put the file in WAL mode, waiting (up to the busy timeout) while another process holds it.
+
+    SQLite answers "database is locked" to this pragma at once, without its busy handler, while
+    another connection converts the file or holds its lock (two processes opening a new or
+    pre-WAL history together), so the wait is done here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except dbapi_connection.OperationalError as error:  # the driver's class (DB-API), not an import here
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _make_sqlite_transactional(engine: Engine, always_immediate: bool) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record) -> None:
@@ -142,7 +162,7 @@ def _make_sqlite_transactional(engine: Engine, always_immediate: bool) -> None:
         cursor.execute("PRAGMA synchronous = FULL")
         # WAL survives a killed writer (the log is replayed or discarded on next open) and lets
         # readers proceed while a verdict is written; the mode is stored in the file.
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _set_wal(dbapi_connection, cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -22,8 +22,11 @@ FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff
 EVENT_COLUMNS: tuple[str, ...] = (
     "time", "reviewer", "file_name", "sha256", "model_version", "kind", "predicted_class",
     *(f"p_{name}" for name in CLASS_NAMES), "verdict", "final_label", "reason", "note", "session_id",
+    # Who acted, as the sign-in provider named them (empty in local mode): issuer + subject identify.
+    "actor_issuer", "actor_subject", "actor_email", "actor_name", "actor_role",
 )
-# One row per scan and model version: its latest verdict, or its prediction while unreviewed.
+# One row per scan and model version: its latest verdict (or its prediction while unreviewed), with the
+# case's status and final label from all its reads (core.review.reads).
 CASE_COLUMNS: tuple[str, ...] = ("status", *EVENT_COLUMNS, "first_time", "event_count")
 
 

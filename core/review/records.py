@@ -12,11 +12,14 @@ from datetime import date, datetime, timezone
 from core.classes import CLASS_NAMES
 from core.errors import BrainScanError
 
-EVENT_KINDS: tuple[str, ...] = ("prediction", "verdict")
+# A prediction shown, a reviewer's read (verdict), a second reader's adjudication, a file refused at intake, an export.
+EVENT_KINDS: tuple[str, ...] = ("prediction", "verdict", "adjudication", "refusal", "export")
 VERDICTS: tuple[str, ...] = ("confirm", "override", "flag")
 VERDICT_NAMES: dict[str, str] = {"confirm": "Confirmed", "override": "Overridden", "flag": "Flagged for second read"}
-# The status of a scan in a worklist, derived from its latest event.
-STATUSES: tuple[str, ...] = ("new", "reviewed", "flagged")
+# The status of a scan, derived from all its reads (core.review.reads.case_state); "flagged" means awaiting a second read.
+STATUSES: tuple[str, ...] = ("new", "reviewed", "flagged", "adjudicated", "rejected")
+STATUS_LABELS: dict[str, str] = {"new": "New", "reviewed": "Reviewed", "flagged": "Awaiting second read",
+                                 "adjudicated": "Adjudicated", "rejected": "Refused"}
 PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in CLASS_NAMES)
 # Who acted, as a sign-in provider names them (issuer + subject identify; email, name and role are
 # as shown then). Empty until the app signs reviewers in; `reviewer` is the name typed meanwhile.

@@ -53,6 +53,7 @@ from core.review.database import (
     events,
     normalise_url,
 )
+from core.review.reads import adjudication_of, case_state, reads_of
 from core.review.records import (
     COLUMNS,
     IDENTITY_COLUMNS,
@@ -275,14 +276,54 @@ class HistoryStore:
         row = _event_row("verdict", session_id, reviewer, file_name, sha256, model_version, predicted_class,
                          probabilities, verdict, final_label, reason, note, actor=actor)
         with self._append() as (connection, head):
+            # A read is one reader's: their own latest read is what a repeat is compared with, never
+            # another reader's (whose save is a read of their own).
             latest = connection.execute(
                 sa.select(events.c.id, events.c.reviewer, events.c.verdict, events.c.final_label, events.c.reason,
                           events.c.note)
                 .where(events.c.sha256 == sha256, events.c.model_version == model_version,
-                       events.c.kind == "verdict")
+                       events.c.kind == "verdict", *_same_reader(row))
                 .order_by(events.c.id.desc()).limit(1)).first()
             if latest is not None and tuple(latest)[1:] == (reviewer, verdict, final_label, reason, note):
                 return int(latest.id)
+            return self._insert(connection, row, head)
+
+    def record_adjudication(self, *, session_id: str, reviewer: str, file_name: str, sha256: str,
+                            model_version: str, predicted_class: str | None, probabilities: Mapping[str, float],
+                            final_label: str, reason: str, note: str = "",
+                            actor: Mapping[str, str] | None = None) -> int:
+        """Append a second reader's adjudication (final class and a required reason); return its id."""
+        reason, note = _clean(reason), _clean(note)
+        if final_label not in CLASS_NAMES:
+            raise VerdictRejected("choose the final class")
+        if not reason:
+            raise VerdictRejected("an adjudication needs a reason")
+        if not _clean(reviewer):
+            raise VerdictRejected("sign in before adjudicating")
+        check_length("reason", reason, MAX_REASON_CHARS)
+        check_length("note", note, MAX_NOTE_CHARS)
+        row = _event_row("adjudication", session_id, reviewer, file_name, sha256, model_version, predicted_class,
+                         probabilities, None, final_label, reason, note, actor=actor)
+        with self._append() as (connection, head):
+            return self._insert(connection, row, head)
+
+    def record_refusal(self, *, session_id: str, reviewer: str, file_name: str, sha256: str, model_version: str,
+                       reason: str, actor: Mapping[str, str] | None = None) -> int | None:
+        """Append a file refused at intake (name, sha256, why, who uploaded it); None when this session has it already."""
+        row = _event_row("refusal", session_id, reviewer, file_name, sha256, model_version, None, {},
+                         reason=_clean(reason)[:MAX_REASON_CHARS], actor=actor)
+        with self._append() as (connection, head):
+            seen = connection.execute(sa.select(events.c.id).where(
+                events.c.session_id == session_id, events.c.sha256 == sha256,
+                events.c.model_version == model_version, events.c.kind == "refusal").limit(1)).first()
+            return None if seen is not None else self._insert(connection, row, head)
+
+    def record_export(self, *, session_id: str, reviewer: str, file_name: str, sha256: str, description: str,
+                      actor: Mapping[str, str] | None = None) -> int:
+        """Append an export: who exported which file (its name and sha256) of what (`description`), and when."""
+        row = _event_row("export", session_id, reviewer, file_name, sha256, "-", None, {},
+                         note=_clean(description)[:MAX_NOTE_CHARS], actor=actor)
+        with self._append() as (connection, head):
             return self._insert(connection, row, head)
 
     # -- reading ------------------------------------------------------------------------------------
@@ -312,10 +353,20 @@ class HistoryStore:
         with self._read() as connection:
             for chunk in chunks:
                 query = _current_state_query(session_id, chunk, model_version)
-                rows.extend(dict(row) for row in connection.execute(query).mappings())
+                found = [dict(row) for row in connection.execute(query).mappings()]
+                _apply_reads(connection, found)
+                rows.extend(found)
         if len(chunks) > 1:
             rows.sort(key=lambda row: (row["first_time"], row["id"]))
         return rows
+
+    def scan_events(self, sha256: str, model_version: str) -> list[dict]:
+        """Every event of one scan under one model version, oldest first (its reads, adjudications, refusals)."""
+        query = (sa.select(*(events.c[name] for name in COLUMNS))
+                 .where(events.c.sha256 == sha256, events.c.model_version == model_version,
+                        events.c.kind != "export").order_by(events.c.id))
+        with self._read() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
 
     def latest_by_sha256(self, sha256s: Sequence[str], model_version: str) -> dict[str, dict]:
         """Current-state rows of these scans under one model version, keyed by sha256 (absent: never recorded)."""
@@ -460,7 +511,7 @@ def _current_state_query(session_id: str | None, sha256s: Sequence[str] | None, 
         sa.func.min(events.c.time).label("first_time"),
         sa.func.count().label("event_count"),
         sa.func.max(sa.case((events.c.kind == "verdict", events.c.id))).label("verdict_id"),
-    ).group_by(events.c.sha256, events.c.model_version)
+    ).where(events.c.kind != "export").group_by(events.c.sha256, events.c.model_version)
     if session_id is not None:
         # A case belongs to a session when the session touched the scan, whoever recorded its latest event.
         touched = events.alias("touched")
@@ -515,6 +566,35 @@ def _walk(connection: Connection, checkpoint: Mapping | None, anchor: str | None
         bad_id, problem = previous_id, f"no event has the anchor hash {anchor}: the history was cut or rewritten"
     return ChainReport(intact=bad_id is None, event_count=count, last_event_id=previous_id,
                        last_hash=expected_previous, first_bad_event_id=bad_id, problem=problem)
+
+
+def _apply_reads(connection: Connection, rows: list[dict]) -> None:
+    """Give each current-state row its case's status and final label from all its reads (`core.review.reads`).
+
+    The row itself stays the case's latest verdict (else its latest event); `reads` (each reader's
+    latest read) and `adjudication` are added for the pages, which decide who may see them.
+    """
+    by_case: dict[tuple[str, str], list[dict]] = {}
+    for start in range(0, len(rows), SCANS_PER_QUERY):
+        digests = list({row["sha256"] for row in rows[start:start + SCANS_PER_QUERY]})
+        query = (sa.select(*(events.c[name] for name in COLUMNS))
+                 .where(events.c.sha256.in_(digests), events.c.kind.in_(("verdict", "adjudication", "refusal",
+                                                                         "prediction")))
+                 .order_by(events.c.id))
+        for event in connection.execute(query).mappings():
+            by_case.setdefault((event["sha256"], event["model_version"]), []).append(dict(event))
+    for row in rows:
+        case_events = by_case.get((row["sha256"], row["model_version"]), [])
+        row["status"], row["final_label"] = case_state(case_events)
+        row["reads"] = reads_of(case_events)
+        row["adjudication"] = adjudication_of(case_events)
+
+
+def _same_reader(row: Mapping) -> tuple:
+    """Conditions selecting events by the same reader as `row`: issuer and subject, else the typed name."""
+    if row["actor_subject"]:
+        return events.c.actor_issuer == row["actor_issuer"], events.c.actor_subject == row["actor_subject"]
+    return events.c.actor_subject == "", events.c.reviewer == row["reviewer"]
 
 
 def _clean(text: str) -> str:

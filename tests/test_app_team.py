@@ -1,0 +1,237 @@
+"""Team mode through AppTest: the sign-in gate, roles, private and blind reads, second reads, worklists per user.
+
+Identity enters the app in one place, `app_identity.sign_in_state()`; these tests replace that
+function (AppTest runs the app in this process), which a browser cannot do. The real OpenID
+Connect round trip is tests/test_browser_team.py's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import app_identity
+from core.review.store import HistoryStore
+from tests.navigate import open_page
+from tests.synthetic import encode, synthetic_slice
+
+ROOT = Path(__file__).resolve().parents[1]
+ISSUER = "https://id.example.org"
+ANN = {"iss": ISSUER, "sub": "ann-1", "email": "ann@example.org", "name": "Ann Reader", "roles": ["reviewer"],
+       "exp": 4_000_000_000}
+BOB = {**ANN, "sub": "bob-2", "email": "bob@example.org", "name": "Bob Reader"}
+SAM = {**ANN, "sub": "sam-3", "email": "sam@example.org", "name": "Sam Second", "roles": ["second_reader"]}
+ADA = {**ANN, "sub": "ada-4", "email": "ada@example.org", "name": "Ada Admin", "roles": ["admin"]}
+NOBODY = {**ANN, "sub": "no-5", "email": "nobody@example.org", "name": "No Role", "roles": []}
+
+
+@pytest.fixture
+def signed_in(monkeypatch, history_path):
+    """Team mode; `signed_in["claims"] = {...}` (or None) says who the next AppTest run is signed in as."""
+    holder: dict = {"claims": None}
+    monkeypatch.setattr(app_identity, "sign_in_state",
+                        lambda: app_identity.SignIn(team=True, claims=holder["claims"]))
+    app_identity._workspaces.clear()
+    yield holder
+    app_identity._workspaces.clear()
+
+
+def as_user(holder: dict, claims: dict | None, query: dict | None = None) -> AppTest:
+    holder["claims"] = claims
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    for name, value in (query or {}).items():
+        app.query_params[name] = value
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def texts(elements) -> str:
+    return " | ".join(str(element.value) for element in elements)
+
+
+def everything(app: AppTest) -> str:
+    return " | ".join(texts(kind) for kind in (app.markdown, app.info, app.caption, app.error, app.success,
+                                              app.warning, app.title, app.subheader))
+
+
+def key_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def upload(app: AppTest, name: str, data: bytes) -> None:
+    uploader = next(widget for widget in app.get("file_uploader") if widget.key.startswith("review_uploads_"))
+    uploader.set_value((name, data, "image/png")).run()
+    assert not app.exception, app.exception
+
+
+def test_nobody_signed_in_sees_the_sign_in_page_and_no_data(signed_in):
+    app = as_user(signed_in, None)
+    assert [title.value for title in app.title] == ["BrainScan Review"]
+    assert app.button(key="sign_in").label == "Sign in"
+    assert not app.get("file_uploader") and not app.text_input and not app.dataframe
+    assert "Model" not in everything(app)
+
+
+def test_a_user_without_a_role_sees_no_access_and_nothing_else(signed_in):
+    app = as_user(signed_in, NOBODY)
+    assert [title.value for title in app.title] == ["No access"]
+    assert "nobody@example\\.org" in texts(app.error)  # escaped for Markdown
+    assert app.button(key="no_access_sign_out").label == "Sign out"
+    assert not app.get("file_uploader") and not app.dataframe
+    # A page's own URL passes the same gate (the front door's): still nothing.
+    signed_in["claims"] = NOBODY
+    history = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    history._page_hash = __import__("streamlit.util", fromlist=["calc_hash"]).calc_hash("history")
+    history.run()
+    assert [title.value for title in history.title] == ["No access"] and not history.dataframe
+
+
+def test_reads_are_private_blind_and_recorded_under_the_signed_in_identity(signed_in, history_path):
+    scan = encode(synthetic_slice(31, 96))
+    key = key_of(scan)
+    ann = as_user(signed_in, ANN, query={"session": "f" * 32})
+    assert "session" not in ann.query_params  # no session id in the URL in team mode
+    assert "Ann Reader" in everything(ann) and not ann.text_input  # identity shown, cannot be typed
+    upload(ann, "case.png", scan)
+    ann.radio(key=f"review_verdict_{key}").set_value("flag").run()
+    ann.text_area(key=f"review_note_{key}").input("Ann's private note").run()
+    ann.button(key=f"review_save_{key}").click().run()
+    assert "Saved: flagged for second read." in texts(ann.success)
+
+    bob = as_user(signed_in, BOB)
+    assert not any(element.value for element in bob.get("file_uploader"))
+    upload(bob, "case.png", scan)
+    # A blank form: not Ann's note, not Ann's verdict; that it was read before, not by whom or what.
+    assert bob.text_area(key=f"review_note_{key}").value == ""
+    assert "Saved verdict" not in texts(bob.info)
+    page = everything(bob)
+    assert "Ann" not in page and "private note" not in page
+    assert "read before (1 read)" in page
+    bob.button(key=f"review_save_{key}").click().run()
+    [case] = HistoryStore(history_path).current_state()
+    assert case["status"] == "flagged"
+    reads = {read["actor_subject"]: read for read in case["reads"]}
+    assert reads["ann-1"]["note"] == "Ann's private note" and reads["bob-2"]["note"] == ""
+    assert (reads["bob-2"]["actor_issuer"], reads["bob-2"]["actor_email"], reads["bob-2"]["actor_role"]) == (
+        ISSUER, "bob@example.org", "reviewer")
+
+    # Bob's "earlier" list shows his own read of the scan, not the latest read by anyone.
+    bob.button(key="review_clear").click().run()
+    [earlier] = [element.value for element in bob.dataframe if "Verdict" in element.value.columns]
+    assert list(earlier["Reviewer"]) == ["Bob Reader"] and list(earlier["Verdict"]) == ["Confirmed"]
+
+    # Bob's History holds his own read only; no tamper check, no "All sessions".
+    open_page(bob, "history")
+    assert not bob.exception, bob.exception
+    assert "private note" not in " ".join(str(frame.value.to_dict()) for frame in bob.dataframe)
+    assert not [toggle for toggle in bob.toggle if toggle.key == "history_all_sessions"]
+    assert "Tamper check" not in everything(bob)
+    # A reviewer has no Second reads page.
+    open_page(bob, "review")
+    assert "second-reads" not in str(bob._tree)
+
+    # Ann's worklist survives her reload, without a session id in the URL.
+    again = as_user(signed_in, ANN)
+    assert "#### case\\.png" in everything(again)  # escaped for Markdown
+    assert "Saved verdict" in texts(again.info)
+
+
+def test_a_second_reader_sees_every_read_and_adjudicates(signed_in, history_path):
+    scan = encode(synthetic_slice(32, 96))
+    key = key_of(scan)
+    for claims, verdict in ((ANN, "confirm"), (BOB, "flag")):
+        app = as_user(signed_in, claims)
+        upload(app, "disputed.png", scan)
+        app.radio(key=f"review_verdict_{key}").set_value(verdict).run()
+        app.text_area(key=f"review_note_{key}").input(f"note by {claims['name']}").run()
+        app.button(key=f"review_save_{key}").click().run()
+
+    sam = as_user(signed_in, SAM)
+    open_page(sam, "second-reads")
+    assert not sam.exception, sam.exception
+    page = everything(sam)
+    assert "Ann Reader" in page and "Bob Reader" in page and "note by Ann Reader" in page
+    sam.button(key=f"second_save_{key}").click().run()
+    assert "choose the final class" in texts(sam.error)
+    sam.selectbox(key=f"second_class_{key}").set_value("pituitary").run()
+    sam.text_input(key=f"second_reason_{key}").input("consensus at review meeting").run()
+    sam.button(key=f"second_save_{key}").click().run()
+    assert "Adjudicated" in texts(sam.success)
+    assert "Nothing awaits a second read" in texts(sam.info)
+    [case] = HistoryStore(history_path).current_state()
+    assert (case["status"], case["final_label"]) == ("adjudicated", "pituitary")
+    assert case["adjudication"]["actor_subject"] == "sam-3"
+
+    # The admin's History shows the status and the chain of reads, everyone's.
+    ada = as_user(signed_in, ADA)
+    open_page(ada, "history")
+    ada.toggle(key="history_all_sessions").set_value(True).run()
+    [frame] = [element.value for element in ada.dataframe if "Reads" in element.value.columns]
+    assert list(frame["Status"]) == ["Adjudicated"]
+    assert "Ann Reader: confirmed" in frame["Reads"][0] and "adjudicated by Sam Second" in frame["Reads"][0]
+    assert "Tamper check" in everything(ada)
+
+
+def test_an_expired_id_token_signs_the_user_out_whatever_streamlits_cookie_says(signed_in, monkeypatch):
+    import streamlit
+
+    calls = []
+    monkeypatch.setattr(streamlit, "logout", lambda: calls.append("logout"))
+    app = as_user(signed_in, {**ANN, "exp": 1_000})
+    assert calls == ["logout"]
+    assert not app.get("file_uploader") and not app.dataframe
+
+
+def test_the_uploaders_limit_is_the_apps_own_and_local_mode_listens_on_loopback():
+    import tomllib
+
+    from core import config
+
+    settings = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert settings["server"]["maxUploadSize"] * 1024 * 1024 == config.max_upload_bytes()
+    assert settings["server"]["address"] == "127.0.0.1"
+
+
+def test_with_blind_reading_off_a_reviewer_sees_earlier_reads_with_their_notes(signed_in, monkeypatch):
+    monkeypatch.setenv("BRAINSCAN_BLIND_READS", "0")
+    scan = encode(synthetic_slice(33, 96))
+    key = key_of(scan)
+    ann = as_user(signed_in, ANN)
+    upload(ann, "open.png", scan)
+    ann.text_area(key=f"review_note_{key}").input("visible note").run()
+    ann.button(key=f"review_save_{key}").click().run()
+    bob = as_user(signed_in, BOB)
+    upload(bob, "open.png", scan)
+    assert "Ann Reader" in everything(bob) and "visible note" in everything(bob)
+    assert bob.text_area(key=f"review_note_{key}").value == ""  # still his own, blank form
+
+
+def test_make_run_listens_on_loopback_unless_told_otherwise_and_then_warns():
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    plain = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    assert "--server.address 127.0.0.1" in plain
+    opened = subprocess.run(["make", "-n", "run", "BRAINSCAN_LISTEN=0.0.0.0"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60).stdout
+    assert "--server.address 0.0.0.0" in opened and "WARNING: listening on 0.0.0.0" in opened
+
+
+def test_a_secrets_file_that_does_not_parse_fails_closed(monkeypatch):
+    """A broken [auth] configuration must not drop a team's deployment into local mode with typed names."""
+    import streamlit as st
+
+    import app_identity
+
+    def broken():
+        raise ValueError("not TOML")
+
+    monkeypatch.setattr(st.secrets, "load_if_toml_exists", broken)
+    assert app_identity._auth_configured() is True  # team mode: sign-in required, nothing shown without it
+    assert app_identity._secrets_problem() == "ValueError"

@@ -1,0 +1,187 @@
+"""Team mode in a real browser against a real OpenID Connect provider on loopback (oidc-provider-mock).
+
+Four people sign in through Streamlit's own `st.login`, each in a browser context of their own:
+Ann and Bob (reviewers), Sam (second reader) and Nora (signed in, no role). Checks: identity comes
+from the ID token, reads are private and blind, a copied URL grants nothing, exports hold only
+the exporter's rows, the second reader adjudicates, the history records every event under the
+right identity, and a user without a role sees nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import secrets
+from pathlib import Path
+
+import pytest
+
+from tests.test_browser import (
+    APP_TIMEOUT_MS,
+    CHROMIUM_ARGS,
+    chromium_path,
+    free_port,
+    streamlit_server,
+    upload,
+    wait_for_result,
+    wait_until_idle,
+)
+
+ROLES = {"ann": ["reviewer"], "bob": ["reviewer"], "sam": ["second_reader"], "nora": []}
+NAMES = {"ann": "Ann Reader", "bob": "Bob Reader", "sam": "Sam Second", "nora": "Nora Nobody"}
+
+
+@pytest.fixture
+def provider():
+    """An OpenID Connect provider on loopback whose users carry a `roles` claim; yields its base URL."""
+    mock = pytest.importorskip("oidc_provider_mock", reason="oidc-provider-mock is not installed")
+    users = [mock.User(sub=sub, claims={"email": f"{sub}@example.org", "email_verified": True, "name": NAMES[sub],
+                                        "roles": roles}) for sub, roles in ROLES.items()]
+    with mock.run_server_in_thread(port=0, user_claims=users) as server:
+        yield f"http://localhost:{server.server_port}"
+
+
+@pytest.fixture
+def team_app(tmp_path, tiny_model_path, provider):
+    """(app URL, history path, provider URL, Chromium browser) of the app in team mode."""
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no Chromium at /usr/bin/chromium: install it with `make browser` (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    port = free_port()
+    secrets_file = tmp_path / "secrets.toml"
+    secrets_file.write_text(
+        "[auth]\n"
+        f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+        f'cookie_secret = "{secrets.token_hex(32)}"\n'
+        'client_id = "brainscan-test"\n'
+        'client_secret = "not-a-secret"\n'
+        f'server_metadata_url = "{provider}/.well-known/openid-configuration"\n')
+    history = tmp_path / "history.sqlite3"
+
+    def command(port_: int) -> list[str]:
+        from deploy.team import replica_command
+
+        return [*replica_command(port_), "--secrets.files", str(secrets_file)]
+
+    with streamlit_server(tiny_model_path, history, tmp_path / "streamlit.log", port=port, command=command) as url:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+            try:
+                yield url, history, provider, browser
+            finally:
+                browser.close()
+
+
+def sign_in(browser, url: str, subject: str):
+    """A fresh browser context signed in as `subject` through the provider's authorisation page; returns the page."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(APP_TIMEOUT_MS)
+    page.requests = []
+    page.on("request", lambda request: page.requests.append(
+        (request.url, request.frame.url, request.is_navigation_request())))
+    page.goto(url)
+    page.get_by_role("button", name="Sign in").wait_for()
+    wait_until_idle(page)
+    # The sign-in page shows nothing of the app: no page links, no model, no uploader.
+    assert page.locator("[data-testid='stSidebarNav'] a").count() == 0
+    assert page.locator("[data-testid='stFileUploader']").count() == 0
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name=subject, exact=True).click()  # the provider's one-click user
+    page.wait_for_url(f"{url}/**")
+    wait_until_idle(page)
+    return page
+
+
+def test_two_reviewers_a_second_reader_and_a_user_without_a_role(team_app, tmp_path):
+    from core.review.store import HistoryStore
+    from tests.synthetic import encode, synthetic_slice
+
+    url, history, provider, browser = team_app
+    scan = tmp_path / "shared-case.png"
+    scan.write_bytes(encode(synthetic_slice(41, 160)))
+
+    ann = sign_in(browser, url, "ann")
+    sidebar = ann.locator("section[data-testid='stSidebar']")
+    sidebar.get_by_text("Ann Reader").wait_for()
+    assert sidebar.get_by_role("textbox", name="Reviewer name").count() == 0  # identity cannot be typed
+    assert "session=" not in ann.url
+    upload(ann, scan)
+    wait_for_result(ann)
+    ann.get_by_text("Flag for second read").click()
+    ann.get_by_role("textbox", name="Note (optional)").fill("Ann's private note")
+    ann.get_by_role("textbox", name="Note (optional)").blur()
+    wait_until_idle(ann)
+    ann.get_by_role("button", name="Save verdict").click()
+    ann.get_by_text("Saved: flagged for second read.").wait_for()
+    ann_url = ann.url
+
+    # Bob, with Ann's URL: his own empty worklist, a blank form for the same scan, nothing of Ann's.
+    bob = sign_in(browser, url, "bob")
+    bob.goto(ann_url)
+    bob.get_by_text("Upload one or more scans to start.").wait_for()
+    assert bob.get_by_text("shared-case.png").count() == 0
+    upload(bob, scan)
+    wait_for_result(bob)
+    assert bob.get_by_role("textbox", name="Note (optional)").input_value() == ""
+    bob.get_by_text("This scan has been read before (1 read)").wait_for()
+    assert bob.get_by_text("Ann", exact=False).count() == 0
+    assert bob.get_by_text("private note", exact=False).count() == 0
+    bob.get_by_role("button", name="Save verdict").click()
+    bob.get_by_text("Saved: confirmed.").wait_for()
+    bob.locator("section[data-testid='stSidebar']").get_by_role("link", name="History").click()
+    bob.get_by_role("button", name="Export CSV").wait_for()
+    wait_until_idle(bob)
+    assert bob.locator("section[data-testid='stSidebar']").get_by_role("link", name="Second reads").count() == 0
+    with bob.expect_download() as download_info:
+        bob.get_by_role("button", name="Export CSV").click()
+    exported = Path(download_info.value.path()).read_bytes().decode("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    assert [row["reviewer"] for row in rows] == ["Bob Reader"] and "private note" not in exported
+
+    # Sam, the second reader: sees both reads and Ann's note, adjudicates.
+    sam = sign_in(browser, url, "sam")
+    sam.locator("section[data-testid='stSidebar']").get_by_role("link", name="Second reads").click()
+    sam.get_by_role("heading", name="Second reads").wait_for()
+    sam.get_by_text("Ann's private note", exact=False).wait_for()
+    sam.get_by_role("combobox", name="Final class").click()
+    sam.get_by_role("option").first.click()
+    sam.get_by_role("textbox", name="Reason (required)").fill("reviewed at the team meeting")
+    sam.get_by_role("textbox", name="Reason (required)").blur()
+    wait_until_idle(sam)
+    sam.get_by_role("button", name="Record adjudication").click()
+    sam.get_by_text("Nothing awaits a second read.").wait_for()
+
+    # Nora, signed in without a role: no access, no data, and she can sign out.
+    nora = sign_in(browser, url, "nora")
+    nora.get_by_role("heading", name="No access").wait_for()
+    assert nora.locator("[data-testid='stFileUploader']").count() == 0
+    assert nora.get_by_text("shared-case.png").count() == 0
+
+    store = HistoryStore(history)
+    by_kind = {}
+    for event in store.events():
+        by_kind.setdefault(event["kind"], []).append((event["actor_subject"], event["actor_role"]))
+    assert by_kind["verdict"] == [("ann", "reviewer"), ("bob", "reviewer")]
+    assert by_kind["adjudication"] == [("sam", "second_reader")]
+    assert by_kind["export"] == [("bob", "reviewer")]
+    assert all(event["actor_issuer"] == provider for event in store.events())
+    [case] = store.current_state()
+    assert case["status"] == "adjudicated"
+
+    # Every request the app's page made went to the app's own origin; only the sign-in navigation leaves
+    # it, for the provider (whose own page, not the app's, loads what it likes).
+    for page in (ann, bob, sam, nora):
+        outside = {address for address, frame, navigation in page.requests
+                   if frame.startswith(url) and not address.startswith((url, "data:", "blob:"))
+                   and not (navigation and address.startswith(provider))}
+        assert outside == set(), outside
+    # Signing out ends the provider's session too (OpenID Connect RP-initiated logout): the provider asks
+    # to confirm, then sends the browser back to the app, which shows the sign-in page again.
+    nora.get_by_role("button", name="Sign out").click()
+    nora.wait_for_url(f"{provider}/**")
+    nora.get_by_role("button", name="End session").click()
+    nora.wait_for_url(f"{url}/**")
+    nora.get_by_role("button", name="Sign in").wait_for()
+    assert nora.get_by_role("heading", name="No access").count() == 0
