@@ -15,6 +15,7 @@ that is test-only, and a browser has no way to reach it.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from core.review.identity import (
     roles_claim_name,
     roles_file_path,
 )
+from core.review.records import VerdictRejected
 
 # What a reviewer's worklist is made of; kept per owner for the life of the server process, so a
 # reload (a new Streamlit session) finds it again, pictures included.
@@ -47,10 +49,30 @@ class SignIn:
     claims: dict | None = None
 
 
+def _secrets_files() -> list[Path]:
+    """The secrets files Streamlit reads (`secrets.files`) that exist on this machine."""
+    return [Path(path) for path in (st.get_option("secrets.files") or []) if Path(path).is_file()]
+
+
+def _declared_team() -> bool:
+    """BRAINSCAN_MODE=team: this is a team's deployment, so sign-in or nothing, whatever the secrets say."""
+    return os.environ.get("BRAINSCAN_MODE", "").strip().lower() == "team"
+
+
 def _auth_configured() -> bool:
+    """Team mode: an [auth] section, a secrets file that exists but cannot be read, or BRAINSCAN_MODE=team.
+
+    Every doubt fails closed: Streamlit answers a secrets file that does not parse with "not loaded",
+    and taking that for "no secrets" would give every visitor local mode, in which one reviewer
+    holds every role.
+    """
+    if _declared_team():
+        return True
+    if not _secrets_files():
+        return False
     try:
-        return st.secrets.load_if_toml_exists() and "auth" in st.secrets
-    except Exception:  # A secrets file that exists but does not parse fails closed: sign-in, no data.
+        return not st.secrets.load_if_toml_exists() or "auth" in st.secrets
+    except Exception:
         return True
 
 
@@ -94,6 +116,27 @@ def current_identity() -> Identity | None:
     return identity_from_claims(state.claims, roles_claim_name(), _roles_mapping())
 
 
+def acting_identity(role: str | None = None) -> Identity:
+    """The user a button callback records an event for, checked as the gate checks; raises `VerdictRejected`.
+
+    Streamlit runs callbacks before the page's script, and so before `gate()`: a page left open
+    after the token expired, or after a role was withdrawn, must not still save in that name.
+    """
+    try:
+        identity = current_identity()
+    except RolesFileError as error:
+        raise VerdictRejected(f"sign-in is misconfigured ({error})") from None
+    if identity is None:
+        raise VerdictRejected("you are not signed in; reload the page and sign in")
+    if identity.local:
+        return identity
+    if is_expired(identity, time.time()):
+        raise VerdictRejected("your sign-in has expired; reload the page and sign in again")
+    if not identity.roles or (role is not None and not identity.has(role)):
+        raise VerdictRejected("your account's role does not allow this")
+    return identity
+
+
 def gate() -> Identity | None:
     """Every page's entry check: the user, or None after drawing the sign-in / no-access page (draw nothing else)."""
     try:
@@ -118,11 +161,16 @@ def gate() -> Identity | None:
 
 
 def _secrets_problem() -> str | None:
-    """Why the secrets file cannot be read (a parse error), or None when it reads or is absent."""
+    """Why sign-in cannot start (unreadable secrets, or a declared team without [auth]); None when it can."""
     try:
-        st.secrets.load_if_toml_exists()
+        loaded = bool(_secrets_files()) and st.secrets.load_if_toml_exists()
+        has_auth = loaded and "auth" in st.secrets
     except Exception as error:
-        return type(error).__name__
+        return f"the sign-in settings (.streamlit/secrets.toml) cannot be read ({type(error).__name__})"
+    if _secrets_files() and not loaded:
+        return "the sign-in settings (.streamlit/secrets.toml) cannot be read"
+    if _declared_team() and not has_auth:
+        return "BRAINSCAN_MODE=team, but no [auth] section is configured in .streamlit/secrets.toml"
     return None
 
 
@@ -130,8 +178,7 @@ def _sign_in_page() -> None:
     st.title("BrainScan Review")
     problem = _secrets_problem()
     if problem:
-        st.error(f"**Sign-in cannot start**: the sign-in settings (.streamlit/secrets.toml) cannot be read ({problem}). "
-                 "Ask the administrator to fix them.", icon=":material/error:")
+        st.error(f"**Sign-in cannot start**: {problem}. Ask the administrator to fix it.", icon=":material/error:")
         return
     st.markdown("Sign in with your organisation's account to review scans.")
     st.button("Sign in", type="primary", icon=":material/login:", key="sign_in", on_click=st.login)

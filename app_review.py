@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import app_identity
 import app_support
 from core import config
 from core.errors import HistoryUnavailable, ScanRejected
@@ -224,6 +225,11 @@ def viewer_row(row: dict, identity) -> dict:
     elif row["status"] not in ("adjudicated",):
         shown["status"] = "flagged" if own["verdict"] == "flag" else "reviewed"
     shown["reads"], shown["adjudication"] = [own] if own else [], None
+    # The latest event may be another reader's: its file name (which can carry a patient's name), its
+    # session and the number of events would tell a blind reader who else read the scan.
+    shown["file_name"] = (own or {}).get("file_name", "")
+    shown["session_id"] = (own or {}).get("session_id", "")
+    shown["event_count"] = None
     return shown
 
 
@@ -246,6 +252,7 @@ def save_verdict(item: ReviewItem, session: str) -> None:
     flashes = st.session_state.setdefault("review_flash", {})
     verdict = st.session_state.get(f"review_verdict_{key}")
     try:
+        app_identity.acting_identity("reviewer")
         store = app_support.open_history()  # Not history_store(): a callback draws nothing.
         store.record_verdict(
             session_id=session, reviewer=app_support.reviewer_name(), file_name=item.file_name,

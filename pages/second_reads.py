@@ -23,6 +23,7 @@ def adjudicate(case: dict) -> None:
     """Button callback: record the adjudication form's final class and reason for `case`."""
     key = case["sha256"][:16]
     try:
+        app_identity.acting_identity("second_reader")
         app_support.open_history().record_adjudication(
             session_id=app_support.session_id(), reviewer=app_support.reviewer_name(), file_name=case["file_name"],
             sha256=case["sha256"], model_version=case["model_version"], predicted_class=case["predicted_class"],

@@ -223,15 +223,54 @@ def test_make_run_listens_on_loopback_unless_told_otherwise_and_then_warns():
     assert "--server.address 0.0.0.0" in opened and "WARNING: listening on 0.0.0.0" in opened
 
 
-def test_a_secrets_file_that_does_not_parse_fails_closed(monkeypatch):
+def test_a_secrets_file_that_does_not_parse_fails_closed(monkeypatch, tmp_path):
     """A broken [auth] configuration must not drop a team's deployment into local mode with typed names."""
     import streamlit as st
 
     import app_identity
 
-    def broken():
-        raise ValueError("not TOML")
-
-    monkeypatch.setattr(st.secrets, "load_if_toml_exists", broken)
+    broken = tmp_path / "secrets.toml"
+    broken.write_text("[auth\nclient_id = ")
+    monkeypatch.delenv("BRAINSCAN_MODE", raising=False)
+    monkeypatch.setattr(app_identity, "_secrets_files", lambda: [broken])
+    monkeypatch.setattr(st.secrets, "load_if_toml_exists", lambda: False)  # Streamlit's answer to a parse error
     assert app_identity._auth_configured() is True  # team mode: sign-in required, nothing shown without it
-    assert app_identity._secrets_problem() == "ValueError"
+    assert "cannot be read" in app_identity._secrets_problem()
+
+
+def test_a_declared_team_deployment_without_sign_in_settings_serves_nothing(monkeypatch):
+    import app_identity
+
+    monkeypatch.setattr(app_identity, "_secrets_files", lambda: [])
+    monkeypatch.delenv("BRAINSCAN_MODE", raising=False)
+    assert app_identity._auth_configured() is False  # nothing declared, no secrets: local mode
+    monkeypatch.setenv("BRAINSCAN_MODE", "team")
+    assert app_identity._auth_configured() is True
+    assert "BRAINSCAN_MODE=team" in app_identity._secrets_problem()
+
+
+def test_a_button_pressed_after_the_sign_in_expired_or_the_role_went_records_nothing(monkeypatch):
+    """Callbacks run before the page's gate: they check the identity again themselves."""
+    import time
+
+    import pytest
+
+    import app_identity
+    from core.review.records import VerdictRejected
+
+    def signed_in_as(claims):
+        monkeypatch.setattr(app_identity, "sign_in_state", lambda: app_identity.SignIn(team=True, claims=claims))
+
+    signed_in_as({**ANN, "exp": time.time() - 60})
+    with pytest.raises(VerdictRejected, match="expired"):
+        app_identity.acting_identity("reviewer")
+    signed_in_as({**NOBODY, "exp": time.time() + 600})
+    with pytest.raises(VerdictRejected, match="role"):
+        app_identity.acting_identity("reviewer")
+    signed_in_as({**ANN, "exp": time.time() + 600})
+    assert app_identity.acting_identity("reviewer").subject == "ann-1"
+    with pytest.raises(VerdictRejected, match="role"):
+        app_identity.acting_identity("second_reader")  # a reviewer cannot adjudicate
+    signed_in_as(None)
+    with pytest.raises(VerdictRejected, match="not signed in"):
+        app_identity.acting_identity()

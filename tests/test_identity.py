@@ -36,12 +36,15 @@ def test_roles_come_from_the_claim_as_a_list_or_a_string_and_unknown_names_are_d
 def test_the_claim_wins_over_the_roles_file_which_matches_verified_email_case_insensitively():
     mapping = parse_roles_file(ROLES_FILE)
     assert mapping["ann@example.org"] == ("reviewer",)
-    assert roles_from_claims({"email": "ANN@example.org"}, roles_file=mapping) == ("reviewer",)
-    assert roles_from_claims({"email": "root@example.org"}, roles_file=mapping) == ("admin",)
-    assert roles_from_claims({"email": "odd@example.org"}, roles_file=mapping) == ()
-    assert roles_from_claims({"email": "nobody@example.org"}, roles_file=mapping) == ()
-    # An address the provider says it has not verified could be anyone's.
+    verified = {"email_verified": True}
+    assert roles_from_claims({"email": "ANN@example.org", **verified}, roles_file=mapping) == ("reviewer",)
+    assert roles_from_claims({"email": "root@example.org", **verified}, roles_file=mapping) == ("admin",)
+    assert roles_from_claims({"email": "odd@example.org", **verified}, roles_file=mapping) == ()
+    assert roles_from_claims({"email": "nobody@example.org", **verified}, roles_file=mapping) == ()
+    # An address the provider has not verified could be anyone's, and so could one it says nothing about
+    # (some providers let users edit their e-mail and send no email_verified).
     assert roles_from_claims({"email": "root@example.org", "email_verified": False}, roles_file=mapping) == ()
+    assert roles_from_claims({"email": "root@example.org"}, roles_file=mapping) == ()
     # A token that carries the claim is not topped up from the file.
     assert roles_from_claims({"email": "root@example.org", "roles": []}, roles_file=mapping) == ()
 

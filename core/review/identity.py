@@ -140,7 +140,7 @@ def known_roles(values: Iterable[str]) -> tuple[str, ...]:
 
 def roles_from_claims(claims: Mapping, claim_name: str = DEFAULT_ROLES_CLAIM,
                       roles_file: Mapping[str, Iterable[str]] | None = None) -> tuple[str, ...]:
-    """The user's roles: from the claim `claim_name` when the token has it, else from the roles file by e-mail."""
+    """The user's roles: from the claim `claim_name` when the token has it, else from the roles file by a verified e-mail."""
     value = claims.get(claim_name)
     if value is not None:
         if isinstance(value, str):
@@ -149,7 +149,9 @@ def roles_from_claims(claims: Mapping, claim_name: str = DEFAULT_ROLES_CLAIM,
             return known_roles(str(item) for item in value)
         return ()
     email = str(claims.get("email") or "").strip().lower()
-    if not email or roles_file is None or claims.get("email_verified") is False:
+    # Only an address the provider vouches for: some providers (Microsoft Entra ID among them) send no
+    # email_verified and let users edit their e-mail, so a missing flag must not count as verified.
+    if not email or roles_file is None or claims.get("email_verified") is not True:
         return ()
     return known_roles(roles_file.get(email, ()))
 

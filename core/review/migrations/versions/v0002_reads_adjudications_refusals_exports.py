@@ -43,7 +43,8 @@ def _replace_kind_check(condition: str) -> None:
     if sqlite:
         for statement in ("DROP TRIGGER IF EXISTS events_are_not_updated", "DROP TRIGGER IF EXISTS events_are_not_deleted"):
             op.execute(statement)
-    with op.batch_alter_table("events", recreate="auto") as batch:
+    # SQLite rebuilds the table: keep AUTOINCREMENT, so an id is never reused, as the table declares.
+    with op.batch_alter_table("events", recreate="auto", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.drop_constraint(op.f("ck_events_kind"), type_="check")
         batch.create_check_constraint(op.f("ck_events_kind"), sa.text(condition))
     if sqlite:
