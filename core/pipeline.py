@@ -81,24 +81,28 @@ def screen(scan: Scan) -> str | None:
     return None
 
 
-def result_from_output(filename: str, digest: str, scan: Scan, probabilities: np.ndarray, features: np.ndarray,
-                       classifier, screen_reason: str | None = None) -> ScanResult:
-    """Build the result of one inferred scan, applying the cheap checks' verdict and the gate.
+def gate_verdicts(classifier, features: np.ndarray) -> list[tuple[float, bool] | None]:
+    """Per row of a batch's features (N, D): (distance, passes the gate), or None when the model has no gate."""
+    if classifier.gate is None:
+        return [None] * len(features)
+    distances, passes = classifier.gate.assess(features)
+    return list(zip(distances.tolist(), passes.tolist()))
+
+
+def result_from_output(filename: str, digest: str, scan: Scan, probabilities: np.ndarray,
+                       gate_verdict: tuple[float, bool] | None, classifier,
+                       screen_reason: str | None = None) -> ScanResult:
+    """Build the result of one inferred scan from the cheap checks' verdict and the gate's (see `gate_verdicts`).
 
     A scan either check stops is "rejected" with no label, but keeps the model's probabilities
     for the record (and so that evaluation scores the model on every decodable MRI slice).
     """
     named = {name: float(value) for name, value in zip(classifier.classes, probabilities)}
-    distance = None
-    if classifier.gate is not None:
-        distance = float(classifier.gate.distances(features[np.newaxis])[0])
+    distance, passes = gate_verdict if gate_verdict is not None else (None, True)
     if screen_reason:
         return ScanResult(filename, digest, "rejected", screen_reason, None, named, distance, scan)
-    if distance is not None:
-        outlier = float(classifier.gate.outlier_scores(features[np.newaxis])[0])
-        if distance > classifier.gate.threshold or outlier > classifier.gate.outlier_threshold:
-            return ScanResult(filename, digest, "rejected", GATE_MESSAGE,
-                              None, named, distance, scan)
+    if not passes:
+        return ScanResult(filename, digest, "rejected", GATE_MESSAGE, None, named, distance, scan)
     label = classifier.classes[int(np.argmax(probabilities))]
     return ScanResult(filename, digest, "ok", "", label, named, distance, scan)
 
@@ -116,7 +120,8 @@ def analyse_bytes(classifier, data: bytes, filename: str, *, frame: int | None =
         return ScanResult(filename, digest, "rejected", rejection.reason)
     tensor = prepare_image(scan.image, classifier.image_size)
     output = classifier.predict_tensors(tensor[np.newaxis])
-    result = result_from_output(filename, digest, scan, output.probabilities[0], output.features[0], classifier,
+    result = result_from_output(filename, digest, scan, output.probabilities[0],
+                                gate_verdicts(classifier, output.features)[0], classifier,
                                 screen(scan))
     return replace(result, tensor=tensor)
 
@@ -183,17 +188,18 @@ def analyse_many(classifier, items: Iterable[tuple[str, Callable[[], bytes]]], b
             prepared = [future.result() for future in pending]
             pending = None
             ready = [index for index, entry in enumerate(prepared) if entry[3] is not None]
-            output = None
+            output, verdicts = None, []
             if ready:
                 output = classifier.predict_tensors(np.stack([prepared[index][3] for index in ready]))
+                verdicts = gate_verdicts(classifier, output.features)  # One product for the whole batch.
             position = {index: row for row, index in enumerate(ready)}
             for index, (filename, digest, scan, tensor, reason) in enumerate(prepared):
                 if tensor is None:
                     yield ScanResult(filename, digest, "rejected", reason, scan=scan)
                 else:
                     row = position[index]
-                    yield result_from_output(filename, digest, scan, output.probabilities[row],
-                                             output.features[row], classifier, reason)
+                    yield result_from_output(filename, digest, scan, output.probabilities[row], verdicts[row],
+                                             classifier, reason)
             pending = upcoming
     finally:
         # A caller that stops early (or fails) must not wait for files it will never see.

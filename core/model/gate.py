@@ -69,9 +69,14 @@ class MahalanobisGate:
             return np.full(len(features), -np.inf)
         return features @ self.outlier_weights + self.outlier_bias
 
+    def assess(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Features (N, D) -> (distances (N,) float64, passes (N,) bool): both tests, one pass over a batch."""
+        distances = self.distances(features)
+        return distances, (distances <= self.threshold) & (self.outlier_scores(features) <= self.outlier_threshold)
+
     def is_in_distribution(self, features: np.ndarray) -> np.ndarray:
         """(N,) bool: True where the features look like the training MRI slices by both tests."""
-        return (self.distances(features) <= self.threshold) & (self.outlier_scores(features) <= self.outlier_threshold)
+        return self.assess(features)[1]
 
     def save(self, path: Path) -> None:
         """Store the gate as a small `.npz` file."""
