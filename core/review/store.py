@@ -246,10 +246,14 @@ class HistoryStore:
         """Append a prediction event; return its id, or None when this session already recorded it."""
         row = _event_row("prediction", session_id, reviewer, file_name, sha256, model_version, predicted_class,
                          probabilities, actor=actor)
+        return self._insert_once_per_session(row)
+
+    def _insert_once_per_session(self, row: dict) -> int | None:
+        """Append `row` unless its session already recorded this kind of event for this scan; its id, else None."""
         with self._append() as (connection, head):
             seen = connection.execute(sa.select(events.c.id).where(
-                events.c.session_id == session_id, events.c.sha256 == sha256,
-                events.c.model_version == model_version, events.c.kind == "prediction").limit(1)).first()
+                events.c.session_id == row["session_id"], events.c.sha256 == row["sha256"],
+                events.c.model_version == row["model_version"], events.c.kind == row["kind"]).limit(1)).first()
             return None if seen is not None else self._insert(connection, row, head)
 
     def record_verdict(self, *, session_id: str, reviewer: str, file_name: str, sha256: str, model_version: str,
@@ -312,11 +316,7 @@ class HistoryStore:
         """Append a file refused at intake (name, sha256, why, who uploaded it); None when this session has it already."""
         row = _event_row("refusal", session_id, reviewer, file_name, sha256, model_version, None, {},
                          reason=_clean(reason)[:MAX_REASON_CHARS], actor=actor)
-        with self._append() as (connection, head):
-            seen = connection.execute(sa.select(events.c.id).where(
-                events.c.session_id == session_id, events.c.sha256 == sha256,
-                events.c.model_version == model_version, events.c.kind == "refusal").limit(1)).first()
-            return None if seen is not None else self._insert(connection, row, head)
+        return self._insert_once_per_session(row)
 
     def record_export(self, *, session_id: str, reviewer: str, file_name: str, sha256: str, description: str,
                       actor: Mapping[str, str] | None = None) -> int:
