@@ -66,11 +66,9 @@ def evaluate_files(classifier, files: list[LabelledFile], manifest_path: Path | 
         }
     report["overlap"] = training_overlap(digests, truths, probabilities, classifier.classes, manifest_path)
     if leave_out is not None:
-        keep = np.array([digest not in leave_out for digest in digests])
-        part = classification_report(truths[keep], probabilities[keep], classifier.classes) if keep.any() else None
-        report["without_flagged"] = None if part is None else {
-            "n": part["n"], "left_out": int((~keep).sum()), "accuracy": part["accuracy"],
-            "macro_f1": part["macro_f1"], "recall": present_recalls(part)}
+        dropped = np.array([digest in leave_out for digest in digests])
+        without = figures_without(truths, probabilities, classifier.classes, dropped)
+        report["without_flagged"] = None if without is None else {**without, "left_out": int(dropped.sum())}
     report["rejected"] = rejected
     report["ood_flagged"] = flagged
     report["ood_pass_rate"] = 1.0 - flagged / len(truths)
@@ -91,13 +89,27 @@ def training_overlap(digests: list[str], truths: np.ndarray, probabilities: np.n
     split_of = {row.sha256: row.split for row in read_manifest(Path(manifest_path))}
     splits = np.array([split_of.get(digest, "") for digest in digests])
     seen = np.isin(splits, ("train", "validation"))
-    without = None
-    if seen.any() and not seen.all():
-        kept = classification_report(truths[~seen], probabilities[~seen], classes)
-        without = {"n": kept["n"], "accuracy": kept["accuracy"], "macro_f1": kept["macro_f1"],
-                   "recall": present_recalls(kept)}
+    without = figures_without(truths, probabilities, classes, seen) if seen.any() else None
     return {"manifest": Path(manifest_path).name, "train": int((splits == "train").sum()),
             "validation": int((splits == "validation").sum()), "files": int(seen.sum()), "without_overlap": without}
+
+
+def figures_without(truths: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...],
+                    dropped: np.ndarray) -> dict | None:
+    """n, accuracy, macro_f1 and per-class recall of the files `dropped` (an (N,) bool mask) leaves; None if none."""
+    if dropped.all():
+        return None
+    kept = classification_report(truths[~dropped], probabilities[~dropped], classes)
+    return {"n": kept["n"], "accuracy": kept["accuracy"], "macro_f1": kept["macro_f1"], "recall": present_recalls(kept)}
+
+
+def _recall_text(recall: dict[str, float], display_names: dict[str, str]) -> str:
+    return "  ".join(f"{display_names.get(name, name)} {value:.3f}" for name, value in recall.items())
+
+
+def _figures_text(figures: dict, display_names: dict[str, str]) -> str:
+    return (f"n = {figures['n']}, accuracy = {figures['accuracy']:.4f}, macro-F1 = {figures['macro_f1']:.4f}; "
+            f"recall {_recall_text(figures['recall'], display_names)}")
 
 
 def _overlap_lines(overlap: dict | None, display_names: dict[str, str]) -> list[str]:
@@ -115,19 +127,15 @@ def _overlap_lines(overlap: dict | None, display_names: dict[str, str]) -> list[
     if without is None:
         lines.append("  every scored file overlaps: there are no held-out figures")
     else:
-        recalls = "  ".join(f"{display_names.get(name, name)} {value:.3f}" for name, value in without["recall"].items())
-        lines.append(f"  without them: n = {without['n']}, accuracy = {without['accuracy']:.4f}, "
-                     f"macro-F1 = {without['macro_f1']:.4f}; recall {recalls}")
+        lines.append(f"  without them: {_figures_text(without, display_names)}")
     return lines
 
 
 def _flagged_lines(without: dict | None, display_names: dict[str, str]) -> list[str]:
     if not without:
         return []
-    recalls = "  ".join(f"{display_names.get(name, name)} {value:.3f}" for name, value in without["recall"].items())
     return [f"without the {without['left_out']} files the label audit flags (a second figure, not the result): "
-            f"n = {without['n']}, accuracy = {without['accuracy']:.4f}, macro-F1 = {without['macro_f1']:.4f}; "
-            f"recall {recalls}"]
+            f"{_figures_text(without, display_names)}"]
 
 
 def source_folder(item: LabelledFile) -> str:
@@ -159,7 +167,7 @@ def format_report(report: dict, display_names: dict[str, str]) -> str:
     if len(by_source) > 1:
         lines += ["", "by source folder (recall per class present)"]
         for source, part in by_source.items():
-            recalls = "  ".join(f"{display_names.get(name, name)} {value:.3f}" for name, value in part["recall"].items())
+            recalls = _recall_text(part["recall"], display_names)
             lines.append(f"  {source}: n = {part['n']}, accuracy = {part['accuracy']:.4f}; {recalls}")
     return "\n".join(lines)
 
