@@ -23,7 +23,7 @@ from core import config
 from core.errors import HistoryUnavailable, ScanRejected
 from core.pipeline import analyse_bytes
 from core.review.reads import split_reads
-from core.review.records import IDENTITY_COLUMNS, VERDICT_NAMES, VerdictRejected
+from core.review.records import IDENTITY_COLUMNS, VERDICT_NAMES, VerdictRejected, display_time
 from core.review.worklist import (
     ReviewItem,
     first_unreviewed,
@@ -199,7 +199,7 @@ def render_other_reads(others: list[dict], state: dict | None, identity, display
             st.markdown(f"**{app_support.escape_markdown(read['reviewer'])}**"
                         f"{' (' + read['actor_role'].replace('_', ' ') + ')' if read.get('actor_role') else ''}: "
                         f"{VERDICT_NAMES[read['verdict']]} · {app_support.escape_markdown(label)} · "
-                        f"{read['time'][:19].replace('T', ' ')} UTC")
+                        f"{display_time(read['time'])} UTC")
             detail = " · ".join(part for part in (f"Reason: {read['reason']}" if read["reason"] else "",
                                                   f"Note: {read['note']}" if read["note"] else "") if part)
             if detail:

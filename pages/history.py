@@ -24,6 +24,7 @@ from core.review.records import (
     STATUS_LABELS,
     VERDICT_NAMES,
     VERDICTS,
+    display_time,
     filter_rows,
     row_date,
     summarise,
@@ -40,7 +41,7 @@ def table(rows: list[dict], view: str, display_names: dict[str, str]) -> pd.Data
         return display_names.get(value, value) if value else ""
 
     frame = pd.DataFrame({
-        "Time (UTC)": [row["time"][:19].replace("T", " ") for row in rows],
+        "Time (UTC)": [display_time(row["time"]) for row in rows],
         "Reviewer": [row["reviewer"] for row in rows],
         "File": [row["file_name"] for row in rows],
         "sha256": [row["sha256"][:12] for row in rows],
@@ -127,11 +128,11 @@ def render_audit(store) -> None:
     if last is None:
         st.caption("The hash chain has not been verified yet.")
     elif last["intact"]:
-        st.success(f"Chain intact when verified at {last['time'][:19].replace('T', ' ')} UTC: "
+        st.success(f"Chain intact when verified at {display_time(last['time'])} UTC: "
                    f"{last['event_count']} events, last hash `{last['last_hash'][:16]}…` "
                    f"({app_support.escape_markdown(last['verified_by'])}).", icon=":material/verified:")
     else:
-        st.error(f"**Chain broken** when verified at {last['time'][:19].replace('T', ' ')} UTC: event "
+        st.error(f"**Chain broken** when verified at {display_time(last['time'])} UTC: event "
                  f"{last['first_bad_event_id']}: {app_support.escape_markdown(last['problem'])}.",
                  icon=":material/gpp_bad:")
     if "history_verify_error" in st.session_state:

@@ -15,7 +15,7 @@ import app_review
 import app_support
 from core import config
 from core.errors import HistoryUnavailable
-from core.review.records import STATUS_LABELS, VERDICT_NAMES, VERDICTS
+from core.review.records import STATUS_LABELS, VERDICT_NAMES, VERDICTS, display_time
 from core.review.worklist import STATUS_NAMES, ReviewItem, status_counts
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "gif", "tif", "tiff", "webp"]
@@ -75,7 +75,7 @@ def render_verdict(item: ReviewItem, state: dict | None, classifier, session: st
         final = display_names.get(saved["final_label"], "none yet (second read)") if saved["final_label"] else \
             "none yet (second read)"
         st.info(f"Saved verdict: **{VERDICT_NAMES[saved['verdict']]}** · final label **{final}** · by "
-                f"{app_support.escape_markdown(saved['reviewer'])} at {saved['time'][:19].replace('T', ' ')} UTC. "
+                f"{app_support.escape_markdown(saved['reviewer'])} at {display_time(saved['time'])} UTC. "
                 "Saving again amends your read; the earlier one stays in the history.", icon=":material/task_alt:")
     verdict = st.radio(
         "Verdict", VERDICTS, index=VERDICTS.index(saved["verdict"]) if saved else 0, horizontal=True,
@@ -182,7 +182,7 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
                 "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in earlier],
                 "Final label": [display_names.get(row["final_label"], "") for row in earlier],
                 "Reviewer": [row["reviewer"] for row in earlier],
-                "Time (UTC)": [row["time"][:19].replace("T", " ") for row in earlier],
+                "Time (UTC)": [display_time(row["time"]) for row in earlier],
             }),
             hide_index=True, key="review_earlier",
         )

@@ -66,6 +66,11 @@ def final_label_of(verdict: str, predicted_class: str | None, override_label: st
     raise VerdictRejected(f"unknown verdict {verdict!r}; expected one of {', '.join(VERDICTS)}")
 
 
+def display_time(value: str) -> str:
+    """An event's ISO 8601 UTC time as shown to reviewers, to the second: "2026-11-24 06:01:02"."""
+    return str(value)[:19].replace("T", " ")
+
+
 def row_date(row: Mapping) -> date:
     """The UTC calendar date of a history row's `time`."""
     return datetime.fromisoformat(row["time"]).astimezone(timezone.utc).date()
