@@ -12,7 +12,13 @@ import pandas as pd
 import streamlit as st
 
 import app_support
-from core.model.summary import describe_architecture, describe_source, plain_summary, training_commands
+from core.model.summary import (
+    describe_architecture,
+    describe_source,
+    is_count_matrix,
+    plain_summary,
+    training_commands,
+)
 
 NOT_RECORDED = "not recorded in the card"
 
@@ -153,17 +159,12 @@ def render_metrics(data: dict, card) -> None:
     with right:
         st.markdown("**Confusion matrix (test)**")
         matrix = test.get("confusion_matrix")
-        if _is_square(matrix, len(card.classes)):
+        if is_count_matrix(matrix, len(card.classes)):
             st.altair_chart(app_support.confusion_heatmap(
                 matrix, [card.display_names.get(name, name) for name in card.classes], rows="True class",
                 columns="Model's class"), width="stretch")
         else:
             st.markdown(NOT_RECORDED)
-
-
-def _is_square(matrix, size: int) -> bool:
-    return isinstance(matrix, list) and len(matrix) == size and all(
-        isinstance(row, list) and len(row) == size for row in matrix)
 
 
 def render_calibration(data: dict) -> None:

@@ -19,6 +19,12 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_count_matrix(matrix, size: int) -> bool:
+    """True for a `size` x `size` list of lists of numbers, as a card's confusion matrix must be."""
+    return isinstance(matrix, list) and len(matrix) == size and all(
+        isinstance(row, list) and len(row) == size and all(map(_is_number, row)) for row in matrix)
+
+
 def _count_phrase(count: int, total: int) -> str:
     return f"{count} of {total}"
 
@@ -57,8 +63,7 @@ def plain_summary(data: Mapping, display_names: Mapping[str, str], classes: tupl
                     sentence += f"; when it says {name[key].lower()}, it is right {_percent(row['precision'])}"
                 right.append(sentence + ".")
         sections["How often it is right"] = right
-    if isinstance(matrix, list) and len(matrix) == len(classes) and all(
-            isinstance(row, list) and len(row) == len(classes) and all(map(_is_number, row)) for row in matrix):
+    if is_count_matrix(matrix, len(classes)):
         mistakes = sorted(((matrix[truth][guess], truth, guess) for truth in range(len(classes))
                            for guess in range(len(classes)) if truth != guess and matrix[truth][guess]),
                           reverse=True)[:3]
