@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-import app_identity
-import app_support
+from app import identity as app_identity
+from app import support as app_support
 from pages import history, model, review, second_reads
 
 FAVICON = "🧠"

@@ -12,9 +12,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-import app_identity
-import app_review
-import app_support
+from app import identity as app_identity
+from app import review as app_review
+from app import support as app_support
 from core.classes import CLASS_NAMES, DISPLAY_NAMES
 from core.errors import HistoryUnavailable
 from core.review.export import CASE_COLUMNS, EVENT_COLUMNS, csv_bytes

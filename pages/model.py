@@ -11,7 +11,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-import app_support
+from app import support as app_support
 from core.model.summary import (
     describe_architecture,
     describe_source,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-import app_identity
-import app_review
-import app_support
+from app import identity as app_identity
+from app import review as app_review
+from app import support as app_support
 from core import config
 from core.errors import HistoryUnavailable
 from core.review.records import STATUS_LABELS, VERDICT_NAMES, VERDICTS, display_time

@@ -116,7 +116,7 @@ def test_a_continued_run_lists_every_command_earliest_first():
 
 
 def test_the_confusion_heat_map_puts_row_i_column_j_in_its_cell_with_the_given_axis_titles():
-    import app_support
+    from app import support as app_support
 
     names = ["A", "B", "C"]
     matrix = [[5, 1, 0], [2, 7, 3], [0, 4, 9]]

@@ -78,7 +78,7 @@ def test_an_upload_shows_four_probabilities_and_a_saved_verdict_is_on_disk(histo
 
 
 def test_reruns_and_page_switches_never_infer_again_or_duplicate_rows(history_path, monkeypatch):
-    import app_review  # The page classifies through this module, so patch the name it calls.
+    from app import review as app_review  # The page classifies through this module, so patch the name it calls.
 
     calls = []
     original = app_review.analyse_bytes

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import app_identity
+from app import identity as app_identity
 from core.review.store import HistoryStore
 from tests.navigate import open_page
 from tests.synthetic import encode, synthetic_slice
@@ -227,7 +227,7 @@ def test_a_secrets_file_that_does_not_parse_fails_closed(monkeypatch, tmp_path):
     """A broken [auth] configuration must not drop a team's deployment into local mode with typed names."""
     import streamlit as st
 
-    import app_identity
+    from app import identity as app_identity
 
     broken = tmp_path / "secrets.toml"
     broken.write_text("[auth\nclient_id = ")
@@ -239,7 +239,7 @@ def test_a_secrets_file_that_does_not_parse_fails_closed(monkeypatch, tmp_path):
 
 
 def test_a_declared_team_deployment_without_sign_in_settings_serves_nothing(monkeypatch):
-    import app_identity
+    from app import identity as app_identity
 
     monkeypatch.setattr(app_identity, "_secrets_files", lambda: [])
     monkeypatch.delenv("BRAINSCAN_MODE", raising=False)
@@ -255,7 +255,7 @@ def test_a_button_pressed_after_the_sign_in_expired_or_the_role_went_records_not
 
     import pytest
 
-    import app_identity
+    from app import identity as app_identity
     from core.review.records import VerdictRejected
 
     def signed_in_as(claims):

@@ -10,5 +10,5 @@ the double-reading rules (`reads`: each reader's read, second reads, adjudicatio
 agreement between readers).
 
 It may import `core.pipeline` (a worklist holds pipeline results) and everything below it; never
-`core.training` or the CLI. Pages reach the store only through the app's glue (`app_support`).
+`core.training` or the CLI. Pages reach the store only through the app's glue (`app.support`).
 """

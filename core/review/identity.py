@@ -1,6 +1,6 @@
 """Who is reviewing and what they may do: ID-token claims (plus an optional roles file) mapped to roles.
 
-Plain functions over plain values, no Streamlit and no network. The app's sign-in (app_identity.py,
+Plain functions over plain values, no Streamlit and no network. The app's sign-in (app/identity.py,
 Streamlit's `st.login` / `st.user`) hands the signed-in user's ID-token claims here; nothing here
 ever reads session state or query parameters, which a browser can write.
 

@@ -1,5 +1,5 @@
-"""The only Streamlit-aware glue: the cached model, the history store, the session id, the shared sidebar and
-the confusion heat map both the History and Model pages draw. Who the user is comes from app_identity.py.
+"""The app's shared glue: the cached model, the history store, the session id, the shared sidebar and the
+confusion heat map both the History and Model pages draw. Who the user is comes from `app.identity`.
 
 `core/` never imports Streamlit; pages never load models or open databases themselves.
 """
@@ -17,7 +17,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-import app_identity
+from app import identity as app_identity
+from app.markup import escape_markdown
 from core import config
 from core.errors import HistoryUnavailable
 from core.review.store import HistoryStore
@@ -29,7 +30,6 @@ NOTICE = (
 SESSION_PARAMETER = "session"
 HISTORY_RETRY_SECONDS = 5
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'])")
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def hand_over_to_front_door() -> None:
     The front door (streamlit_app.py) is loaded by path, as Streamlit itself loads it, rather than
     imported: it imports the pages, so a page importing it would close an import circle.
     """
-    front_door = runpy.run_path(str(Path(__file__).resolve().with_name("streamlit_app.py")),
+    front_door = runpy.run_path(str(Path(__file__).resolve().parents[1] / "streamlit_app.py"),
                                 run_name="streamlit_app_fallback")  # Not "__main__": define, don't run.
     front_door["rerun_through_navigation"]()
 
@@ -161,11 +161,6 @@ def actor() -> dict[str, str]:
     """The signed-in identity the history records with an event (issuer, subject, email, name, role); {} locally."""
     identity = app_identity.current_identity()
     return identity.actor() if identity is not None else {}
-
-
-def escape_markdown(text: str) -> str:
-    """User-supplied text (a file name, a note) made inert for st.markdown: no markup, links, emoji or LaTeX."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def render_sidebar(status: ModelStatus, identity) -> None:

@@ -8,7 +8,7 @@ the ID token's (`iss`, `sub`, `email`, `name`) and roles come from a claim or th
 which a browser can write.
 
 `sign_in_state()` is the one place identity enters the app. AppTests (which run the script in
-the test's own process) replace it with `monkeypatch.setattr(app_identity, "sign_in_state", ...)`;
+the test's own process) replace it with `monkeypatch.setattr(app.identity, "sign_in_state", ...)`;
 that is test-only, and a browser has no way to reach it.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from app.markup import escape_markdown
 from core.review.identity import (
     ROLE_NAMES,
     Identity,
@@ -213,8 +214,6 @@ def render_identity(identity: Identity) -> None:
 
 
 def _plain(text: str) -> str:
-    from app_support import escape_markdown
-
     return escape_markdown(text)
 
 

@@ -2,7 +2,7 @@
 heat-maps, the probability bars and the DICOM display panel.
 
 pages/review.py lays the page out; this module keeps what survives reruns (session state) and
-talks to the history store and the classifier through `app_support`. The plain rules (what a
+talks to the history store and the classifier through `app.support`. The plain rules (what a
 worklist keeps, statuses, what comes next) are in `core.review.worklist`.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import app_identity
-import app_support
+from app import identity as app_identity
+from app import support as app_support
 from core import config
 from core.errors import HistoryUnavailable, ScanRejected
 from core.pipeline import analyse_bytes
