@@ -21,13 +21,14 @@ browser:
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium could not be installed: browser tests will be skipped"; }
 
-# Debian's PostgreSQL and nginx: the team history's tests and `make team`; where apt is unavailable,
-# the tests that need them are skipped, saying why.
+# Debian's PostgreSQL, nginx and Orthanc with its DICOMweb plugin: the team history's and the scan
+# archive's tests and `make team`; where apt is unavailable, the tests that need them are skipped, saying why.
 services:
-	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1; } || { \
+	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && \
+	   [ -x /usr/sbin/Orthanc ] && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; } || { \
 	  (command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql nginx >/dev/null) || \
-	  echo "postgresql or nginx could not be installed: the PostgreSQL and team tests will be skipped"; }
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql nginx orthanc orthanc-dicomweb >/dev/null) || \
+	  echo "postgresql, nginx or orthanc could not be installed: the PostgreSQL, archive and team tests will be skipped"; }
 
 # Local mode listens on 127.0.0.1 only. BRAINSCAN_LISTEN=0.0.0.0 (or another address) is the explicit
 # opt-in to other interfaces, and prints a warning: local mode has no sign-in (docs/sign-in.md).

@@ -15,11 +15,24 @@
 |                             | not by whom or what; 0: every reader sees reads  |                                 |
 | BRAINSCAN_ROLES_CLAIM       | ID-token claim holding roles (team mode)         | roles                           |
 | BRAINSCAN_ROLES_FILE        | TOML [roles] table, e-mail -> roles (team mode)  | none                            |
+| BRAINSCAN_SCAN_DIR          | the embedded scan archive: one file per sha256   | data/scans                      |
+| BRAINSCAN_DICOMWEB_URL      | a DICOMweb archive instead (team mode), e.g.     | none (the scan folder)          |
+|                             | http://127.0.0.1:8042/dicom-web                  |                                 |
+| BRAINSCAN_DICOMWEB_USER     | its user name (HTTP basic authentication)        | none, or [dicomweb] user        |
+| BRAINSCAN_DICOMWEB_PASSWORD | its password                                     | none, or [dicomweb] password    |
+| BRAINSCAN_DICOMWEB_TIMEOUT  | seconds a DICOMweb request may take              | 10                              |
+| BRAINSCAN_SECRETS_FILE      | TOML file whose [dicomweb] section the command   | .streamlit/secrets.toml         |
+|                             | line reads (the app reads Streamlit's secrets)   |                                 |
+
+The DICOMweb settings may instead sit in a `[dicomweb]` section (`url`, `user`, `password`,
+`timeout`) of the secrets file, which is not committed; an environment variable wins over it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +95,59 @@ IMAGE_SIZE = 128
 SPLIT_IMAGE_SIZE = 128
 COLOR_MODE = "grayscale"
 VALUE_RANGE = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """Where scans are archived: a DICOMweb service when `dicomweb_url` is set, else the folder `scan_dir`."""
+
+    scan_dir: Path
+    dicomweb_url: str = ""
+    user: str = ""
+    password: str = field(default="", repr=False)
+    timeout_s: float = 10.0
+
+
+def secrets_file() -> Path:
+    """The TOML secrets file the command line reads its [dicomweb] section from (the app reads Streamlit's)."""
+    return _env_path("BRAINSCAN_SECRETS_FILE", ROOT / ".streamlit" / "secrets.toml")
+
+
+def _secrets_section(name: str) -> dict:
+    """One section of `secrets_file()`, or {} when there is no such file or section; raises ValueError if unreadable."""
+    import tomllib
+
+    path = secrets_file()
+    if not path.is_file():
+        return {}
+    try:
+        section = tomllib.loads(path.read_text(encoding="utf-8")).get(name) or {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"the secrets file {path} cannot be read ({type(error).__name__})") from None
+    return dict(section) if isinstance(section, dict) else {}
+
+
+def archive_settings(dicomweb: Mapping | None = None) -> ArchiveSettings:
+    """The scan archive's settings: environment variables first, then `dicomweb` (a [dicomweb] secrets section).
+
+    `dicomweb` None reads the section from `secrets_file()` (the command line); the app passes
+    Streamlit's own `st.secrets["dicomweb"]`, since Streamlit may read other secrets files.
+    """
+    section = dict(_secrets_section("dicomweb") if dicomweb is None else dicomweb)
+
+    def setting(variable: str, key: str) -> str:
+        return (os.environ.get(variable) or str(section.get(key) or "")).strip()
+
+    timeout = setting("BRAINSCAN_DICOMWEB_TIMEOUT", "timeout")
+    try:
+        timeout_s = float(timeout) if timeout else 10.0
+    except ValueError:
+        raise ValueError(f"the DICOMweb timeout {timeout!r} is not a number of seconds") from None
+    return ArchiveSettings(scan_dir=_env_path("BRAINSCAN_SCAN_DIR", DATA_DIR / "scans"),
+                           dicomweb_url=setting("BRAINSCAN_DICOMWEB_URL", "url").rstrip("/"),
+                           user=setting("BRAINSCAN_DICOMWEB_USER", "user"),
+                           password=os.environ.get("BRAINSCAN_DICOMWEB_PASSWORD") or str(section.get("password") or ""),
+                           timeout_s=max(timeout_s, 0.1))
 
 
 def blind_double_reading() -> bool:

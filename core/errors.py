@@ -25,3 +25,19 @@ class ModelContractError(BrainScanError):
 
 class HistoryUnavailable(BrainScanError):
     """The history database cannot be opened, read or written just now; nothing was recorded."""
+
+
+class ArchiveError(BrainScanError):
+    """The scan archive could not store or give back a scan; nothing was recorded as archived."""
+
+
+class ArchiveUnavailable(ArchiveError):
+    """The scan archive cannot be reached, refused the credentials, or did not answer in time."""
+
+
+class ArchivedScanMissing(ArchiveError):
+    """The archive answers but does not hold the scan the history names."""
+
+
+class ArchivedScanAltered(ArchiveError):
+    """The archive holds the scan, but its bytes no longer hash to the sha256 recorded when it was stored."""

@@ -28,7 +28,15 @@ import numpy as np
 from core import config
 from core.errors import ScanRejected
 from core.scans.dicom import load_dicom
-from core.scans.scan import SUPPORTED_FORMATS_TEXT, Scan, check_pixel_count, check_shape, greyscale_scan, mean_chroma
+from core.scans.scan import (
+    SUPPORTED_FORMATS_TEXT,
+    Scan,
+    check_pixel_count,
+    check_shape,
+    distinct_colour,
+    greyscale_scan,
+    mean_chroma,
+)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
@@ -336,7 +344,8 @@ def _load_with_pillow(data: bytes, name: str, frame: int | None, opened=None) ->
         reason = "is truncated (it ends before the image data is complete)" if truncated else "is damaged and could not be decoded"
         raise ScanRejected(f"the {name} file {reason}") from None
     scan = greyscale_scan(array, name, bgr=False)
-    return Scan(scan.image, scan.source_format, scan.colourfulness, frame_count=frame_count, frame=chosen)
+    return Scan(scan.image, scan.source_format, scan.colourfulness, frame_count=frame_count, frame=chosen,
+                colour=scan.colour)
 
 
 def _pillow_to_array(image) -> np.ndarray:
@@ -401,4 +410,5 @@ def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
 def _scan_from_bgr(image: np.ndarray, source_format: str) -> Scan:
     """The training path: 8-bit BGR from IMREAD_COLOR -> BGR2GRAY, plus the chroma measure."""
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return Scan(image=grey, source_format=source_format, colourfulness=mean_chroma(image, bgr=True))
+    return Scan(image=grey, source_format=source_format, colourfulness=mean_chroma(image, bgr=True),
+                colour=distinct_colour(image, bgr=True))

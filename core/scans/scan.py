@@ -42,6 +42,9 @@ class Scan:
     default_window: tuple[float, float] | None = None
     window: tuple[float, float] | None = None
     value_range: tuple[float, float] | None = None
+    # The decoded 8-bit colour picture (H, W, 3) in RGB order, for a colour source whose channels
+    # differ; None otherwise. The scan archive keeps it, so a colour upload reads back as colour.
+    colour: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def check_shape(image: np.ndarray) -> None:
@@ -106,7 +109,16 @@ def greyscale_scan(image: np.ndarray, source_format: str, bgr: bool) -> Scan:
         grey = stretch_to_uint8(grey_values, low, high)
         colour = grey if values.ndim == 2 else stretch_to_uint8(values, low, high)
     colourfulness = 0.0 if colour.ndim == 2 else mean_chroma(colour, bgr=bgr)
-    return Scan(image=grey, source_format=source_format, colourfulness=colourfulness)
+    return Scan(image=grey, source_format=source_format, colourfulness=colourfulness,
+                colour=distinct_colour(colour, bgr))
+
+
+def distinct_colour(colour: np.ndarray, bgr: bool) -> np.ndarray | None:
+    """An 8-bit three-channel picture in RGB order, or None when it is greyscale (all channels equal) or 2-D."""
+    if colour.ndim != 3 or (np.array_equal(colour[:, :, 0], colour[:, :, 1])
+                            and np.array_equal(colour[:, :, 1], colour[:, :, 2])):
+        return None
+    return np.ascontiguousarray(colour[:, :, ::-1] if bgr else colour)
 
 
 def stretch_limits(values: np.ndarray) -> tuple[float, float]:
