@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from core.cli import main
+from core.review import migrations
 from core.review.chain import GENESIS_HASH, HASHED_COLUMNS, canonical_bytes, event_hash
 from core.review.store import HistoryStore
 from tests.postgres import fresh_postgres_history, owner_url, superuser_url
@@ -243,9 +244,9 @@ def test_history_upgrade_and_errors_are_one_line_from_the_command_line(tmp_path,
     command = [sys.executable, "-m", "core", "history", "upgrade", "--database", owner]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().endswith("schema revision none -> 0002")
+    assert first.stdout.strip().endswith(f"schema revision none -> {migrations.head_revision()}")
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert again.stdout.strip().endswith("already at schema revision 0002")
+    assert again.stdout.strip().endswith(f"already at schema revision {migrations.head_revision()}")
     app = owner.replace("//brainscan_owner@", "//brainscan_app@")
     denied = subprocess.run([sys.executable, "-m", "core", "audit", "verify", "--database",
                              app.replace(f":{postgres_server.port}/", ":1/")],

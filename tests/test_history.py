@@ -144,7 +144,8 @@ def test_only_non_identifying_fields_of_a_scan_exist_in_the_database(store, data
     assert set(columns) <= {"id", "time", "session_id", "reviewer", "actor_issuer", "actor_subject", "actor_email",
                             "actor_name", "actor_role", "kind", "sha256", "file_name", "model_version",
                             "predicted_class", "p_glioma", "p_meningioma", "p_pituitary", "p_no_tumor", "verdict",
-                            "final_label", "reason", "note", "prev_hash", "hash"}
+                            "final_label", "reason", "note", "prev_hash", "hash", "detail"}
+    # `detail` holds only what the app writes there: archive UIDs and sha256s, a series read's key slices.
 
 
 def test_a_signed_in_actor_is_stored_with_the_event_and_chained(store):

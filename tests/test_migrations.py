@@ -131,10 +131,10 @@ def test_the_migrations_build_exactly_the_codes_tables_on_both_engines(empty_dat
 
 def test_the_head_revision_has_append_only_triggers_on_both_engines(empty_database):
     upgrade_history(empty_database)
-    expected = {f"{table}_are_not_{change}" for table in ("events", "chain_verifications")
-                for change in ("updated", "deleted")}
+    tables = ("events", "chain_verifications", "worklist_entries", "worklist_clears")
+    expected = {f"{table}_are_not_{change}" for table in tables for change in ("updated", "deleted")}
     if not empty_database.startswith("sqlite"):
-        expected |= {"events_are_not_truncated", "chain_verifications_are_not_truncated"}
+        expected |= {f"{table}_are_not_truncated" for table in tables}
     assert triggers(empty_database) == expected
 
 

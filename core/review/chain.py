@@ -7,6 +7,9 @@ are written as Python writes a float, the shortest text that reads back to the s
 Because `prev_hash` is one of the hashed fields, changing, removing or inserting any event
 changes a hash that a later event's `prev_hash` no longer matches.
 
+Fields added after the first revisions (`detail`, revision 0003) are hashed only where they hold
+something, so every event written before them keeps its hash.
+
 Plain Python, no database: the store, the first migration (which chains a legacy history) and
 any outside auditor compute the same hash from the same fields.
 """
@@ -25,6 +28,8 @@ HASHED_COLUMNS: tuple[str, ...] = (
     "time", "session_id", "reviewer", *IDENTITY_COLUMNS, "kind", "sha256", "file_name", "model_version",
     "predicted_class", *PROBABILITY_COLUMNS, "verdict", "final_label", "reason", "note", "prev_hash",
 )
+# Hashed only when not empty: added by a later revision, absent from (or empty in) every earlier event.
+OPTIONAL_HASHED_COLUMNS: tuple[str, ...] = ("detail",)
 
 
 def canonical_bytes(event: Mapping, columns: Sequence[str] = HASHED_COLUMNS) -> bytes:
@@ -33,6 +38,8 @@ def canonical_bytes(event: Mapping, columns: Sequence[str] = HASHED_COLUMNS) -> 
     `columns` is today's field list unless a migration passes the list frozen at its revision.
     """
     fields = {name: event[name] for name in columns}
+    if columns is HASHED_COLUMNS:
+        fields.update({name: event[name] for name in OPTIONAL_HASHED_COLUMNS if event.get(name)})
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
 

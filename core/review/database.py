@@ -61,7 +61,11 @@ events = sa.Table(
     sa.Column("note", sa.Text, nullable=False, server_default=""),
     sa.Column("prev_hash", sa.Text, nullable=False),
     sa.Column("hash", sa.Text, nullable=False),
-    sa.CheckConstraint("kind IN ('prediction', 'verdict', 'adjudication', 'refusal', 'export')", name="kind"),
+    # What an event's kind needs beyond the columns, as canonical JSON (an archive event's reference:
+    # UIDs and the archived object's sha256; a series read's key slices). Empty for the other kinds.
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.CheckConstraint("kind IN ('prediction', 'verdict', 'adjudication', 'refusal', 'export', 'archive', "
+                       "'series_read', 'result')", name="kind"),
     sa.CheckConstraint("verdict IS NULL OR verdict IN ('confirm', 'override', 'flag')", name="verdict"),
     sa.CheckConstraint("(kind = 'verdict') = (verdict IS NOT NULL)", name="verdict_iff_kind"),
     sa.CheckConstraint("length(prev_hash) = 64 AND length(hash) = 64", name="hash_length"),
@@ -72,6 +76,30 @@ events = sa.Table(
              sqlite_where=PREDICTIONS_ONLY, postgresql_where=PREDICTIONS_ONLY),
     sa.Index("events_by_scan", "sha256", "model_version", "id"),
     sa.Index("events_by_session", "session_id"),
+    sqlite_autoincrement=True,
+)
+
+# Each reader's worklist, append-only like the events: an entry adds a scan (a later entry for the same
+# scan changes nothing), a clear empties the worklist up to and including its `last_entry_id`. The
+# open worklist is the owner's entries after their latest clear, in entry order, first entry per scan.
+worklist_entries = sa.Table(
+    "worklist_entries", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.Text, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),  # the history session / signed-in user key (app.support)
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("file_name", sa.Text, nullable=False),
+    sa.Index("worklist_by_owner", "owner", "id"),
+    sqlite_autoincrement=True,
+)
+worklist_clears = sa.Table(
+    "worklist_clears", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.Text, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("last_entry_id", sa.Integer, nullable=False),
+    sa.Index("worklist_clears_by_owner", "owner", "id"),
     sqlite_autoincrement=True,
 )
 

@@ -12,8 +12,12 @@ from datetime import date, datetime, timezone
 from core.classes import CLASS_NAMES
 from core.errors import BrainScanError
 
-# A prediction shown, a reviewer's read (verdict), a second reader's adjudication, a file refused at intake, an export.
-EVENT_KINDS: tuple[str, ...] = ("prediction", "verdict", "adjudication", "refusal", "export")
+# A prediction shown, a reviewer's read (verdict), a second reader's adjudication, a file refused at intake, an
+# export, a scan stored in the archive, a reader's read of a whole series, a result object sent to the archive.
+EVENT_KINDS: tuple[str, ...] = ("prediction", "verdict", "adjudication", "refusal", "export", "archive",
+                                "series_read", "result")
+# The kinds that make up a scan's case (its status and final label); the others are about files and objects.
+CASE_KINDS: tuple[str, ...] = ("prediction", "verdict", "adjudication", "refusal")
 VERDICTS: tuple[str, ...] = ("confirm", "override", "flag")
 VERDICT_NAMES: dict[str, str] = {"confirm": "Confirmed", "override": "Overridden", "flag": "Flagged for second read"}
 # The status of a scan, derived from all its reads (core.review.reads.case_state); "flagged" means awaiting a second read.
@@ -29,6 +33,8 @@ CHAIN_COLUMNS: tuple[str, ...] = ("prev_hash", "hash")
 COLUMNS: tuple[str, ...] = (
     "id", "time", "session_id", "reviewer", *IDENTITY_COLUMNS, "kind", "sha256", "file_name", "model_version",
     "predicted_class", *PROBABILITY_COLUMNS, "verdict", "final_label", "reason", "note", *CHAIN_COLUMNS,
+    # An archive event's reference (DICOM UIDs, the archived object's sha256) or a series read's key slices.
+    "detail",
 )
 MAX_IDENTITY_CHARS = 320  # an email address's longest legal length
 MAX_REVIEWER_CHARS = 80

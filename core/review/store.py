@@ -29,6 +29,7 @@ as `core.errors.HistoryUnavailable`; the vocabulary and rules of a record live i
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,7 +44,7 @@ from core import config
 from core.classes import CLASS_NAMES
 from core.errors import HistoryUnavailable
 from core.review import migrations
-from core.review.chain import GENESIS_HASH, HASHED_COLUMNS, event_hash
+from core.review.chain import GENESIS_HASH, HASHED_COLUMNS, OPTIONAL_HASHED_COLUMNS, event_hash
 from core.review.database import (
     APPEND_LOCK_KEY,
     IMMEDIATE,
@@ -52,9 +53,12 @@ from core.review.database import (
     display_url,
     events,
     normalise_url,
+    worklist_clears,
+    worklist_entries,
 )
 from core.review.reads import adjudication_of, case_state, reads_of
 from core.review.records import (
+    CASE_KINDS,
     COLUMNS,
     IDENTITY_COLUMNS,
     MAX_FILE_NAME_CHARS,
@@ -233,10 +237,15 @@ class HistoryStore:
 
     @staticmethod
     def _insert(connection: Connection, row: dict, previous_hash: str) -> int:
+        return HistoryStore._insert_chained(connection, row, previous_hash)[0]
+
+    @staticmethod
+    def _insert_chained(connection: Connection, row: dict, previous_hash: str) -> tuple[int, str]:
+        """Insert one event after `previous_hash`; (its id, its hash), so a transaction can append several."""
         # Stamped under the lock, so time never runs backwards along the chain.
         row = {**row, "time": utc_now(), "prev_hash": previous_hash}
         row["hash"] = event_hash(row)
-        return int(connection.execute(events.insert().values(**row)).inserted_primary_key[0])
+        return int(connection.execute(events.insert().values(**row)).inserted_primary_key[0]), row["hash"]
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -326,6 +335,105 @@ class HistoryStore:
         with self._append() as (connection, head):
             return self._insert(connection, row, head)
 
+    def record_upload(self, *, session_id: str, owner: str, reviewer: str, file_name: str, sha256: str,
+                      model_version: str, predicted_class: str | None, probabilities: Mapping[str, float],
+                      refusal_reason: str | None = None, archived: Mapping[str, str] | None = None,
+                      actor: Mapping[str, str] | None = None) -> None:
+        """Record an upload in one transaction: its archive event, its prediction (or refusal), its worklist entry.
+
+        `archived` is the archive's reference (UIDs, the object's sha256) once the scan is stored
+        there; None for a file with no picture to archive. The archive event is written once per
+        scan, whoever uploads it again; the prediction or refusal once per session, as
+        `record_prediction` does; the worklist entry unless the scan is on `owner`'s open worklist.
+        All or nothing: a failure leaves no part recorded.
+        """
+        kind = "refusal" if refusal_reason is not None else "prediction"
+        outcome = _event_row(kind, session_id, reviewer, file_name, sha256, model_version,
+                             None if refusal_reason is not None else predicted_class,
+                             {} if refusal_reason is not None else probabilities,
+                             reason=_clean(refusal_reason or "")[:MAX_REASON_CHARS], actor=actor)
+        with self._append() as (connection, head):
+            if archived is not None and self._archive_detail(connection, sha256) is None:
+                row = _event_row("archive", session_id, reviewer, file_name, sha256, "-", None, {}, actor=actor,
+                                 detail=archived)
+                _, head = self._insert_chained(connection, row, head)
+            seen = connection.execute(sa.select(events.c.id).where(
+                events.c.session_id == session_id, events.c.sha256 == sha256,
+                events.c.model_version == model_version, events.c.kind == kind).limit(1)).first()
+            if seen is None:
+                self._insert_chained(connection, outcome, head)
+            if sha256 not in {entry["sha256"] for entry in self._open_worklist(connection, owner)}:
+                connection.execute(worklist_entries.insert().values(
+                    time=utc_now(), owner=owner, sha256=sha256, model_version=model_version,
+                    file_name=outcome["file_name"]))
+
+    @staticmethod
+    def _archive_detail(connection: Connection, sha256: str) -> dict | None:
+        found = connection.execute(sa.select(events.c.detail).where(events.c.sha256 == sha256,
+                                                                    events.c.kind == "archive")
+                                   .order_by(events.c.id).limit(1)).scalar()
+        return json.loads(found) if found else None
+
+    def archived_reference(self, sha256: str) -> dict | None:
+        """The archive's reference (UIDs, object sha256) recorded for a scan, or None when it was never archived."""
+        with self._read() as connection:
+            return self._archive_detail(connection, sha256)
+
+    def archived_scans(self) -> list[dict]:
+        """Every archive event, oldest first: id, sha256, file_name and the reference (`detail`, parsed)."""
+        query = (sa.select(events.c.id, events.c.sha256, events.c.file_name, events.c.detail)
+                 .where(events.c.kind == "archive").order_by(events.c.id))
+        with self._read() as connection:
+            return [{**dict(row), "detail": json.loads(row["detail"])} for row in connection.execute(query).mappings()]
+
+    def scans_named_since(self, first_event_id: int) -> list[str]:
+        """The sha256 of every scan with a case event (prediction, read, ...) from `first_event_id` on, in order."""
+        query = (sa.select(events.c.sha256, sa.func.min(events.c.id).label("first"))
+                 .where(events.c.id >= first_event_id, events.c.kind.in_(CASE_KINDS))
+                 .group_by(events.c.sha256).order_by(sa.text("first")))
+        with self._read() as connection:
+            return [row[0] for row in connection.execute(query)]
+
+    # -- worklists ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _open_worklist(connection: Connection, owner: str) -> list[dict]:
+        cleared = connection.execute(sa.select(sa.func.max(worklist_clears.c.last_entry_id))
+                                     .where(worklist_clears.c.owner == owner)).scalar() or 0
+        rows = connection.execute(
+            sa.select(worklist_entries.c.id, worklist_entries.c.sha256, worklist_entries.c.model_version,
+                      worklist_entries.c.file_name, worklist_entries.c.time)
+            .where(worklist_entries.c.owner == owner, worklist_entries.c.id > cleared)
+            .order_by(worklist_entries.c.id)).mappings()
+        first: dict[str, dict] = {}
+        for row in rows:
+            first.setdefault(row["sha256"], dict(row))
+        return list(first.values())
+
+    def worklist(self, owner: str) -> list[dict]:
+        """`owner`'s open worklist, in the order scans were added: id, sha256, model_version, file_name, time."""
+        with self._read() as connection:
+            return self._open_worklist(connection, owner)
+
+    def add_to_worklist(self, owner: str, entries: Sequence[tuple[str, str, str]]) -> None:
+        """Add (sha256, model_version, file_name) entries to `owner`'s worklist, skipping scans already on it."""
+        with self._translate(), self.engine.begin() as connection:
+            present = {entry["sha256"] for entry in self._open_worklist(connection, owner)}
+            for sha256, model_version, file_name in entries:
+                if sha256 not in present:
+                    present.add(sha256)
+                    connection.execute(worklist_entries.insert().values(
+                        time=utc_now(), owner=owner, sha256=sha256, model_version=model_version,
+                        file_name=str(file_name).replace("\x00", "")[:MAX_FILE_NAME_CHARS]))
+
+    def clear_worklist(self, owner: str) -> None:
+        """Empty `owner`'s worklist (its entries stay in the table; a clear row marks where it was emptied)."""
+        with self._translate(), self.engine.begin() as connection:
+            last = connection.execute(sa.select(sa.func.max(worklist_entries.c.id))
+                                      .where(worklist_entries.c.owner == owner)).scalar()
+            if last is not None:
+                connection.execute(worklist_clears.insert().values(time=utc_now(), owner=owner, last_entry_id=last))
+
     # -- reading ------------------------------------------------------------------------------------
 
     def events(self, session_id: str | None = None) -> list[dict]:
@@ -364,7 +472,7 @@ class HistoryStore:
         """Every event of one scan under one model version, oldest first (its reads, adjudications, refusals)."""
         query = (sa.select(*(events.c[name] for name in COLUMNS))
                  .where(events.c.sha256 == sha256, events.c.model_version == model_version,
-                        events.c.kind != "export").order_by(events.c.id))
+                        events.c.kind.in_(CASE_KINDS)).order_by(events.c.id))
         with self._read() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
 
@@ -486,7 +594,7 @@ def migrate_history(source: str | Path, destination: str | Path) -> tuple[int, C
         if writing.execute(sa.select(sa.func.count()).select_from(events)).scalar_one():
             raise HistoryUnavailable(f"the destination {target.display_url} already holds events; migrate into an "
                                      "empty history")
-        for table in (events, chain_verifications):
+        for table in (events, chain_verifications, worklist_entries, worklist_clears):
             last_id = 0
             while True:
                 batch = [dict(row) for row in reading.execute(
@@ -511,7 +619,7 @@ def _current_state_query(session_id: str | None, sha256s: Sequence[str] | None, 
         sa.func.min(events.c.time).label("first_time"),
         sa.func.count().label("event_count"),
         sa.func.max(sa.case((events.c.kind == "verdict", events.c.id))).label("verdict_id"),
-    ).where(events.c.kind != "export").group_by(events.c.sha256, events.c.model_version)
+    ).where(events.c.kind.in_(CASE_KINDS)).group_by(events.c.sha256, events.c.model_version)
     if session_id is not None:
         # A case belongs to a session when the session touched the scan, whoever recorded its latest event.
         touched = events.alias("touched")
@@ -532,7 +640,7 @@ def _current_state_query(session_id: str | None, sha256s: Sequence[str] | None, 
 
 def _walk(connection: Connection, checkpoint: Mapping | None, anchor: str | None) -> ChainReport:
     """Read every event in id order, recomputing each hash; stop judging at the first mismatch, keep counting."""
-    columns = (events.c.id, events.c.hash, *(events.c[name] for name in HASHED_COLUMNS))
+    columns = (events.c.id, events.c.hash, *(events.c[name] for name in HASHED_COLUMNS + OPTIONAL_HASHED_COLUMNS))
     rows = connection.execution_options(yield_per=READ_BATCH).execute(sa.select(*columns).order_by(events.c.id))
     expected_previous, previous_id = GENESIS_HASH, None
     count, bad_id, problem, anchor_seen = 0, None, "", anchor is None
@@ -597,6 +705,11 @@ def _same_reader(row: Mapping) -> tuple:
     return events.c.actor_subject == "", events.c.reviewer == row["reviewer"]
 
 
+def canonical_detail(detail: Mapping) -> str:
+    """An event's detail as canonical JSON (keys sorted, no whitespace), the form that is stored and hashed."""
+    return json.dumps(dict(detail), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _clean(text: str) -> str:
     # PostgreSQL text cannot hold NUL, and both engines must store the same characters.
     return str(text or "").replace("\x00", "").strip()
@@ -605,7 +718,7 @@ def _clean(text: str) -> str:
 def _event_row(kind: str, session_id: str, reviewer: str, file_name: str, sha256: str, model_version: str,
                predicted_class: str | None, probabilities: Mapping[str, float], verdict: str | None = None,
                final_label: str | None = None, reason: str = "", note: str = "",
-               actor: Mapping[str, str] | None = None) -> dict:
+               actor: Mapping[str, str] | None = None, detail: Mapping | None = None) -> dict:
     if not session_id or not sha256 or not model_version:
         raise ValueError("an event needs a session id, a sha256 and a model version")
     unknown = set(probabilities) - set(CLASS_NAMES)
@@ -616,6 +729,7 @@ def _event_row(kind: str, session_id: str, reviewer: str, file_name: str, sha256
         "kind": kind, "sha256": sha256, "file_name": str(file_name).replace("\x00", "")[:MAX_FILE_NAME_CHARS],
         "model_version": model_version, "predicted_class": predicted_class,
         "verdict": verdict, "final_label": final_label, "reason": reason, "note": note,
+        "detail": canonical_detail(detail) if detail else "",
     }
     actor = actor or {}
     for column in IDENTITY_COLUMNS:
