@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import time
 from contextlib import nullcontext
 from dataclasses import replace
 
@@ -20,25 +21,27 @@ import streamlit as st
 from app import identity as app_identity
 from app import support as app_support
 from core import config
-from core.errors import HistoryUnavailable, ScanRejected
+from core.errors import ArchiveError, HistoryUnavailable, ScanRejected
 from core.pipeline import analyse_bytes
 from core.review.reads import split_reads
 from core.review.records import IDENTITY_COLUMNS, VERDICT_NAMES, VerdictRejected, display_time
+from core.review.uploads import archive_result, archived_bytes, decode_archived, reference_for, reopen
 from core.review.worklist import (
+    UNAVAILABLE,
     ReviewItem,
     first_unreviewed,
     item_from_result,
     next_unreviewed,
 )
 from core.scans.dicom import BRAIN_WINDOW
-from core.scans.intake import load_scan, sniff_format
+from core.scans.intake import sniff_format
 
-DICOM_VIEWS_KEPT = 8  # re-classified DICOM frame/window choices kept per session
-PICTURES_KEPT = 2000  # thumbnails (at most 512 x 512 bytes each) kept per process for second readers
+DICOM_VIEWS_KEPT = 8  # re-classified DICOM frame/window choices (and their source bytes) kept per session
+ARCHIVED_VIEWS_KEPT = 256  # archived scans read back for second readers and History, kept per process
 HIGHLIGHT = "#2b6cb0"
 MUTED = "#c3cad5"
 _WORKLIST_STATE = ("review_items", "review_digests", "review_unrecorded", "review_heatmaps", "review_current",
-                   "review_dicom_headers")
+                   "review_dicom_headers", "review_sources", "review_restore_failed", "review_archive_refused")
 
 
 def classify(classifier, data: bytes, file_name: str, **view) -> ReviewItem:
@@ -47,30 +50,38 @@ def classify(classifier, data: bytes, file_name: str, **view) -> ReviewItem:
                             classifier.image_size)
 
 
-def classify_uploads(uploads, classifier, store, session: str) -> list[ReviewItem]:
-    """Classify uploads not seen before (a progress bar for a batch), record their predictions, return the worklist.
+def classify_uploads(uploads, classifier, store, archive, session: str, owner: str) -> list[ReviewItem]:
+    """Classify and archive uploads not seen before (a progress bar for a batch), record them, return the worklist.
 
-    The worklist holds every distinct scan classified in this session, in upload order, until it
-    is cleared: switching pages (which empties the uploader) keeps it. Bytes are read only for
-    files the page has not seen; a file already in the worklist is never classified again.
+    A scan is archived before anything is recorded; one the archive refuses (down, slow, or it
+    would not take the object) is not added to the worklist, and the page says why, once per
+    file, until it is uploaded again. Bytes are read only for files the page has not seen; a file
+    already in the worklist is never classified again. The worklist itself is the history's
+    (`sync_worklist`): switching pages, a reload, a restart or another replica shows the same one.
     """
     items: dict[str, ReviewItem] = st.session_state.setdefault("review_items", {})
     digests: dict[str, str] = st.session_state.setdefault("review_digests", {})
-    unrecorded: set[str] = st.session_state.setdefault("review_unrecorded", set())
-    pending = [upload for upload in uploads if digests.get(upload.file_id) not in items]
+    unrecorded: dict[str, dict | None] = st.session_state.setdefault("review_unrecorded", {})
+    refused: dict[str, str] = st.session_state.setdefault("review_archive_refused", {})
+    pending = [upload for upload in uploads
+               if upload.file_id not in refused and digests.get(upload.file_id) not in items]
     bar = st.progress(0.0, text=f"Classifying {len(pending)} scans...") if len(pending) > 1 else None
     for position, upload in enumerate(pending, start=1):
         data = upload.getvalue()
         digest = hashlib.sha256(data).hexdigest()
-        digests[upload.file_id] = digest
         if digest not in items:
             with st.spinner("Classifying the scan...") if bar is None else nullcontext():
-                item = classify(classifier, data, upload.name)
-            # A refused file is recorded too, under the sha256 of the bytes that were uploaded.
-            items[digest] = item if item.sha256 else replace(item, sha256=digest)
-            unrecorded.add(digest)
-            if item.thumbnail is not None:
-                remember_picture(item)
+                result = analyse_bytes(classifier, data, upload.name)
+                try:
+                    reference = archive_result(archive, data, result)
+                except ArchiveError as error:
+                    refused[upload.file_id] = f"{upload.name} was not added to the worklist: {error}"
+                    reference = None
+            if upload.file_id not in refused:
+                item = item_from_result(result, classifier.version, classifier.image_size)
+                items[digest] = item if item.sha256 else replace(item, sha256=digest)
+                unrecorded[digest] = reference.to_detail() if reference is not None else None
+        digests[upload.file_id] = digest
         del data
         if bar is not None:
             bar.progress(position / len(pending), text=f"Classified {position} of {len(pending)} scans")
@@ -79,28 +90,166 @@ def classify_uploads(uploads, classifier, store, session: str) -> list[ReviewIte
     current = {upload.file_id for upload in uploads}
     for file_id in [file_id for file_id in digests if file_id not in current]:
         del digests[file_id]
-    _record_predictions([item for digest, item in items.items() if digest in unrecorded], store, session, unrecorded)
-    return list(items.values())
+    for file_id in [file_id for file_id in refused if file_id not in current]:
+        del refused[file_id]
+    for message in refused.values():
+        app_support.archive_unavailable(message, "Upload it again once the archive is back")
+    _record_uploads([items[digest] for digest in unrecorded if digest in items], store, session, owner, unrecorded)
+    return sync_worklist(store, archive, classifier, owner)
+
+
+RESTORE_RETRY_SECONDS = 15.0
+
+
+def sync_worklist(store, archive, classifier, owner: str) -> list[ReviewItem]:
+    """The worklist as the history holds it (plus scans not yet recorded), each scan's item in session state.
+
+    A scan the session has not seen (added on another replica, or before a restart) is read back
+    from the archive and classified again; one the archive cannot give back just now is listed
+    with the reason, and tried again after RESTORE_RETRY_SECONDS. While the history is down, the
+    session's own copy is the worklist.
+    """
+    items: dict[str, ReviewItem] = st.session_state.setdefault("review_items", {})
+    unrecorded: dict[str, dict | None] = st.session_state.setdefault("review_unrecorded", {})
+    try:
+        entries = store.worklist(owner)
+    except HistoryUnavailable:
+        return list(items.values())
+    order = [entry["sha256"] for entry in entries] + [digest for digest in unrecorded if digest in items]
+    order = list(dict.fromkeys(order))
+    failed: dict[str, float] = st.session_state.setdefault("review_restore_failed", {})
+    now = time.monotonic()
+    missing = [entry for entry in entries if entry["sha256"] not in items
+               or (entry["sha256"] in failed and now - failed[entry["sha256"]] > RESTORE_RETRY_SECONDS)]
+    bar = st.progress(0.0, text=f"Opening {len(missing)} scans of your worklist...") if len(missing) > 1 else None
+    for position, entry in enumerate(missing, start=1):
+        items[entry["sha256"]] = restore_item(store, archive, classifier, entry)
+        if items[entry["sha256"]].status == UNAVAILABLE:
+            failed[entry["sha256"]] = now
+        else:
+            failed.pop(entry["sha256"], None)
+        if bar is not None:
+            bar.progress(position / len(missing), text=f"Opened {position} of {len(missing)} scans")
+    if bar is not None:
+        bar.empty()
+    kept = {digest: items[digest] for digest in order if digest in items}
+    items.clear()
+    items.update(kept)
+    return list(kept.values())
+
+
+def restore_item(store, archive, classifier, entry: dict) -> ReviewItem:
+    """A worklist entry's item: its archived scan read back and classified, its refusal, or why it cannot be shown."""
+    sha256, file_name = entry["sha256"], entry["file_name"]
+    try:
+        reference = reference_for(store, sha256)
+        if reference is None:  # A file with no picture (it could not be decoded): its recorded refusal.
+            refusal = next((event for event in reversed(store.scan_events(sha256, entry["model_version"]))
+                            if event["kind"] == "refusal"), None)
+            message = refusal["reason"] if refusal else "the scan has no copy in the archive"
+            return ReviewItem(sha256, file_name, "rejected", message, None, {}, classifier.version, None, None)
+        result = reopen(classifier, archive, reference, sha256, file_name)
+    except (ArchiveError, HistoryUnavailable) as error:
+        return ReviewItem(sha256, file_name, UNAVAILABLE, f"the picture cannot be shown just now: {error}", None, {},
+                          classifier.version, None, None)
+    return item_from_result(result, classifier.version, classifier.image_size)
 
 
 @st.cache_resource(show_spinner=False)
-def _pictures() -> dict[str, np.ndarray]:
-    # The second reader's view of a scan someone else uploaded to this server process (never the bytes).
+def _archived_views() -> dict[tuple[str, str], ReviewItem | str]:
+    # A second reader's (or a History reader's) view of an archived scan, per process: at most ARCHIVED_VIEWS_KEPT.
     return {}
 
 
-def remember_picture(item: ReviewItem) -> None:
-    """Keep a scan's thumbnail for the Second reads page, the latest PICTURES_KEPT per server process."""
-    pictures = _pictures()
-    pictures.pop(item.sha256, None)
-    pictures[item.sha256] = item.thumbnail
-    while len(pictures) > PICTURES_KEPT:
-        pictures.pop(next(iter(pictures)), None)
+def archived_view(store, archive, classifier, sha256: str, file_name: str) -> ReviewItem | str:
+    """An archived scan read back and classified by the loaded model (cached per process), or why it cannot be.
+
+    Failures are not cached: the next run asks the archive again.
+    """
+    views = _archived_views()
+    key = (sha256, classifier.version)
+    if key not in views:
+        try:
+            reference = reference_for(store, sha256)
+            if reference is None:
+                return "this scan has no copy in the archive (recorded before the archive existed, or not decodable)"
+            result = reopen(classifier, archive, reference, sha256, file_name)
+        except (ArchiveError, HistoryUnavailable) as error:
+            return str(error)
+        views[key] = item_from_result(result, classifier.version, classifier.image_size)
+        while len(views) > ARCHIVED_VIEWS_KEPT:
+            views.pop(next(iter(views)), None)
+    return views[key]
 
 
-def picture_of(sha256: str) -> np.ndarray | None:
-    """The thumbnail of a scan uploaded to this server process, or None."""
-    return _pictures().get(sha256)
+def render_archived_scan(store, classifier, case: dict, key: str) -> None:
+    """A recorded scan's picture as the archive holds it, with the heat map of the model version that read it.
+
+    Works on any replica and after any restart: the picture comes from the archive, never from
+    the process that received the upload. Says in one line why not when the archive cannot give
+    it back; the rest of the page keeps working.
+    """
+    archive = app_support.scan_archive()
+    if archive is None:
+        return
+    name = app_support.escape_markdown(case["file_name"])
+    if classifier is None:
+        st.info("The model is not loaded, so the scan cannot be read back with its heat map.",
+                icon=":material/hide_image:")
+        return
+    view = archived_view(store, archive, classifier, case["sha256"], case["file_name"])
+    if isinstance(view, str):
+        app_support.archive_unavailable(view, "The picture cannot be shown; everything else on this page still works")
+        return
+    if view.thumbnail is None:
+        st.info(f"No picture: {app_support.escape_markdown(view.message)}.", icon=":material/hide_image:")
+        return
+    picture, caption = view.thumbnail, name
+    explain = explainer()
+    if case["model_version"] != classifier.version:
+        st.caption(f"No heat map: this scan was read with model {app_support.escape_markdown(case['model_version'])}"
+                   f", and the app now runs {app_support.escape_markdown(classifier.version)}.")
+    elif view.status == "ok" and explain is not None and st.toggle(
+            "Heat-map overlay", value=True, key=f"{key}_show_heatmap_{view.widget_key}",
+            help="Where the model looked: warm colours raised the score of its class."):
+        heat = heatmap_for(view, classifier, explain)
+        if isinstance(heat, str):
+            st.caption(heat)
+        else:
+            picture = explain.overlay(view.thumbnail, heat, 0.45)
+            caption = f"{name} - heat-map over the model's crop of the head"
+    st.image(picture, caption=caption, width="stretch", clamp=True)
+
+
+def render_scan_opener(store, classifier, rows: list[dict], display_names: dict[str, str]) -> None:
+    """History: open one of the scans in the table, as the archive holds it, with its heat map."""
+    cases = {f"{row['sha256']}|{row['model_version']}": row for row in rows
+             if row.get("sha256") and row.get("kind") in ("prediction", "verdict", "adjudication", "refusal")}
+    if not cases:
+        return
+    with st.expander("Open a scan from this table", expanded=False):
+        chosen = st.selectbox(
+            "Scan", list(cases), index=None, placeholder="Choose a scan to see it", key="history_open_scan",
+            format_func=lambda value: f"{cases[value]['file_name']} · sha256 {value[:12]}… · "
+                                      f"{display_names.get(cases[value]['predicted_class'], '-')}")
+        if chosen is not None:
+            render_archived_scan(store, classifier, cases[chosen], key="history")
+
+
+def source_bytes(store, archive, item: ReviewItem, uploads) -> bytes | None:
+    """The DICOM bytes a scan's display controls re-decode: the archived copy (kept per session), else the upload."""
+    sources: dict[str, bytes] = st.session_state.setdefault("review_sources", {})
+    if item.sha256 not in sources:
+        try:
+            sources[item.sha256] = archived_bytes(store, archive, item.sha256)
+        except (ArchiveError, HistoryUnavailable):
+            upload = upload_of(uploads, item)
+            if upload is None:
+                return None
+            return upload.getvalue()
+        while len(sources) > DICOM_VIEWS_KEPT:
+            sources.pop(next(iter(sources)), None)
+    return sources[item.sha256]
 
 
 def upload_of(uploads, item: ReviewItem):
@@ -109,8 +258,13 @@ def upload_of(uploads, item: ReviewItem):
     return next((upload for upload in uploads if digests.get(upload.file_id) == item.sha256), None)
 
 
-def clear_worklist() -> None:
-    """Empty the worklist and the uploader (a button callback); saved verdicts stay in the history."""
+def clear_worklist(store, owner: str) -> None:
+    """Button callback: empty the worklist in the history, then here, and the uploader; saved reads stay."""
+    try:
+        store.clear_worklist(owner)
+    except HistoryUnavailable as error:
+        st.session_state["review_clear_error"] = str(error)
+        return
     for name in _WORKLIST_STATE:
         st.session_state.pop(name, None)
     # A new key gives a new, empty uploader: Streamlit offers no other way to clear one.
@@ -122,22 +276,19 @@ def uploader_generation() -> int:
     return st.session_state.get("review_uploader_generation", 0)
 
 
-def _record_predictions(items: list[ReviewItem], store, session: str, unrecorded: set[str]) -> None:
-    # A prediction (or a refusal, with its reason) is recorded once per session (the store ignores
-    # repeats); a database failure leaves it pending so the next rerun tries again instead of
+def _record_uploads(items: list[ReviewItem], store, session: str, owner: str,
+                    unrecorded: dict[str, dict | None]) -> None:
+    # An upload (its archive event, its prediction or refusal, its worklist entry) is recorded in one
+    # transaction; a database failure leaves it pending so the next rerun tries again instead of
     # silently losing it.
     for item in items:
         try:
-            if item.status != "ok":
-                store.record_refusal(session_id=session, reviewer=app_support.reviewer_name(),
-                                     file_name=item.file_name, sha256=item.sha256, model_version=item.model_version,
-                                     reason=item.message, actor=app_support.actor())
-            else:
-                store.record_prediction(session_id=session, reviewer=app_support.reviewer_name(),
-                                        file_name=item.file_name, sha256=item.sha256, model_version=item.model_version,
-                                        predicted_class=item.label, probabilities=item.probabilities,
-                                        actor=app_support.actor())
-            unrecorded.discard(item.sha256)
+            store.record_upload(
+                session_id=session, owner=owner, reviewer=app_support.reviewer_name(), file_name=item.file_name,
+                sha256=item.sha256, model_version=item.model_version, predicted_class=item.label,
+                probabilities=item.probabilities, refusal_reason=None if item.status == "ok" else item.message,
+                archived=unrecorded[item.sha256], actor=app_support.actor())
+            del unrecorded[item.sha256]
         except HistoryUnavailable as error:
             app_support.history_unavailable(error, "Predictions are shown but not yet recorded; they are recorded "
                                             "on the first run after it is back")
@@ -166,8 +317,8 @@ def reader_statuses(items: list[ReviewItem], states: dict[str, dict], identity) 
     statuses = {}
     for item in items:
         own, _ = own_and_other_reads(states.get(item.sha256), identity)
-        statuses[item.sha256] = ("rejected" if item.status != "ok" else "new" if own is None
-                                 else "flagged" if own["verdict"] == "flag" else "reviewed")
+        statuses[item.sha256] = (UNAVAILABLE if item.status == UNAVAILABLE else "rejected" if item.status != "ok"
+                                 else "new" if own is None else "flagged" if own["verdict"] == "flag" else "reviewed")
     return statuses
 
 
@@ -299,18 +450,21 @@ def heatmap_for(item: ReviewItem, classifier, explain) -> np.ndarray | str:
     return cache[item.sha256]
 
 
-def dicom_header(item: ReviewItem, upload):
-    """The upload's decoded DICOM scan without its pixels, or None for other files; decoded once per session.
+def dicom_header(item: ReviewItem, data: bytes):
+    """The scan's decoded DICOM without its pixels, or None for other scans; decoded once per session.
 
-    Every widget interaction reruns the page, and re-decoding a multi-frame or JPEG 2000 file for
-    its details and slider ranges each time would repeat the slowest step of the upload.
+    `data` is the archived copy (a de-identified DICOM upload, or the capture of a picture, which
+    has no DICOM display controls). Every widget interaction reruns the page, and re-decoding a
+    multi-frame or JPEG 2000 file for its details and slider ranges each time would repeat the
+    slowest step of the upload.
     """
     headers: dict = st.session_state.setdefault("review_dicom_headers", {})
     if item.sha256 not in headers:
-        data, scan = upload.getvalue(), None
-        if sniff_format(data) == "dicom" or upload.name.lower().endswith((".dcm", ".dicom")):
+        scan = None
+        if sniff_format(data) == "dicom":
             try:
-                scan = replace(load_scan(data, upload.name), image=None)
+                decoded = decode_archived(data)
+                scan = replace(decoded, image=None, colour=None) if decoded.source_format == "DICOM" else None
             except ScanRejected:
                 pass
         headers[item.sha256] = scan
@@ -321,13 +475,14 @@ def _view_key(item: ReviewItem, frame: int, window: tuple[float, float]) -> tupl
     return item.sha256, item.model_version, frame, float(window[0]), float(window[1])
 
 
-def dicom_view_item(item: ReviewItem, upload, classifier, frame: int, window: tuple[float, float]) -> ReviewItem:
+def dicom_view_item(item: ReviewItem, data: bytes, classifier, frame: int, window: tuple[float, float]) -> ReviewItem:
     """`item` re-classified at another DICOM frame and (centre, width) window, once per view and session."""
     view = _view_key(item, frame, window)
     views: dict = st.session_state.setdefault("review_dicom_views", {})
     if view not in views:
         with st.spinner("Classifying the chosen frame and window..."):
-            views[view] = classify(classifier, upload.getvalue(), upload.name, frame=frame, window=window)
+            chosen = classify(classifier, data, item.file_name, frame=frame, window=window)
+            views[view] = replace(chosen, sha256=item.sha256)  # the upload's key, not the archived copy's
         while len(views) > DICOM_VIEWS_KEPT:
             del views[next(iter(views))]
     return views[view]
@@ -376,16 +531,16 @@ def _set_window(centre_key: str, width_key: str, window: tuple[float, float]) ->
     st.session_state[centre_key], st.session_state[width_key] = float(window[0]), float(window[1])
 
 
-def dicom_panel(item: ReviewItem, upload, classifier) -> ReviewItem:
+def dicom_panel(item: ReviewItem, data: bytes | None, classifier) -> ReviewItem:
     """For a DICOM upload: its non-identifying details, a frame picker and window/level; the chosen view's item.
 
     The file's own middle frame and window are what was classified at upload; another choice is
     decoded and classified once per (frame, window) and kept in session state, so moving back to
     a view never re-infers. Other formats return `item` unchanged.
     """
-    if upload is None:
+    if data is None:
         return item
-    scan = dicom_header(item, upload)
+    scan = dicom_header(item, data)
     if scan is None:
         return item
     key = item.widget_key
@@ -415,7 +570,7 @@ def dicom_panel(item: ReviewItem, upload, classifier) -> ReviewItem:
                    on_click=_set_window, args=(centre_key, width_key, scan.default_window), width="stretch")
     chosen = item
     if frame != scan.frame or (centre, width) != scan.default_window:
-        chosen = dicom_view_item(item, upload, classifier, frame, (centre, width))
+        chosen = dicom_view_item(item, data, classifier, frame, (centre, width))
         st.caption(f"Showing and classifying frame {frame + 1} at window W {width:g}, L {centre:g}; the "
                    "prediction recorded at upload used the file's own frame and window.")
     forget_heatmap_if_view_changed(item, frame, (centre, width))  # A heat-map belongs to its view.

@@ -20,6 +20,7 @@ import streamlit as st
 from app import identity as app_identity
 from app.markup import escape_markdown
 from core import config
+from core.archive import ScanArchive, open_archive
 from core.errors import HistoryUnavailable
 from core.review.store import HistoryStore
 
@@ -94,6 +95,37 @@ def open_history() -> HistoryStore:
     return HistoryStore(config.database_url())
 
 
+def _dicomweb_secrets() -> dict:
+    """The `[dicomweb]` section of Streamlit's secrets ({} without one); the password never leaves the process."""
+    try:
+        if not st.secrets.load_if_toml_exists():
+            return {}
+        section = st.secrets.get("dicomweb")
+        return dict(section) if section else {}
+    except Exception:  # An unreadable secrets file: the sign-in gate says so; the archive falls back to settings.
+        return {}
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _archive(settings: config.ArchiveSettings) -> ScanArchive:
+    # One archive object per process and settings: its HTTP sessions (one per thread) are reused by every run.
+    return open_archive(settings)
+
+
+def scan_archive() -> ScanArchive | None:
+    """The configured scan archive (BRAINSCAN_DICOMWEB_URL or [dicomweb], else BRAINSCAN_SCAN_DIR); None after saying why."""
+    try:
+        return _archive(config.archive_settings(_dicomweb_secrets()))
+    except ValueError as error:
+        st.error(f"**The scan archive is misconfigured**: {escape_markdown(str(error))}.", icon=":material/error:")
+        return None
+
+
+def archive_unavailable(error: BaseException, consequence: str) -> None:
+    """Say in one line that the scan archive could not be used, why, and what that means here; never raises."""
+    st.warning(f"**Scan archive**: {escape_markdown(str(error))}. {consequence}.", icon=":material/cloud_off:")
+
+
 def history_unavailable(error: BaseException, consequence: str) -> None:
     """Say the history is unavailable, why, and what that means on this page; the page redraws itself once it is back."""
     st.error(f"**The history is unavailable** ({escape_markdown(str(error))}). {consequence}. This page checks "
@@ -149,6 +181,21 @@ def session_id() -> str:
     if st.query_params.get(SESSION_PARAMETER) != identifier:
         st.query_params[SESSION_PARAMETER] = identifier
     return identifier
+
+
+LOCAL_WORKLIST = "local"
+
+
+def worklist_owner() -> str:
+    """Whose worklist this run shows: the signed-in user's (team mode), else the one worklist of this install.
+
+    Local mode is one reviewer on one machine, so its worklist is the machine's: a restart, a new
+    tab or a URL without the session parameter shows the same worklist.
+    """
+    identity = app_identity.current_identity()
+    if identity is not None and not identity.local:
+        return app_identity.owner_key(identity)
+    return LOCAL_WORKLIST
 
 
 def reviewer_name() -> str:

@@ -118,6 +118,11 @@ def analyse_bytes(classifier, data: bytes, filename: str, *, frame: int | None =
         scan = load_scan(data, filename, frame=frame, window=window)
     except ScanRejected as rejection:
         return ScanResult(filename, digest, "rejected", rejection.reason)
+    return analyse_scan(classifier, scan, filename, digest)
+
+
+def analyse_scan(classifier, scan: Scan, filename: str, digest: str) -> ScanResult:
+    """Classify a decoded scan (an upload's, or one read back from the archive) as `analyse_bytes` does."""
     tensor = prepare_image(scan.image, classifier.image_size)
     output = classifier.predict_tensors(tensor[np.newaxis])
     result = result_from_output(filename, digest, scan, output.probabilities[0],

@@ -215,6 +215,7 @@ def render() -> None:
         format="percent") for column in PROBABILITY_COLUMNS}
     st.dataframe(table(shown, view, display_names), hide_index=True, key="history_table",
                  column_config=probability_columns)
+    app_review.render_scan_opener(store, status.classifier, shown, display_names)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     # Built once per run from exactly the rows on screen; a download button is never nested in a button.
     data = csv_bytes(shown, CASE_COLUMNS if view == "cases" else EVENT_COLUMNS)

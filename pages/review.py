@@ -16,7 +16,7 @@ from app import support as app_support
 from core import config
 from core.errors import HistoryUnavailable
 from core.review.records import STATUS_LABELS, VERDICT_NAMES, VERDICTS, display_time
-from core.review.worklist import STATUS_NAMES, ReviewItem, status_counts
+from core.review.worklist import STATUS_NAMES, UNAVAILABLE, ReviewItem, status_counts
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "gif", "tif", "tiff", "webp"]
 
@@ -104,17 +104,21 @@ def render_verdict(item: ReviewItem, state: dict | None, classifier, session: st
         (st.success if kind == "success" else st.error)(text)
 
 
-def render_scan(item: ReviewItem, state: dict | None, classifier, session: str, upload=None) -> None:
+def render_scan(item: ReviewItem, state: dict | None, classifier, session: str, data: bytes | None = None) -> None:
     """Everything about one scan: picture left, result and verdict right.
 
-    `upload` (the uploaded file) lets scan-type controls re-decode the original, e.g. DICOM
-    window/level and frame choice; JPG and PNG scans need only the kept thumbnail.
+    `data` (the archived DICOM copy) lets scan-type controls re-decode it, e.g. DICOM window/level
+    and frame choice; pictures need only the kept thumbnail.
     """
     st.markdown(f"#### {app_support.escape_markdown(item.file_name)}")
     st.caption(f"sha256 {item.sha256[:12]}… · model {app_support.escape_markdown(item.model_version)}")
+    if item.status == UNAVAILABLE:
+        app_support.archive_unavailable(item.message, "This scan stays in your worklist and is shown once the "
+                                        "archive gives it back")
+        return
     left, right = st.columns([5, 6], gap="large")
     with left:
-        item = app_review.dicom_panel(item, upload, classifier)
+        item = app_review.dicom_panel(item, data, classifier)
         render_image(item, classifier)
     with right:
         if item.status != "ok":
@@ -135,7 +139,7 @@ def render_worklist(items: list[ReviewItem], statuses: dict[str, str], display_n
         pd.DataFrame({
             "File": [item.file_name for item in items],
             "Model's class": [display_names.get(item.label, "-") if item.label else f"Refused: {item.message}"
-                              for item in items],
+                              if item.status == "rejected" else "-" for item in items],
             "Probability": [item.confidence if item.label else None for item in items],
             "Status": [STATUS_NAMES[statuses[item.sha256]] for item in items],
         }),
@@ -192,10 +196,11 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
 def render() -> None:
     """Draw the Review page: uploader, worklist, the chosen scan's prediction and the verdict form."""
     st.title("Review scans")
-    session = app_support.session_id()
+    session, owner = app_support.session_id(), app_support.worklist_owner()
     status = app_support.model_status()
     store = app_support.history_store()
-    if store is None:
+    archive = app_support.scan_archive()
+    if store is None or archive is None:
         return
     generation = app_review.uploader_generation()
     uploads = st.file_uploader(
@@ -211,7 +216,7 @@ def render() -> None:
         return
     classifier = status.classifier
     display_names = classifier.card.display_names
-    items = app_review.classify_uploads(uploads, classifier, store, session)
+    items = app_review.classify_uploads(uploads, classifier, store, archive, session, owner)
     try:
         states = {}
         for version in {item.model_version for item in items}:
@@ -228,10 +233,12 @@ def render() -> None:
     statuses = app_review.reader_statuses(items, states, app_identity.current_identity())
     current = render_worklist(items, statuses, display_names) if len(items) > 1 else items[0]
     st.button("Clear worklist", icon=":material/clear_all:", key="review_clear", on_click=app_review.clear_worklist,
-              help="Empty the worklist and the uploader. Saved verdicts stay in the history.")
-    upload = app_review.upload_of(uploads, current)
+              args=(store, owner), help="Empty the worklist and the uploader. Saved verdicts stay in the history.")
+    if "review_clear_error" in st.session_state:
+        app_support.history_unavailable(st.session_state.pop("review_clear_error"), "The worklist was not cleared")
     st.divider()
-    render_scan(current, states.get(current.sha256), classifier, session, upload)
+    render_scan(current, states.get(current.sha256), classifier, session,
+                app_review.source_bytes(store, archive, current, uploads))
 
 
 if __name__ == "__main__":

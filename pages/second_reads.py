@@ -1,9 +1,10 @@
 """Second reads: scans flagged for a second read or read differently by two readers, and their adjudication.
 
 Visible to second readers and admins only (the front door does not register the page for others,
-and the page checks again). The second reader sees the scan (when it was uploaded to this server),
-the model's output, every read with its note, and records an adjudication: a final class and a
-required reason. The adjudication is the scan's final label.
+and the page checks again). The second reader sees the scan as the archive holds it (on any
+replica, after any restart) with the model's heat map, the model's output, every read with its
+note, and records an adjudication: a final class and a required reason. The adjudication is the
+scan's final label.
 """
 
 from __future__ import annotations
@@ -77,12 +78,7 @@ def render() -> None:
     key = case["sha256"][:16]
     left, right = st.columns([5, 6], gap="large")
     with left:
-        picture = app_review.picture_of(case["sha256"])
-        if picture is None:
-            st.info("The picture is not held by this server: upload the file on the Review page to see it.",
-                    icon=":material/hide_image:")
-        else:
-            st.image(picture, caption=app_support.escape_markdown(case["file_name"]), width="stretch", clamp=True)
+        app_review.render_archived_scan(store, status.classifier, case, key="second")
     with right:
         model_class = display_names.get(case["predicted_class"], case["predicted_class"] or "-")
         probability = probabilities_of(case).get(case["predicted_class"])

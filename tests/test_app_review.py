@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -70,7 +71,8 @@ def test_an_upload_shows_four_probabilities_and_a_saved_verdict_is_on_disk(histo
     app.text_area(key=f"review_note_{key_of(scan)}").input("clear margins").run()
     app.button(key=f"review_save_{key_of(scan)}").click().run()
     assert "Saved: confirmed." in texts(app.success)
-    [prediction, verdict] = HistoryStore(history_path).events()
+    [archived, prediction, verdict] = HistoryStore(history_path).events()
+    assert archived["kind"] == "archive" and archived["sha256"] == hashlib.sha256(scan).hexdigest()
     assert (prediction["kind"], verdict["kind"], verdict["verdict"]) == ("prediction", "verdict", "confirm")
     assert verdict["reviewer"] == "Ann" and verdict["note"] == "clear margins"
     assert verdict["file_name"] == "scan-7.png" and verdict["sha256"] == hashlib.sha256(scan).hexdigest()
@@ -92,7 +94,7 @@ def test_reruns_and_page_switches_never_infer_again_or_duplicate_rows(history_pa
     open_page(app, "review")
     assert not app.exception, app.exception
     assert len(calls) == 1
-    assert len(HistoryStore(history_path).events()) == 1
+    assert [event["kind"] for event in HistoryStore(history_path).events()] == ["archive", "prediction"]
     assert app.metric[0].value in DISPLAY_NAMES.values()  # The worklist outlives the page switch.
 
 
@@ -119,15 +121,15 @@ def test_an_override_needs_a_reason_and_a_change_of_verdict_is_appended(history_
     app.selectbox(key=f"review_override_{key}").select_index(0).run()
     app.button(key=f"review_save_{key}").click().run()
     assert "needs a reason" in texts(app.error)
-    assert [event["kind"] for event in HistoryStore(history_path).events()] == ["prediction"]
+    assert [event["kind"] for event in HistoryStore(history_path).events()] == ["archive", "prediction"]
 
     app.text_input(key=f"review_reason_{key}").input("=mass effect").run()
     app.button(key=f"review_save_{key}").click().run()
     app.radio(key=f"review_verdict_{key}").set_value("flag").run()
     app.button(key=f"review_save_{key}").click().run()
     events = HistoryStore(history_path).events()
-    assert [event["verdict"] for event in events] == [None, "override", "flag"]
-    assert events[1]["reason"] == "=mass effect" and events[1]["final_label"] != predicted
+    assert [event["verdict"] for event in events] == [None, None, "override", "flag"]
+    assert events[2]["reason"] == "=mass effect" and events[2]["final_label"] != predicted
     [state] = HistoryStore(history_path).current_state()
     assert state["status"] == "flagged"
 
@@ -158,10 +160,12 @@ def test_a_batch_is_a_worklist_with_status_and_next_unreviewed(history_path):
     app.selectbox(key="review_current").set_value(next(
         option for option in app.selectbox(key="review_current").options if "broken.png" in option)).run()
     assert "Not classified" in texts(app.error)
-    # Two predictions, the refused file (name, sha256, reason, who uploaded it) and one verdict.
+    # Two archived scans and their predictions, the refused file (name, sha256, reason, who uploaded it; no
+    # picture, so nothing archived) and one verdict.
     events = HistoryStore(history_path).events()
-    assert [event["kind"] for event in events] == ["prediction", "prediction", "refusal", "verdict"]
-    refusal = events[2]
+    assert [event["kind"] for event in events] == ["archive", "prediction", "archive", "prediction", "refusal",
+                                                   "verdict"]
+    refusal = events[4]
     assert (refusal["file_name"], refusal["reviewer"]) == ("broken.png", "Ann")
     assert refusal["sha256"] == hashlib.sha256(b"not an image").hexdigest() and refusal["reason"]
 
@@ -180,12 +184,63 @@ def test_a_refresh_reads_the_saved_verdict_back_from_the_database(history_path):
     assert refreshed.get("image") or refreshed.get("imgs"), "the scan's picture should be shown again"
     refreshed.file_uploader(key=UPLOADER).set_value(("scan-13.png", scan, "image/png")).run()
     assert "Saved verdict: **Confirmed**" in texts(refreshed.info)
-    assert len(HistoryStore(history_path).events()) == 2  # Re-uploading in the same session adds nothing.
+    assert len(HistoryStore(history_path).events()) == 3  # Re-uploading in the same session adds nothing.
 
     cleared = start(session=session, reviewer=None)
     cleared.button(key="review_clear").click().run()
     earlier = table_with(cleared, "Verdict")
     assert list(earlier["File"]) == ["scan-13.png"] and list(earlier["Verdict"]) == ["Confirmed"]
+
+
+def restart_server() -> None:
+    """What a restarted app process has in memory: nothing (its cached model, archive and views go too)."""
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def test_after_a_restart_the_worklist_and_the_pictures_come_back_from_the_history_and_the_scan_folder(history_path):
+    first, second = encode(synthetic_slice(31, 96)), encode(synthetic_slice(32, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value([("first.png", first, "image/png"),
+                                               ("second.png", second, "image/png")]).run()
+    probabilities = chart_probabilities(app)
+    assert len(list(Path(os.environ["BRAINSCAN_SCAN_DIR"]).rglob("*.dcm"))) == 2
+    restart_server()
+
+    again = start(reviewer=None)  # A new process, a new tab, no session in the URL, nothing uploaded.
+    assert not again.exception, again.exception
+    assert list(table_with(again, "Probability")["File"]) == ["first.png", "second.png"]
+    assert again.get("image"), "the scan's picture should be shown again"
+    assert chart_probabilities(again) == pytest.approx(probabilities)  # Read back byte for byte, classified alike.
+    again.button(key="review_clear").click().run()
+    restart_server()
+    assert not start(reviewer=None).dataframe or "Probability" not in str(start(reviewer=None).dataframe)
+
+
+def test_a_scan_the_archive_lost_is_listed_as_unavailable_not_a_crash(history_path):
+    scan = encode(synthetic_slice(33, 96))
+    start().file_uploader(key=UPLOADER).set_value(("lost.png", scan, "image/png")).run()
+    for path in Path(os.environ["BRAINSCAN_SCAN_DIR"]).rglob("*.dcm"):
+        path.unlink()
+    restart_server()
+    again = start(reviewer=None)
+    assert not again.exception, again.exception
+    shown = (texts(again.warning) + texts(again.error) + texts(again.info)).replace("\\", "")
+    assert "the picture cannot be shown just now" in shown and "does not hold the scan" in shown
+
+
+def test_an_upload_the_archive_cannot_take_is_not_in_the_worklist_and_says_why(history_path, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("BRAINSCAN_SCAN_DIR", str(blocker / "scans"))
+    restart_server()
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value(("nowhere.png", encode(synthetic_slice(34, 96)), "image/png")).run()
+    assert not app.exception, app.exception
+    assert "nowhere.png was not added to the worklist" in texts(app.warning).replace("\\", "")
+    assert HistoryStore(history_path).events() == []
 
 
 def test_earlier_scans_stay_in_a_closed_expander_with_or_without_a_worklist(history_path):
@@ -227,7 +282,7 @@ def test_file_names_are_shown_as_text_and_stored_as_given(history_path):
     for markup in ("**", "[link]", ":red[", "$x$", "<b>"):
         assert markup not in heading
     assert heading.replace("\\", "") == "#### " + name
-    assert HistoryStore(history_path).events()[0]["file_name"] == name
+    assert HistoryStore(history_path).events()[1]["file_name"] == name
 
 
 def test_no_patient_tag_of_a_dicom_upload_reaches_the_history(history_path):
@@ -256,10 +311,13 @@ def test_no_patient_tag_of_a_dicom_upload_reaches_the_history(history_path):
     app.file_uploader(key=UPLOADER).set_value(("slice.dcm", data, "application/dicom")).run()
     assert not app.exception, app.exception
     app.button(key=f"review_save_{key_of(data)}").click().run()
-    assert [event["kind"] for event in HistoryStore(history_path).events()] == ["prediction", "verdict"]
+    assert [event["kind"] for event in HistoryStore(history_path).events()] == ["archive", "prediction", "verdict"]
     with sqlite3.connect(history_path) as connection:
         dump = "\n".join(connection.iterdump())
     stored = dump.encode() + b"".join(path.read_bytes() for path in history_path.parent.glob("history.sqlite3*"))
+    archived = [path.read_bytes() for path in Path(os.environ["BRAINSCAN_SCAN_DIR"]).rglob("*.dcm")]
+    assert len(archived) == 1  # the scan is archived, de-identified
+    stored += archived[0]
     for secret in (b"Doe^Jane", b"Doe", b"PID-99172", b"19700101", b"St Example Hospital"):
         assert secret not in stored
 
@@ -290,4 +348,4 @@ def test_while_the_history_is_down_verdicts_are_refused_and_it_comes_back_withou
     assert "unavailable" not in texts(app.error)
     app.button(key=f"review_save_{key_of(scan)}").click().run()
     assert "Saved: confirmed." in texts(app.success)
-    assert [event["kind"] for event in HistoryStore(url).events()] == ["prediction", "verdict"]
+    assert [event["kind"] for event in HistoryStore(url).events()] == ["archive", "prediction", "verdict"]

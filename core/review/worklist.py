@@ -16,8 +16,11 @@ from core.pipeline import ScanResult
 from core.scans.preprocess import prepare_image
 
 THUMBNAIL_SIDE = 512
-# A worklist scan's status: rejected at intake or by the gate, else from its latest history event.
-STATUS_NAMES: dict[str, str] = {"new": "New", "reviewed": "Reviewed", "flagged": "Flagged", "rejected": "Rejected"}
+# An item whose archived scan could not be read back just now (the archive is down, or lost it).
+UNAVAILABLE = "unavailable"
+# A worklist scan's status: rejected at intake or by the gate, its picture unavailable, else from its history.
+STATUS_NAMES: dict[str, str] = {"new": "New", "reviewed": "Reviewed", "flagged": "Flagged", "rejected": "Rejected",
+                                UNAVAILABLE: "Picture unavailable"}
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class ReviewItem:
 
     sha256: str
     file_name: str
-    status: str  # "ok" or "rejected", as `ScanResult.status`
+    status: str  # "ok" or "rejected", as `ScanResult.status`, or UNAVAILABLE
     message: str
     label: str | None
     probabilities: dict[str, float]
@@ -66,7 +69,9 @@ def item_from_result(result: ScanResult, model_version: str, image_size: int) ->
 
 
 def status_of(item: ReviewItem, states: Mapping[str, Mapping]) -> str:
-    """Worklist status: "rejected", or "new" / "reviewed" / "flagged" from the scan's current history state."""
+    """Worklist status: "rejected", UNAVAILABLE, or "new" / "reviewed" / "flagged" from the scan's history."""
+    if item.status == UNAVAILABLE:
+        return UNAVAILABLE
     if item.status != "ok":
         return "rejected"
     state = states.get(item.sha256)
