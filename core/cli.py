@@ -350,6 +350,45 @@ def _command_audit_verify(arguments: argparse.Namespace) -> int:
     return 0 if report.intact else 1
 
 
+def _archive(url: str | None = None):
+    """The archive the settings name, or the DICOMweb service at `url` with the settings' user and password."""
+    from dataclasses import replace
+
+    from core.archive import open_archive
+
+    try:
+        settings = config.archive_settings()
+    except ValueError as error:
+        raise BrainScanError(str(error)) from None
+    return open_archive(replace(settings, dicomweb_url=url.rstrip("/")) if url else settings)
+
+
+def _command_archive_verify(arguments: argparse.Namespace) -> int:
+    from core.review.store import open_existing_history
+    from core.review.uploads import verify_archive
+
+    store = open_existing_history(arguments.database)
+    check = verify_archive(store, _archive())
+    print(f"{store.display_url}: {check.summary()}")
+    return 0 if check.intact else 1
+
+
+def _command_archive_copy(arguments: argparse.Namespace) -> int:
+    from core.archive import copy_archive
+    from core.archive.folder import FolderArchive
+
+    source = FolderArchive(Path(arguments.source) if arguments.source else config.archive_settings().scan_dir)
+    if not source.folder.is_dir():
+        raise BrainScanError(f"there is no scan folder at {source.folder}")
+    destination = _archive(arguments.destination)
+    destination.ping()
+    copied = copy_archive(source, destination)
+    print(f"copied {copied} scan{'' if copied == 1 else 's'} from {source.description} to {destination.description}, "
+          "each read back and matching its sha256")
+    print(f"point the app at it: BRAINSCAN_DICOMWEB_URL={arguments.destination}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m core`."""
     from core.training.nonmri import DEVELOPMENT_SEED, EVALUATION_SEED
@@ -465,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_history_commands(commands) -> None:
-    """`history upgrade`, `history migrate` and `audit verify`: the history's schema, moves and tamper check."""
+    """`history upgrade`/`migrate`, `audit verify`, `archive verify`/`copy`: the history's schema, moves and checks."""
     database_help = "history database URL (default: $BRAINSCAN_DATABASE_URL, else the SQLite file of " \
                     "$BRAINSCAN_HISTORY_DB); a file path means sqlite:///PATH"
     history = commands.add_parser("history", help="the review history's schema and moving it between databases")
@@ -494,6 +533,22 @@ def _add_history_commands(commands) -> None:
     verify.add_argument("--no-record", action="store_true",
                         help="do not record this verification in the history (the admin's view shows the last one)")
     verify.set_defaults(handler=_command_audit_verify)
+
+    archive = commands.add_parser("archive", help="the scan archive (the scan folder, or DICOMweb when "
+                                  "BRAINSCAN_DICOMWEB_URL is set)")
+    archive_commands = archive.add_subparsers(dest="archive_command", required=True)
+    check = archive_commands.add_parser(
+        "verify", help="every scan the history archived is in the archive and hashes to its recorded sha256: exit 0, "
+        "else exit 1 naming the first missing or altered one")
+    check.add_argument("--database", help=database_help)
+    check.set_defaults(handler=_command_archive_verify)
+    copy = archive_commands.add_parser(
+        "copy", help="copy the scan folder into a DICOMweb archive (user and password from "
+        "BRAINSCAN_DICOMWEB_USER/_PASSWORD or the [dicomweb] secrets section), reading each scan back")
+    copy.add_argument("--to", dest="destination", required=True, metavar="URL",
+                      help="the DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+    copy.add_argument("--from", dest="source", metavar="FOLDER", help="the scan folder (default: $BRAINSCAN_SCAN_DIR)")
+    copy.set_defaults(handler=_command_archive_copy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The team set-up on one machine, for a demonstration: PostgreSQL, N app replicas and nginx, all on loopback.
+"""The team set-up on one machine, for a demonstration: PostgreSQL, Orthanc, N app replicas and nginx, on loopback.
 
     python deploy/team.py [--replicas 2] [--port 8080] [--folder data/team] [--model M.keras]   (make team)
 
@@ -8,20 +8,26 @@
    connections - a demonstration, not a hardened server;
 2. the database `brainscan`, deploy/postgres-init.sql for its roles, then
    `python -m core history upgrade` as brainscan_owner: the migrations run once, before any replica;
-3. the replicas: `streamlit run streamlit_app.py` on 127.0.0.1, each with
-   BRAINSCAN_DATABASE_URL naming brainscan_app, the INSERT-and-SELECT role;
+3. the scan archive: Orthanc with its DICOMweb plugin (`LocalOrthanc`, deploy/orthanc.json) in
+   FOLDER/orthanc, or, where Orthanc is not installed, one scan folder the replicas share;
+   the replicas: `streamlit run streamlit_app.py` on 127.0.0.1, each with
+   BRAINSCAN_DATABASE_URL naming brainscan_app, the INSERT-and-SELECT role, and the archive's settings;
 4. nginx on 127.0.0.1:PORT (deploy/nginx/team.conf.template): WebSocket upgrade, sticky routing
    by cookie, uploads up to BRAINSCAN_MAX_UPLOAD_MB.
-Ctrl-C stops everything; the history stays in FOLDER/postgres.
+Ctrl-C stops everything; the history stays in FOLDER/postgres, the scans in FOLDER/orthanc.
 
-The test suite and bench/team.py start the same pieces through `LocalPostgres`, `replica_command`
-and `Nginx`.
+The test suite and bench/team.py start the same pieces through `LocalPostgres`, `LocalOrthanc`,
+`replica_command` and `Nginx`.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -161,6 +167,102 @@ class LocalPostgres:
         self.stop("immediate" if self.fast else "fast")
 
 
+ORTHANC = Path("/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+ARCHIVE_USER = "brainscan"
+
+
+def orthanc_missing() -> str | None:
+    """Why Orthanc cannot run here (a sentence naming what to install), or None when it can."""
+    if not ORTHANC.exists():
+        return "Orthanc is not installed (no /usr/sbin/Orthanc): run `make services` (apt-get install orthanc)"
+    if not DICOMWEB_PLUGIN.exists():
+        return "Orthanc's DICOMweb plugin is not installed: run `make services` (apt-get install orthanc-dicomweb)"
+    return None
+
+
+class LocalOrthanc:
+    """Orthanc with its DICOMweb plugin as a plain process: its own configuration and storage in `folder`.
+
+    The configuration is deploy/orthanc.json with the storage folder, a free loopback port and one
+    user of its own (`brainscan` with a password generated on first start and kept in
+    FOLDER/password, mode 0600). Authentication is on and the user is always registered, so
+    Orthanc never creates its default orthanc/orthanc account; remote access is off, so clients
+    other than loopback are refused (Orthanc 1.10.1 has no bind-address setting; deploy/README.md).
+    """
+
+    def __init__(self, folder: Path, port: int | None = None):
+        reason = orthanc_missing()
+        if reason:
+            raise RuntimeError(reason)
+        self.folder = Path(folder).resolve()
+        self.port = port or free_port()
+        self.config = self.folder / "orthanc.json"
+        self.log = self.folder / "orthanc.log"
+        self.user = ARCHIVE_USER
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def password(self) -> str:
+        """The archive user's password, made on first use and kept beside the storage."""
+        path = self.folder / "password"
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+    @property
+    def url(self) -> str:
+        """The DICOMweb root, as BRAINSCAN_DICOMWEB_URL takes it."""
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+    def environment(self) -> dict[str, str]:
+        """The settings that point the app at this archive."""
+        return {"BRAINSCAN_DICOMWEB_URL": self.url, "BRAINSCAN_DICOMWEB_USER": self.user,
+                "BRAINSCAN_DICOMWEB_PASSWORD": self.password}
+
+    def start(self, timeout: float = 60.0) -> LocalOrthanc:
+        """Write the configuration, start Orthanc and wait until its DICOMweb root answers this user."""
+        storage = self.folder / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        settings = json.loads((DEPLOY / "orthanc.json").read_text().replace("@STORAGE@", str(storage)))
+        settings.update(HttpPort=self.port, RegisteredUsers={self.user: self.password},
+                        Plugins=[str(DICOMWEB_PLUGIN)])
+        self.config.write_text(json.dumps(settings, indent=2))
+        os.chmod(self.config, 0o600)  # It holds the password.
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([str(ORTHANC), str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=self.folder)
+        deadline = time.monotonic() + timeout
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/system")
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Orthanc did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop Orthanc (SIGTERM: it flushes its index and exits)."""
+        if self.process is not None:
+            stop_process(self.process, timeout=20)
+
+    def __enter__(self) -> LocalOrthanc:
+        return self.start()
+
+    def __exit__(self, *exception) -> None:
+        self.stop()
+
+
 def replica_command(port: int, upload_mb: float = 50.0) -> list[str]:
     """`streamlit run streamlit_app.py` on 127.0.0.1:`port`, headless, uploads capped at the app's own limit."""
     return [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
@@ -263,19 +365,29 @@ def _interrupt(*_signal) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start PostgreSQL, the replicas and nginx on loopback; stop them all on Ctrl-C."""
+    """Start PostgreSQL, the scan archive, the replicas and nginx on loopback; stop them all on Ctrl-C."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=2, help="app processes behind nginx (default 2)")
     parser.add_argument("--port", type=int, default=8080, help="nginx's port on 127.0.0.1 (default 8080)")
-    parser.add_argument("--folder", default=str(ROOT / "data" / "team"), help="PostgreSQL's and nginx's files")
+    parser.add_argument("--folder", default=str(ROOT / "data" / "team"), help="PostgreSQL's, Orthanc's and nginx's files")
     parser.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
     arguments = parser.parse_args(argv)
     folder = Path(arguments.folder).resolve()
     upload_mb = float(os.environ.get("BRAINSCAN_MAX_UPLOAD_MB") or 50)
     replicas: list[subprocess.Popen] = []
-    with LocalPostgres(folder / "postgres") as server:
+    with LocalPostgres(folder / "postgres") as server, contextlib.ExitStack() as archive:
         prepare_history(server)
         environment = dict(os.environ, BRAINSCAN_DATABASE_URL=server.url(APP), TF_CPP_MIN_LOG_LEVEL="3")
+        if orthanc_missing():
+            # Replicas on one machine can share a folder; a team on several machines needs the archive.
+            print(f"{orthanc_missing()}; the replicas share the scan folder {folder / 'scans'} instead",
+                  file=sys.stderr)
+            environment["BRAINSCAN_SCAN_DIR"] = str(folder / "scans")
+            archive_line = f"scan folder {folder / 'scans'}"
+        else:
+            orthanc = archive.enter_context(LocalOrthanc(folder / "orthanc"))
+            environment.update(orthanc.environment())
+            archive_line = f"Orthanc at {orthanc.url} (user {orthanc.user}, password in {orthanc.folder}/password)"
         if arguments.model:
             environment["BRAINSCAN_MODEL"] = str(Path(arguments.model).resolve())
         ports = [free_port() for _ in range(arguments.replicas)]
@@ -289,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
             with Nginx(folder / "nginx", arguments.port, ports, upload_mb):
                 print(f"BrainScan Review: http://127.0.0.1:{arguments.port}  ({len(ports)} replicas on ports "
                       f"{', '.join(map(str, ports))}; PostgreSQL on {server.port}, logs in {folder})")
+                print(f"scan archive: {archive_line}")
                 print(f"verify the history: python -m core audit verify --database {server.url(APP)}")
-                print("Ctrl-C stops nginx, the replicas and PostgreSQL.", flush=True)
+                print("Ctrl-C stops nginx, the replicas, the archive and PostgreSQL.", flush=True)
                 signal.signal(signal.SIGTERM, _interrupt)
                 while all(process.poll() is None for process in replicas):
                     time.sleep(1)
