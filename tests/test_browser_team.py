@@ -5,6 +5,11 @@ Ann and Bob (reviewers), Sam (second reader) and Nora (signed in, no role). Chec
 from the ID token, reads are private and blind, a copied URL grants nothing, exports hold only
 the exporter's rows, the second reader adjudicates, the history records every event under the
 right identity, and a user without a role sees nothing.
+
+Then the team set-up as a hospital runs it: two replicas on one PostgreSQL history and one Orthanc
+archive. A scan uploaded and flagged on replica 1 is adjudicated on replica 2 with its picture and
+heat map; replica 1 is killed with SIGKILL and restarted, and the reviewer's worklist is still
+there; Orthanc holds the scan without any of the upload's identifying tags.
 """
 
 from __future__ import annotations
@@ -185,3 +190,113 @@ def test_two_reviewers_a_second_reader_and_a_user_without_a_role(team_app, tmp_p
     nora.wait_for_url(f"{url}/**")
     nora.get_by_role("button", name="Sign in").wait_for()
     assert nora.get_by_role("heading", name="No access").count() == 0
+
+
+# ---------------------------------------------------------------- two replicas, PostgreSQL and Orthanc
+
+
+def _auth_secrets(path: Path, port: int, provider: str, cookie_secret: str) -> Path:
+    path.write_text(
+        "[auth]\n"
+        f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+        f'cookie_secret = "{cookie_secret}"\n'
+        'client_id = "brainscan-test"\n'
+        'client_secret = "not-a-secret"\n'
+        f'server_metadata_url = "{provider}/.well-known/openid-configuration"\n')
+    return path
+
+
+def test_a_scan_uploaded_on_one_replica_is_read_on_another_and_outlives_a_killed_replica(
+        tmp_path, tiny_model_path, provider, postgres_server, orthanc_server):
+    """Ann uploads and flags on replica 1; Sam adjudicates on replica 2 with the picture and heat map from
+    Orthanc; replica 1 is SIGKILLed and restarted and Ann's worklist is still there; Orthanc holds the scan
+    without any of the upload's identifying tags."""
+    import os
+    import signal
+    import subprocess
+
+    from core.archive.dicomweb import DicomWebArchive
+    from core.review.store import HistoryStore
+    from deploy.team import replica_command, stop_process, wait_until_healthy
+    from tests.postgres import fresh_postgres_history
+    from tests.test_archive import CANARIES, _with_canaries, assert_nothing_identifying
+
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no Chromium at /usr/bin/chromium: install it with `make browser` (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    database = fresh_postgres_history(postgres_server)
+    cookie_secret = secrets.token_hex(32)
+    ports = [free_port(), free_port()]
+    environment = dict(os.environ, BRAINSCAN_MODEL=str(tiny_model_path), TF_CPP_MIN_LOG_LEVEL="3",
+                       BRAINSCAN_DATABASE_URL=database, **orthanc_server.environment())
+    environment.pop("BRAINSCAN_SCAN_DIR", None)
+
+    def start_replica(index: int) -> subprocess.Popen:
+        port = ports[index]
+        secrets_file = _auth_secrets(tmp_path / f"secrets-{index}.toml", port, provider, cookie_secret)
+        log_path = tmp_path / f"replica-{index}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([*replica_command(port), "--secrets.files", str(secrets_file)],
+                                       cwd=Path(__file__).resolve().parents[1], env=environment, stdout=log,
+                                       stderr=subprocess.STDOUT)
+        wait_until_healthy(f"http://127.0.0.1:{port}", process, log_path, timeout=90)
+        return process
+
+    scan = tmp_path / "canary-case.dcm"
+    scan.write_bytes(_with_canaries(42))
+    replicas = [start_replica(0), start_replica(1)]
+    first, second = (f"http://127.0.0.1:{port}" for port in ports)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+            try:
+                ann = sign_in(browser, first, "ann")
+                upload(ann, scan)
+                wait_for_result(ann)
+                ann.get_by_text("Flag for second read").click()
+                wait_until_idle(ann)
+                ann.get_by_role("button", name="Save verdict").click()
+                ann.get_by_text("Saved: flagged for second read.").wait_for()
+
+                sam = sign_in(browser, second, "sam")
+                sam.locator("section[data-testid='stSidebar']").get_by_role("link", name="Second reads").click()
+                sam.get_by_role("heading", name="Second reads").wait_for()
+                sam.get_by_text("heat-map over the model's crop", exact=False).wait_for()
+                picture = sam.locator("[data-testid='stImage'] img").first
+                picture.wait_for()
+                assert picture.evaluate("image => image.complete && image.naturalWidth > 0")
+                assert sam.get_by_text("not held by this server", exact=False).count() == 0
+                sam.get_by_role("combobox", name="Final class").click()
+                sam.get_by_role("option").first.click()
+                sam.get_by_role("textbox", name="Reason (required)").fill("agreed with the first read")
+                sam.get_by_role("textbox", name="Reason (required)").blur()
+                wait_until_idle(sam)
+                sam.get_by_role("button", name="Record adjudication").click()
+                sam.get_by_text("Nothing awaits a second read.").wait_for()
+
+                replicas[0].send_signal(signal.SIGKILL)
+                replicas[0].wait(timeout=10)
+                replicas[0] = start_replica(0)
+                ann.goto(first)
+                ann.get_by_text("canary-case.dcm").first.wait_for()  # The worklist, from the history.
+                ann.locator("[data-testid='stImage'] img").first.wait_for()  # The picture, from Orthanc.
+                wait_until_idle(ann)
+                assert ann.get_by_text("Upload one or more scans to start.").count() == 0
+            finally:
+                browser.close()
+    finally:
+        for process in replicas:
+            if process.poll() is None:
+                stop_process(process)
+
+    store = HistoryStore(database)
+    kinds = [event["kind"] for event in store.events()]
+    assert kinds.count("archive") == 1 and "adjudication" in kinds and store.verify().intact
+    [archived] = [event for event in store.events() if event["kind"] == "archive"]
+    assert all(canary not in str(archived) for canary in CANARIES)
+    archive = DicomWebArchive(orthanc_server.url, orthanc_server.user, orthanc_server.password)
+    from core.review.uploads import reference_for
+
+    data = archive.fetch(reference_for(store, archived["sha256"]))
+    assert_nothing_identifying(data)

@@ -147,7 +147,7 @@ def test_two_reviewers_on_two_replicas_share_one_history_through_a_kill_and_a_da
 
         # B's next rerun, on the other replica, reads A's verdict from the shared history.
         page_b.get_by_text("Every event").click()
-        page_b.get_by_text("2 of 2 events").wait_for()
+        page_b.get_by_text("3 of 3 events").wait_for()  # The scan archived, its prediction, A's verdict.
 
         # Saves, then SIGKILL of A's replica while one is in flight: every save A saw confirmed is kept.
         note = page_a.get_by_label("Note (optional)")
@@ -164,13 +164,13 @@ def test_two_reviewers_on_two_replicas_share_one_history_through_a_kill_and_a_da
             confirmed.append(f"save {number}")
         notes = [event["note"] for event in HistoryStore(database_url).events()]
         assert set(confirmed) <= set(notes), notes
-        # A reloads: nginx sends the page to the surviving replica, which reads A's session back from
-        # the shared history (the session id is in the URL; the worklist died with replica A).
-        # Streamlit's own reconnect does not always rerun the page on the new replica, so a reload
-        # is what a reviewer may have to do.
+        # A reloads: nginx sends the page to the surviving replica, which reads A's worklist back from
+        # the shared history and the picture from the shared scan archive. Streamlit's own reconnect
+        # does not always rerun the page on the new replica, so a reload is what a reviewer may have to do.
         answered_by = page_a.reload().headers[REPLICA_HEADER.lower()]  # "A, B" while nginx still tries A first
         assert answered_by.split(", ")[-1] == replica_b, answered_by
-        page_a.get_by_text("Earlier in this session (1 scan, from the history)").wait_for()
+        page_a.get_by_role("heading", name="team-scan.png").wait_for()
+        page_a.locator("[data-testid='stImage'] img").first.wait_for()
 
         # The database goes down: B's page says so instead of failing, and comes back by itself.
         server.stop()
@@ -185,4 +185,4 @@ def test_two_reviewers_on_two_replicas_share_one_history_through_a_kill_and_a_da
         page_b.get_by_text("1 of 1 scans").wait_for()
 
     report = HistoryStore(database_url).verify()
-    assert report.intact and report.event_count >= 2 + len(confirmed)
+    assert report.intact and report.event_count >= 3 + len(confirmed)
