@@ -15,13 +15,16 @@ not hash to the recorded sha256. No message carries the password.
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from core.archive.objects import ArchiveObject, ArchiveReference, dicom_bytes
+from core.archive.objects import ArchiveObject, ArchiveReference
 from core.errors import ArchiveError, ArchivedScanAltered, ArchivedScanMissing, ArchiveUnavailable
+
+# The instance as stored, in whatever transfer syntax it was stored in (PS3.18 8.7.3.5.2).
+RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
 
 class DicomWebArchive:
     """The DICOMweb service at `url` (e.g. http://127.0.0.1:8042/dicom-web)."""
@@ -76,14 +79,21 @@ class DicomWebArchive:
             raise ArchiveUnavailable(f"{self.description} gave an answer that could not be read while {doing} "
                                      f"({type(error).__name__})") from None
 
+    # The archive moves bytes, not datasets: the object stored is the object hashed, and a reader gets
+    # exactly those bytes back. dicomweb-client's public store_instances/retrieve_instance re-encode
+    # through pydicom (slow, and a different serialisation would fail the sha256 check), so the
+    # multipart helpers underneath them are used; dicomweb-client is pinned in requirements.txt and
+    # tests/test_archive.py exercises both against a real Orthanc.
+
     def store(self, archived: ArchiveObject) -> None:
-        """STOW-RS the object; an instance the archive already holds with the same UID is not an error."""
-        import pydicom
+        """STOW-RS the object's bytes; an instance the archive already holds with the same UID is not an error."""
+        from dicomweb_client.web import _Transaction
 
         reference = archived.reference
         with self.translate("storing a scan"):
-            dataset = pydicom.dcmread(io.BytesIO(archived.data))
-            response = self.client().store_instances([dataset])
+            client = self.client()
+            response = client._http_post_multipart_application_dicom(
+                client._get_studies_url(_Transaction.STORE), [archived.data])
         failed = [item for item in (response.get("FailedSOPSequence") or [])
                   if item.get("ReferencedSOPInstanceUID") == reference.instance_uid]
         stored = [item for item in (response.get("ReferencedSOPSequence") or [])
@@ -95,11 +105,20 @@ class DicomWebArchive:
 
     def fetch(self, reference: ArchiveReference) -> bytes:
         """WADO-RS the instance in the transfer syntax it was stored in; its bytes, checked against the sha256."""
+        from dicomweb_client.web import _Transaction
+
         with self.translate("reading a scan", reference):
-            dataset = self.client().retrieve_instance(reference.study_uid, reference.series_uid,
-                                                      reference.instance_uid,
-                                                      media_types=(("application/dicom", "*"),))
-            data = dicom_bytes(dataset)
+            client = self.client()
+            url = client._get_instances_url(_Transaction.RETRIEVE, reference.study_uid, reference.series_uid,
+                                            reference.instance_uid)
+            response = client._http_get(url, headers={"Accept": RETRIEVE_ACCEPT})
+            if response.headers.get("Content-Type", "").startswith("application/dicom"):
+                parts = [response.content]  # Some servers send the one part without the multipart wrapper.
+            else:
+                parts = list(client._decode_multipart_message(response, stream=False))
+        if len(parts) != 1:
+            raise ArchiveUnavailable(f"{self.description} answered with {len(parts)} objects for one scan")
+        data = bytes(parts[0])
         if hashlib.sha256(data).hexdigest() != reference.object_sha256:
             raise ArchivedScanAltered(f"the scan {reference.instance_uid} in {self.description} no longer matches "
                                       "the sha256 recorded when it was stored")
