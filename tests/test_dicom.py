@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import cv2
 import numpy as np
 import pytest
+import pydicom
 from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -414,3 +416,50 @@ def test_review_page_dicom_controls_show_details_frames_and_window_without_patie
     app.button(key=f"review_dicom_default_{key}").click().run()
     assert app.slider(key=f"review_dicom_width_{key}").value == 256.0
     assert not app.exception, app.exception
+
+
+# ---------------------------------------------------------------- what the file says it is
+
+
+@pytest.mark.parametrize(("elements", "named"), [
+    ({"Modality": "CT"}, "a CT image; this model reads MRI"),
+    ({"Modality": "cr"}, "an X-ray image (CR)"),
+    ({"Modality": "US"}, "an ultrasound image"),
+    ({"Modality": "PR"}, "a presentation state (PR)"),
+    ({"Modality": "ZZ"}, "an object of modality ZZ"),
+    ({"SOPClassUID": uid.SecondaryCaptureImageStorage}, "a Secondary Capture Image Storage object, not an MR image"),
+    ({"SOPClassUID": uid.CTImageStorage, "Modality": "MR"}, "a CT Image Storage object"),
+])
+def test_a_dicom_file_that_says_it_is_not_an_mr_image_is_refused_naming_what_it_is(elements, named):
+    with pytest.raises(ScanRejected, match=re.escape(named)):
+        load_scan(make_dicom(synthetic_slice(1, 32), **elements), "other.dcm")
+
+
+def test_an_mr_file_of_each_mr_image_class_and_one_that_says_nothing_are_read():
+    for sop_class in (uid.MRImageStorage, uid.EnhancedMRImageStorage):
+        assert load_scan(make_dicom(synthetic_slice(1, 32), SOPClassUID=sop_class), "mr.dcm").source_format == "DICOM"
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(synthetic_slice(1, 32))))
+    del dataset.Modality, dataset.SOPClassUID
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=False)
+    assert load_scan(buffer.getvalue(), "silent.dcm").source_format == "DICOM"  # The gate judges it instead.
+
+
+def test_a_ct_or_a_report_is_refused_before_any_network_runs(tiny_classifier, monkeypatch):
+    from core.pipeline import analyse_bytes
+
+    def no_network(*arguments, **options):
+        raise AssertionError("the network ran on a file that says it is not an MR image")
+
+    for name in ("predict_tensors",):
+        if hasattr(tiny_classifier, name):
+            monkeypatch.setattr(tiny_classifier, name, no_network)
+    report = make_dicom(synthetic_slice(1, 32), Modality="SR")
+    dataset = pydicom.dcmread(io.BytesIO(report))
+    del dataset.PixelData
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    for data, named in ((make_dicom(synthetic_slice(1, 32), Modality="CT"), "a CT image"),
+                        (buffer.getvalue(), "a structured report (SR)")):
+        result = analyse_bytes(tiny_classifier, data, "x.dcm")
+        assert result.status == "rejected" and result.message.startswith(named), result.message

@@ -40,6 +40,22 @@ _PLAUSIBLE_DICOM_KEYWORDS = ("SOPClassUID", "Modality", "StudyInstanceUID", "Ser
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
+# Modality codes (PS3.3 C.7.3.1.1.1) a reader recognises, for the refusal message.
+_MODALITY_NAMES = {
+    "CT": "a CT image", "PT": "a PET image", "NM": "a nuclear medicine image", "US": "an ultrasound image",
+    "CR": "an X-ray image (CR)", "DX": "an X-ray image (DX)", "RG": "an X-ray image (RG)", "XA": "an angiography image",
+    "RF": "a fluoroscopy image", "MG": "a mammogram", "IO": "an intra-oral X-ray", "PX": "a panoramic X-ray",
+    "OT": "an image of modality OT (other)", "SC": "a secondary capture", "XC": "a photograph (XC)",
+    "OP": "an ophthalmic photograph", "SM": "a slide microscopy image", "ES": "an endoscopy image",
+    "SR": "a structured report (SR)", "DOC": "a document (DOC)", "PR": "a presentation state (PR)",
+    "KO": "a key object selection (KO)", "SEG": "a segmentation (SEG)", "REG": "a registration (REG)",
+    "RTSTRUCT": "a radiotherapy structure set", "RTDOSE": "a radiotherapy dose", "RTPLAN": "a radiotherapy plan",
+}
+# MR Image, Enhanced MR Image, Enhanced MR Color Image, Legacy Converted Enhanced MR Image Storage.
+MR_IMAGE_STORAGE = ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3",
+                    "1.2.840.10008.5.1.4.1.1.4.4")
+
+
 def load_dicom(data: bytes, frame: int | None = None, window: tuple[float, float] | None = None,
                force: bool = False) -> Scan:
     """DICOM bytes -> `Scan` of one frame, windowed to 8 bits; raise `ScanRejected` with the reason.
@@ -73,7 +89,25 @@ def _read_dataset(data: bytes, force: bool):
     return dataset
 
 
+def _check_modality(dataset) -> None:
+    """Refuse, naming what it is, a DICOM object that says it is not an MR image (Modality, then SOP class).
+
+    An object that says neither (hand-made files often omit both) goes on to the gate like any picture.
+    """
+    modality = str(dataset.get("Modality", "") or "").strip().upper()
+    if modality and modality != "MR":
+        what = _MODALITY_NAMES.get(modality, f"an object of modality {modality[:16]}")
+        raise ScanRejected(f"{what}; this model reads MRI (the DICOM file's Modality is {modality[:16]})")
+    sop_class = str(dataset.get("SOPClassUID", "") or "").strip()
+    if sop_class and sop_class not in MR_IMAGE_STORAGE:
+        from pydicom.uid import UID
+
+        name = UID(sop_class).name if UID(sop_class).is_valid else sop_class[:64]
+        raise ScanRejected(f"a {name} object, not an MR image; this model reads MRI")
+
+
 def _scan_from_dataset(dataset, frame: int | None, window: tuple[float, float] | None) -> Scan:
+    _check_modality(dataset)  # Before any pixel is decoded: a CT is refused as a CT, not judged by the gate.
     if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
         raise ScanRejected("the DICOM file has no pixel data (it may be a report, a structured document or a DICOMDIR)")
     rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
