@@ -23,6 +23,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.markup import escape_markdown
+from core import config
 from core.review.identity import (
     ROLE_NAMES,
     Identity,
@@ -197,7 +198,10 @@ def render_identity(identity: Identity) -> None:
     """The sidebar's who-am-I: the typed name in local mode, the signed-in user and a sign-out button in team mode."""
     if identity.local:
         address = str(st.get_option("server.address") or "")
-        if address in ("127.0.0.1", "localhost", "::1"):
+        if config.team_demonstration():
+            st.caption(":material/groups: Team set-up without sign-in, for a demonstration (`make team`): one shared "
+                       "history and scan archive behind several replicas; names are typed, not signed in.")
+        elif address in ("127.0.0.1", "localhost", "::1"):
             st.caption(":material/lock: Single-reviewer local mode: only this computer can reach the app.")
         else:
             st.warning(f"Single-reviewer local mode, listening on {_plain(address or 'every interface')}: anyone who "
@@ -205,7 +209,9 @@ def render_identity(identity: Identity) -> None:
                        icon=":material/warning:")
         st.text_input("Reviewer name", key="reviewer_name", max_chars=80, placeholder="Your name",
                       help="Kept while the app runs; recorded with every verdict you save.")
-        if not identity.display_name:
+        # The field's own value, not `identity`'s: after a reload the name is restored into the field
+        # during this run, after the identity was read, and the hint must not sit beside a filled name.
+        if not str(st.session_state.get("reviewer_name") or "").strip():
             st.caption("Enter your name to save verdicts.")
         return
     st.markdown(f"**Signed in** {_plain(identity.display_name)}")

@@ -16,9 +16,19 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def command_name() -> str:
+    """How this process was called: `brainscan` (the installed script) or `python -m core`."""
+    return "brainscan" if Path(sys.argv[0]).name == "brainscan" else "python -m core"
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`1 duplicate`, `2 duplicates`: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else (plural or noun + 's')}"
+
+
 def _invoked_command() -> str:
     """This process's command line as a reader would retype it, for cards and reports."""
-    return "python -m core " + " ".join(shlex.quote(part) for part in sys.argv[1:])
+    return command_name() + " " + " ".join(shlex.quote(part) for part in sys.argv[1:])
 
 
 def _manifest(arguments: argparse.Namespace, classifier) -> Path | None:
@@ -227,7 +237,7 @@ def _command_predict(arguments: argparse.Namespace) -> int:
     from core.model.inference import Classifier
     from core.pipeline import analyse_many
     from core.progress import progress
-    from core.review.export import SafeCsvWriter
+    from core.review.export import SafeCsvWriter, low_confidence_mark
     from core.scans.intake import duplicates_by_digest
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
@@ -235,7 +245,8 @@ def _command_predict(arguments: argparse.Namespace) -> int:
     # Identical files in one batch are classified once; later copies repeat the first one's row,
     # status included (the column is "ok" or "rejected", nothing else), and say whose copy they are.
     duplicate_of = duplicates_by_digest((str(path), _file_digest(path)) for path in files)
-    columns = ["file", "sha256", "status", "predicted_class"] + [f"p_{name}" for name in classifier.classes] + ["message"]
+    columns = ["file", "sha256", "status", "predicted_class"] + [f"p_{name}" for name in classifier.classes] + \
+        ["low_confidence", "message"]
     handle = open(arguments.csv, "w", newline="", encoding="utf-8") if arguments.csv else sys.stdout
     rejected = 0
     try:
@@ -256,6 +267,7 @@ def _command_predict(arguments: argparse.Namespace) -> int:
             shown = result.probabilities if result.status == "ok" else {}
             writer.writerow({"file": result.filename, "sha256": result.sha256, "status": result.status,
                              "predicted_class": result.label or "", "message": result.message,
+                             "low_confidence": low_confidence_mark(shown.values()),
                              **{f"p_{name}": f"{shown[name]:.6f}" for name in shown}})
     finally:
         if handle is not sys.stdout:
@@ -263,7 +275,7 @@ def _command_predict(arguments: argparse.Namespace) -> int:
     if not files:
         print("error: no files found", file=sys.stderr)
         return 2
-    duplicates = f", {len(duplicate_of)} duplicates" if duplicate_of else ""
+    duplicates = f", {counted(len(duplicate_of), 'duplicate')}" if duplicate_of else ""
     print(f"{len(files) - rejected} classified, {rejected} rejected{duplicates}", file=sys.stderr)
     return 1 if rejected else 0
 
@@ -393,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m core`."""
     from core.training.nonmri import DEVELOPMENT_SEED, EVALUATION_SEED
 
-    parser = argparse.ArgumentParser(prog="python -m core", description="BrainScan Review command line")
+    parser = argparse.ArgumentParser(prog=command_name(), description="BrainScan Review command line")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train, calibrate, evaluate and card a model from scratch")

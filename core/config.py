@@ -15,6 +15,8 @@
 |                             | not by whom or what; 0: every reader sees reads  |                                 |
 | BRAINSCAN_ROLES_CLAIM       | ID-token claim holding roles (team mode)         | roles                           |
 | BRAINSCAN_ROLES_FILE        | TOML [roles] table, e-mail -> roles (team mode)  | none                            |
+| BRAINSCAN_TEAM_DEMO         | set by `make team`: the sidebar says it is a     | off                             |
+|                             | demonstration of the team set-up without sign-in |                                 |
 | BRAINSCAN_SCAN_DIR          | the embedded scan archive: one file per sha256   | data/scans                      |
 | BRAINSCAN_DICOMWEB_URL      | a DICOMweb archive instead (team mode), e.g.     | none (the scan folder)          |
 |                             | http://127.0.0.1:8042/dicom-web                  |                                 |
@@ -148,6 +150,11 @@ def archive_settings(dicomweb: Mapping | None = None) -> ArchiveSettings:
                            user=setting("BRAINSCAN_DICOMWEB_USER", "user"),
                            password=os.environ.get("BRAINSCAN_DICOMWEB_PASSWORD") or str(section.get("password") or ""),
                            timeout_s=max(timeout_s, 0.1))
+
+
+def team_demonstration() -> bool:
+    """Whether this replica is one of `make team`'s demonstration (BRAINSCAN_TEAM_DEMO=1): team pieces, no sign-in."""
+    return os.environ.get("BRAINSCAN_TEAM_DEMO", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def blind_double_reading() -> bool:

@@ -377,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     replicas: list[subprocess.Popen] = []
     with LocalPostgres(folder / "postgres") as server, contextlib.ExitStack() as archive:
         prepare_history(server)
-        environment = dict(os.environ, BRAINSCAN_DATABASE_URL=server.url(APP), TF_CPP_MIN_LOG_LEVEL="3")
+        environment = dict(os.environ, BRAINSCAN_DATABASE_URL=server.url(APP), TF_CPP_MIN_LOG_LEVEL="3",
+                           BRAINSCAN_TEAM_DEMO="1")
         if orthanc_missing():
             # Replicas on one machine can share a folder; a team on several machines needs the archive.
             print(f"{orthanc_missing()}; the replicas share the scan folder {folder / 'scans'} instead",

@@ -73,7 +73,8 @@ def render() -> None:
                "reader, or read differently by two.")
     chosen = st.selectbox("Scan", list(by_key), key="second_current",
                           format_func=lambda value: f"{by_key[value]['file_name']} · sha256 {value[:12]}… · "
-                                                    f"{len(by_key[value]['reads'])} reads")
+                                                    f"{len(by_key[value]['reads'])} "
+                                                    f"{'read' if len(by_key[value]['reads']) == 1 else 'reads'}")
     case = by_key[chosen]
     key = case["sha256"][:16]
     left, right = st.columns([5, 6], gap="large")

@@ -180,6 +180,7 @@ def test_a_refresh_reads_the_saved_verdict_back_from_the_database(history_path):
     refreshed = start(session=session, reviewer=None)  # A new Streamlit session, the same URL.
     # The name and the worklist (picture included) survive the reload, without uploading again.
     assert refreshed.text_input(key="reviewer_name").value == "Ann"
+    assert "Enter your name" not in texts(refreshed.caption)  # No hint to type a name beside the filled name.
     assert "Saved verdict: **Confirmed**" in texts(refreshed.info)
     assert refreshed.get("image") or refreshed.get("imgs"), "the scan's picture should be shown again"
     refreshed.file_uploader(key=UPLOADER).set_value(("scan-13.png", scan, "image/png")).run()
@@ -349,3 +350,10 @@ def test_while_the_history_is_down_verdicts_are_refused_and_it_comes_back_withou
     app.button(key=f"review_save_{key_of(scan)}").click().run()
     assert "Saved: confirmed." in texts(app.success)
     assert [event["kind"] for event in HistoryStore(url).events()] == ["archive", "prediction", "verdict"]
+
+
+def test_make_teams_replicas_say_they_are_a_demonstration_without_sign_in_not_local_mode(history_path, monkeypatch):
+    monkeypatch.setenv("BRAINSCAN_TEAM_DEMO", "1")
+    captions = texts(start().caption)
+    assert "Team set-up without sign-in, for a demonstration" in captions
+    assert "Single-reviewer local mode" not in captions

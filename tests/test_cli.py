@@ -3,6 +3,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from core.cli import main
 from core.config import ROOT
@@ -184,11 +185,29 @@ def test_the_command_line_works_from_any_folder(tmp_path):
     completed = subprocess.run([sys.executable, "-m", "core", "--help"], capture_output=True, text=True,
                                cwd=tmp_path, timeout=120)
     assert completed.returncode == 0, completed.stderr
-    assert "predict" in completed.stdout
+    assert "predict" in completed.stdout and completed.stdout.startswith("usage: python -m core")
     script = shutil.which("brainscan")
     assert script, "the brainscan console script is not installed (pip install -e .)"
     completed = subprocess.run([script, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert completed.returncode == 0 and "predict" in completed.stdout
+    assert completed.stdout.startswith("usage: brainscan "), completed.stdout[:80]  # The name it was called by.
+
+
+def test_predict_marks_low_confidence_in_its_own_column_and_counts_in_the_right_number(tmp_path, tiny_model_path,
+                                                                                       capsys, monkeypatch):
+    scan = encode(synthetic_slice(3, 96))
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(scan)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(tmp_path), "--model", str(tiny_model_path), "--csv", str(out)]) == 1
+    assert "2 classified, 1 rejected, 1 duplicate" in capsys.readouterr().err  # Not "1 duplicates".
+    rows = {Path(row["file"]).name: row for row in csv.DictReader(out.open(encoding="utf-8"))}
+    assert rows["a.png"]["low_confidence"] == "yes"  # An untrained model is never confident ...
+    assert rows["bad.png"]["low_confidence"] == ""  # ... and a rejected file has no confidence at all.
+    monkeypatch.setenv("BRAINSCAN_LOW_CONFIDENCE", "0.01")
+    assert main(["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_path), "--csv", str(out)]) == 0
+    assert next(csv.DictReader(out.open(encoding="utf-8")))["low_confidence"] == "no"
 
 
 def test_evaluate_gives_a_second_figure_without_flagged_labels_beside_the_full_one(tmp_path, tiny_model_path):

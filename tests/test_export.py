@@ -61,3 +61,11 @@ def test_columns_are_in_order_and_missing_values_are_empty():
     assert parsed["p_glioma"] == "0.123456789" and parsed["verdict"] == "" and parsed["p_no_tumor"] == ""
     assert parsed["status"] == "new"
     assert list(parse(csv_bytes([]))) == [] and csv_bytes([]).decode("utf-8-sig").strip() == ",".join(EVENT_COLUMNS)
+
+
+def test_low_confidence_is_its_own_column_derived_from_the_probabilities(monkeypatch):
+    monkeypatch.setenv("BRAINSCAN_LOW_CONFIDENCE", "0.8")
+    rows = [{"kind": "prediction", "p_glioma": 0.5, "p_meningioma": 0.3, "p_pituitary": 0.1, "p_no_tumor": 0.1},
+            {"kind": "prediction", "p_glioma": 0.9, "p_meningioma": 0.05, "p_pituitary": 0.03, "p_no_tumor": 0.02},
+            {"kind": "refusal"}]
+    assert [row["low_confidence"] for row in parse(csv_bytes(rows))] == ["yes", "no", ""]

@@ -6,6 +6,12 @@ as a formula by Excel, LibreOffice and Google Sheets. Such cells get a leading s
 which spreadsheets display as text and never evaluate (OWASP "CSV injection"). Every text cell
 is treated this way - notes, reasons, reviewer and file names are typed by people, and even
 fields the app fills in never need to start with those characters. Numbers stay numbers.
+
+Machine values, stable across versions (the pages show the same states in words):
+`kind` is one of core.review.records.EVENT_KINDS; `status` (cases) one of core.review.reads'
+statuses; `low_confidence` is `yes` when the model's highest probability is under
+BRAINSCAN_LOW_CONFIDENCE (the page's "Low confidence" mark), `no` when it is not, and empty for
+rows without probabilities (refusals, reads of a refused scan).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff
 # One row per event of the append-only log.
 EVENT_COLUMNS: tuple[str, ...] = (
     "time", "reviewer", "file_name", "sha256", "model_version", "kind", "predicted_class",
-    *(f"p_{name}" for name in CLASS_NAMES), "verdict", "final_label", "reason", "note", "session_id",
+    *(f"p_{name}" for name in CLASS_NAMES), "low_confidence", "verdict", "final_label", "reason", "note", "session_id",
     # Who acted, as the sign-in provider named them (empty in local mode): issuer + subject identify.
     "actor_issuer", "actor_subject", "actor_email", "actor_name", "actor_role",
 )
@@ -56,10 +62,29 @@ class SafeCsvWriter:
                                for column in self.columns])
 
 
+def low_confidence_mark(probabilities: Iterable[float | None], threshold: float | None = None) -> str:
+    """`yes` when the highest probability is under the low-confidence threshold, `no` when not, "" without any."""
+    from core.config import low_confidence_threshold
+
+    values = [float(value) for value in probabilities if value is not None and value == value]
+    if not values:
+        return ""
+    return "yes" if max(values) < (low_confidence_threshold() if threshold is None else threshold) else "no"
+
+
 def csv_bytes(rows: Iterable[Mapping], columns: Sequence[str] = EVENT_COLUMNS) -> bytes:
-    """Rows as CSV bytes for a download: UTF-8 with a byte-order mark (so Excel reads accents), CRLF, a header."""
+    """Rows as CSV bytes for a download: UTF-8 with a byte-order mark (so Excel reads accents), CRLF, a header.
+
+    A `low_confidence` column the rows do not fill is derived from their `p_*` cells.
+    """
+    from core.config import low_confidence_threshold
+
     buffer = io.StringIO()
     writer = SafeCsvWriter(buffer, columns)
+    threshold = low_confidence_threshold()
     for row in rows:
+        if "low_confidence" in columns and row.get("low_confidence") is None:
+            row = {**row, "low_confidence": low_confidence_mark(
+                (row.get(f"p_{name}") for name in CLASS_NAMES), threshold)}
         writer.writerow(row)
     return buffer.getvalue().encode("utf-8-sig")
