@@ -66,6 +66,7 @@ def classify_uploads(uploads, classifier, store, archive, session: str, owner: s
     pending = [upload for upload in uploads
                if upload.file_id not in refused and digests.get(upload.file_id) not in items]
     bar = st.progress(0.0, text=f"Classifying {len(pending)} scans...") if len(pending) > 1 else None
+    first_new = None
     for position, upload in enumerate(pending, start=1):
         data = upload.getvalue()
         digest = hashlib.sha256(data).hexdigest()
@@ -81,12 +82,15 @@ def classify_uploads(uploads, classifier, store, archive, session: str, owner: s
                 item = item_from_result(result, classifier.version, classifier.image_size)
                 items[digest] = item if item.sha256 else replace(item, sha256=digest)
                 unrecorded[digest] = reference.to_detail() if reference is not None else None
+                first_new = first_new or digest
         digests[upload.file_id] = digest
         del data
         if bar is not None:
             bar.progress(position / len(pending), text=f"Classified {position} of {len(pending)} scans")
     if bar is not None:
         bar.empty()
+    if first_new is not None:  # The page lands on the first new scan of an upload, not the one it showed before.
+        st.session_state["review_land_on"] = first_new
     current = {upload.file_id for upload in uploads}
     for file_id in [file_id for file_id in digests if file_id not in current]:
         del digests[file_id]
@@ -298,8 +302,14 @@ def _record_uploads(items: list[ReviewItem], store, session: str, owner: str,
 def select_first_unreviewed(order: list[str], statuses: dict[str, str]) -> None:
     """Show the worklist's first unreviewed scan unless the current choice is still in the worklist.
 
-    Right after a verdict was saved, move on to the next unreviewed scan (if any is left).
+    Right after an upload, show its first new scan; right after a verdict was saved, move on to the
+    next unreviewed scan (if any is left).
     """
+    landing = st.session_state.pop("review_land_on", None)
+    if landing in order:
+        st.session_state["review_current"] = landing
+        st.session_state.pop("review_advance", None)
+        return
     saved = st.session_state.pop("review_advance", None)
     if saved is not None and saved == st.session_state.get("review_current"):
         following = next_unreviewed(order, statuses, saved)

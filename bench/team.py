@@ -120,29 +120,36 @@ def archive_worker(spec: dict, name: str, threads: int, seconds: float, start_at
     print(json.dumps({"timings": timings, "errors": errors[:20], "error_count": len(errors)}), flush=True)
 
 
+def _run_together(command: list[str], processes: int, seconds: float, prefix: str) -> list[dict]:
+    """Start `processes` copies of a worker command at once; each one's last JSON line, in order."""
+    workers = [subprocess.Popen([*command, "--name", f"{prefix}{index}"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for index in range(processes)]
+    results = []
+    for worker_process in workers:
+        output, error_output = worker_process.communicate(timeout=seconds + 120)
+        if worker_process.returncode != 0:
+            raise RuntimeError(f"a worker failed: {error_output.strip()[-2000:]}")
+        results.append(json.loads(output.strip().splitlines()[-1]))
+    return results
+
+
+def _p50_p95(values: list[float]) -> tuple[float, float]:
+    """The median and 95th percentile (NaN without values)."""
+    values = sorted(values)
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+    cuts = statistics.quantiles(values, n=100)
+    return cuts[49], cuts[94]
+
+
 def run_archive_load(spec: dict, processes: int, threads: int, seconds: float) -> dict:
     """Start the reader processes together on one archive; p50/p95 of store, fetch and both."""
     start_at = time.time() + 4.0
     command = [sys.executable, str(Path(__file__).resolve()), "--archive-worker", json.dumps(spec),
                "--threads", str(threads), "--seconds", str(seconds), "--start-at", str(start_at)]
-    readers = [subprocess.Popen([*command, "--name", f"a{index}"], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for index in range(processes)]
-    results = []
-    for reader in readers:
-        output, error_output = reader.communicate(timeout=seconds + 120)
-        if reader.returncode != 0:
-            raise RuntimeError(f"a reader failed: {error_output.strip()[-2000:]}")
-        results.append(json.loads(output.strip().splitlines()[-1]))
+    results = _run_together(command, processes, seconds, "a")
     timings = [timing for result in results for timing in result["timings"]]
-
-    def quantiles(values: list[float]) -> tuple[float, float]:
-        values = sorted(values)
-        if len(values) < 2:
-            return (values[0], values[0]) if values else (float("nan"), float("nan"))
-        cuts = statistics.quantiles(values, n=100)
-        return cuts[49], cuts[94]
-
-    store_q, fetch_q, both_q = (quantiles([pick(timing) for timing in timings]) for pick in (
+    store_q, fetch_q, both_q = (_p50_p95([pick(timing) for timing in timings]) for pick in (
         lambda timing: timing[0], lambda timing: timing[1], lambda timing: timing[0] + timing[1]))
     return {"readers": processes * threads, "seconds": seconds, "round_trips": len(timings),
             "per_second": len(timings) / seconds, "store_p50_ms": store_q[0], "store_p95_ms": store_q[1],
@@ -205,14 +212,7 @@ def run_load(url: str, processes: int, threads: int, seconds: float, think_ms: f
     start_at = time.time() + 3.0  # Every interpreter is up and connected by then.
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", url, "--threads", str(threads),
                "--seconds", str(seconds), "--start-at", str(start_at), "--think-ms", str(think_ms)]
-    writers = [subprocess.Popen([*command, "--name", f"p{index}"], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for index in range(processes)]
-    results = []
-    for writer in writers:
-        output, error_output = writer.communicate(timeout=seconds + 120)
-        if writer.returncode != 0:
-            raise RuntimeError(f"a writer failed: {error_output.strip()[-2000:]}")
-        results.append(json.loads(output.strip().splitlines()[-1]))
+    results = _run_together(command, processes, seconds, "p")
     saves = [save for result in results for save in result["saves"]]
     latencies = sorted(latency for _, latency in saves)
     store = HistoryStore(url)

@@ -40,22 +40,24 @@ def table(rows: list[dict], view: str, display_names: dict[str, str]) -> pd.Data
     def name(value):
         return display_names.get(value, value) if value else ""
 
+    # What a reader looks for first (which scan, what the model said, where the case stands), then the
+    # figures and words behind it, then when, who and which model: the first columns fit on a laptop.
     frame = pd.DataFrame({
-        "Time (UTC)": [display_time(row["time"]) for row in rows],
-        "Reviewer": [row["reviewer"] for row in rows],
         "File": [row["file_name"] for row in rows],
-        "sha256": [row["sha256"][:12] for row in rows],
-        "Model version": [row["model_version"] for row in rows],
-        **({"Event": [row["kind"] for row in rows]} if view == "events" else {}),
         "Model's class": [name(row["predicted_class"]) for row in rows],
+        **({"Status": [STATUS_LABELS.get(row["status"], row["status"]) for row in rows]} if view == "cases" else
+           {"Event": [row["kind"] for row in rows]}),
+        "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in rows],
+        "Final label": [name(row["final_label"]) for row in rows],
+        **({"Reads": [chain_of_reads(row, display_names) for row in rows]} if view == "cases" else {}),
         **{f"P({display_names.get(column[2:], column[2:])})": [row[column] for row in rows]
            for column in PROBABILITY_COLUMNS},
-        "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in rows],
-        **({"Status": [STATUS_LABELS.get(row["status"], row["status"]) for row in rows],
-            "Reads": [chain_of_reads(row, display_names) for row in rows]} if view == "cases" else {}),
-        "Final label": [name(row["final_label"]) for row in rows],
         "Reason": [row["reason"] for row in rows],
         "Note": [row["note"] for row in rows],
+        "Time (UTC)": [display_time(row["time"]) for row in rows],
+        "Reviewer": [row["reviewer"] for row in rows],
+        "sha256": [row["sha256"][:12] for row in rows],
+        "Model version": [row["model_version"] for row in rows],
     })
     return frame
 
@@ -191,10 +193,14 @@ def render() -> None:
     criteria = {"classes": classes, "reviewers": reviewers, "start": start, "end": end,
                 "verdicts": [None if verdict == NO_VERDICT else verdict for verdict in verdicts]}
     shown = filter_rows(rows, **criteria)
-    summary = summarise(filter_rows(cases, **criteria))
+    shown_cases = filter_rows(cases, **criteria)
+    summary = summarise(shown_cases)
 
     figures = st.columns(4)
-    figures[0].metric("Scans", sum(summary["cases_per_class"].values()))
+    refused = sum(1 for row in shown_cases if row.get("status") == "rejected")
+    # The same scans as the cases table below counts, refused ones included, so the two never disagree.
+    figures[0].metric("Scans", len(shown_cases), help=f"Every scan matching the filters, {refused} of them refused "
+                      "at intake (no model class).")
     figures[1].metric("Reviewed", summary["status_counts"]["reviewed"])
     figures[2].metric("Flagged", summary["status_counts"]["flagged"], help="Awaiting a second read: flagged, or read "
                       "differently by two readers, and not yet adjudicated.")

@@ -129,6 +129,19 @@ def test_this_sessions_cases_by_default_all_sessions_on_request_and_filters(hist
     assert "old.png" not in list(the_table(app)["File"])
 
 
+def test_the_scans_figure_counts_the_same_scans_as_the_table_refused_ones_included(history_path):
+    seed(history_path)
+    HistoryStore(history_path).record_refusal(session_id=OURS, reviewer="Ann", file_name="ct.png",
+                                              sha256=f"{9:064x}", model_version="tiny 0.0.1-test",
+                                              reason="not recognised as a brain MRI slice")
+    app = history_page(OURS)
+    assert len(the_table(app)) == 3
+    assert metric(app, "Scans") == "3"  # Not 2 beside "3 of 3 scans".
+    # What a reader looks for comes first, not off-screen to the right after times and hashes.
+    assert list(the_table(app).columns[:5]) == ["File", "Model's class", "Status", "Verdict", "Final label"]
+    assert any(header.value.startswith("3 of 3 scans") for header in app.subheader)
+
+
 def test_the_event_view_shows_every_change_of_verdict(history_path, downloads):
     seed(history_path)
     app = history_page(OURS)

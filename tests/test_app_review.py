@@ -357,3 +357,16 @@ def test_make_teams_replicas_say_they_are_a_demonstration_without_sign_in_not_lo
     captions = texts(start().caption)
     assert "Team set-up without sign-in, for a demonstration" in captions
     assert "Single-reviewer local mode" not in captions
+
+
+def test_after_an_upload_the_page_shows_the_first_new_scan(history_path):
+    first, second, third = (encode(synthetic_slice(seed, 96)) for seed in (35, 36, 37))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value([("first.png", first, "image/png"),
+                                               ("second.png", second, "image/png")]).run()
+    assert app.selectbox(key="review_current").value == hashlib.sha256(first).hexdigest()
+    app.file_uploader(key=UPLOADER).set_value([("first.png", first, "image/png"), ("second.png", second, "image/png"),
+                                               ("third.png", third, "image/png")]).run()
+    assert app.selectbox(key="review_current").value == hashlib.sha256(third).hexdigest()
+    app.selectbox(key="review_current").set_value(hashlib.sha256(first).hexdigest()).run()
+    assert app.selectbox(key="review_current").value == hashlib.sha256(first).hexdigest()  # Later runs: the choice.

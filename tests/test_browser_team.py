@@ -99,6 +99,17 @@ def sign_in(browser, url: str, subject: str):
     return page
 
 
+def adjudicate(page, reason: str) -> None:
+    """On Second reads: the first class offered as the final one, with a reason; wait until the queue is empty."""
+    page.get_by_role("combobox", name="Final class").click()
+    page.get_by_role("option").first.click()
+    page.get_by_role("textbox", name="Reason (required)").fill(reason)
+    page.get_by_role("textbox", name="Reason (required)").blur()
+    wait_until_idle(page)
+    page.get_by_role("button", name="Record adjudication").click()
+    page.get_by_text("Nothing awaits a second read.").wait_for()
+
+
 def test_two_reviewers_a_second_reader_and_a_user_without_a_role(team_app, tmp_path):
     from core.review.store import HistoryStore
     from tests.synthetic import encode, synthetic_slice
@@ -150,13 +161,7 @@ def test_two_reviewers_a_second_reader_and_a_user_without_a_role(team_app, tmp_p
     sam.locator("section[data-testid='stSidebar']").get_by_role("link", name="Second reads").click()
     sam.get_by_role("heading", name="Second reads").wait_for()
     sam.get_by_text("Ann's private note", exact=False).wait_for()
-    sam.get_by_role("combobox", name="Final class").click()
-    sam.get_by_role("option").first.click()
-    sam.get_by_role("textbox", name="Reason (required)").fill("reviewed at the team meeting")
-    sam.get_by_role("textbox", name="Reason (required)").blur()
-    wait_until_idle(sam)
-    sam.get_by_role("button", name="Record adjudication").click()
-    sam.get_by_text("Nothing awaits a second read.").wait_for()
+    adjudicate(sam, "reviewed at the team meeting")
 
     # Nora, signed in without a role: no access, no data, and she can sign out.
     nora = sign_in(browser, url, "nora")
@@ -267,13 +272,7 @@ def test_a_scan_uploaded_on_one_replica_is_read_on_another_and_outlives_a_killed
                 picture.wait_for()
                 assert picture.evaluate("image => image.complete && image.naturalWidth > 0")
                 assert sam.get_by_text("not held by this server", exact=False).count() == 0
-                sam.get_by_role("combobox", name="Final class").click()
-                sam.get_by_role("option").first.click()
-                sam.get_by_role("textbox", name="Reason (required)").fill("agreed with the first read")
-                sam.get_by_role("textbox", name="Reason (required)").blur()
-                wait_until_idle(sam)
-                sam.get_by_role("button", name="Record adjudication").click()
-                sam.get_by_text("Nothing awaits a second read.").wait_for()
+                adjudicate(sam, "agreed with the first read")
 
                 replicas[0].send_signal(signal.SIGKILL)
                 replicas[0].wait(timeout=10)
