@@ -354,7 +354,9 @@ def render_other_reads(others: list[dict], state: dict | None, identity, display
                    f"{'read' if count == 1 else 'reads'}). Blind double reading: who read it and what they "
                    "decided are hidden until your read is saved and a second reader looks at the scan.")
         return
-    with st.expander(f"Other reads of this scan ({len(others)})", expanded=True):
+    adjudicated = bool((state or {}).get("adjudication"))
+    with st.expander(f"Other reads of this scan ({len(others)})" + (" and its adjudication" if adjudicated else ""),
+                     expanded=True):
         for read in others:
             label = display_names.get(read["final_label"], "-") if read["final_label"] else "no class (flagged)"
             st.markdown(f"**{app_support.escape_markdown(read['reviewer'])}**"
@@ -370,6 +372,25 @@ def render_other_reads(others: list[dict], state: dict | None, identity, display
             st.markdown(f"**Adjudicated** by {app_support.escape_markdown(adjudication['reviewer'])}: "
                         f"{app_support.escape_markdown(display_names.get(adjudication['final_label'], ''))} - "
                         f"{app_support.escape_markdown(adjudication['reason'])}")
+
+
+def case_outcome(saved: dict, state: dict | None, identity, names: dict[str, str]) -> str:
+    """Where this reader's saved read leaves the case, in one phrase: their class, and the case's final label.
+
+    A reader who may see other reads is told the case's own state (adjudicated, agreed, or awaiting a
+    second read), so the line never contradicts the adjudication shown beside it; a blind reviewer is
+    told only their own class.
+    """
+    own = f"your class **{names.get(saved['final_label'], saved['final_label'])}**" if saved["final_label"] else \
+        "no class given (flagged for a second read)"
+    if not sees_other_reads(identity) or not state:
+        return own
+    final = names.get(state.get("final_label") or "", state.get("final_label") or "")
+    if state.get("status") == "adjudicated" and final:
+        return f"{own} · final label **{final}** (adjudicated)"
+    if state.get("status") == "flagged" or not final:
+        return f"{own} · final label: awaiting a second read"
+    return f"{own} · final label **{final}**"
 
 
 def viewer_row(row: dict, identity) -> dict:

@@ -72,10 +72,8 @@ def render_verdict(item: ReviewItem, state: dict | None, classifier, session: st
     st.subheader("Your read", divider="gray")
     app_review.render_other_reads(others, state, identity, display_names)
     if saved:
-        final = display_names.get(saved["final_label"], "none yet (second read)") if saved["final_label"] else \
-            "none yet (second read)"
-        st.info(f"Saved verdict: **{VERDICT_NAMES[saved['verdict']]}** · final label **{final}** · by "
-                f"{app_support.escape_markdown(saved['reviewer'])} at {display_time(saved['time'])} UTC. "
+        outcome = app_review.case_outcome(saved, state, identity, display_names)
+        st.info(f"Saved verdict: **{VERDICT_NAMES[saved['verdict']]}** · {outcome} · by {app_support.escape_markdown(saved['reviewer'])} at {display_time(saved['time'])} UTC. "
                 "Saving again amends your read; the earlier one stays in the history.", icon=":material/task_alt:")
     verdict = st.radio(
         "Verdict", VERDICTS, index=VERDICTS.index(saved["verdict"]) if saved else 0, horizontal=True,

@@ -176,6 +176,32 @@ def test_a_second_reader_sees_every_read_and_adjudicates(signed_in, history_path
     assert "Tamper check" in everything(ada)
 
 
+def test_after_an_adjudication_a_first_reader_who_sees_reads_is_told_the_final_label(signed_in, history_path,
+                                                                                      monkeypatch):
+    from core.classes import DISPLAY_NAMES
+
+    monkeypatch.setenv("BRAINSCAN_BLIND_READS", "0")
+    scan = encode(synthetic_slice(33, 96))
+    key = key_of(scan)
+    for claims, verdict in ((ANN, "confirm"), (BOB, "flag")):
+        app = as_user(signed_in, claims)
+        upload(app, "disputed.png", scan)
+        app.radio(key=f"review_verdict_{key}").set_value(verdict).run()
+        app.button(key=f"review_save_{key}").click().run()
+    sam = as_user(signed_in, SAM)
+    open_page(sam, "second-reads")
+    sam.selectbox(key=f"second_class_{key}").set_value("pituitary").run()
+    sam.text_input(key=f"second_reason_{key}").input("consensus at review meeting").run()
+    sam.button(key=f"second_save_{key}").click().run()
+
+    bob = as_user(signed_in, BOB)  # His worklist comes back from the history: no upload needed.
+    assert not bob.exception, bob.exception
+    saved = texts(bob.info)
+    assert f"final label **{DISPLAY_NAMES['pituitary']}** (adjudicated)" in saved, saved
+    assert "none yet" not in saved and "awaiting" not in saved
+    assert any(expander.label == "Other reads of this scan (1) and its adjudication" for expander in bob.expander)
+
+
 def test_an_expired_id_token_signs_the_user_out_whatever_streamlits_cookie_says(signed_in, monkeypatch):
     import streamlit
 
