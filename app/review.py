@@ -415,6 +415,29 @@ def viewer_row(row: dict, identity) -> dict:
     return shown
 
 
+# Keyboard shortcuts of the Review page: readers asked for them first. Each has a modifier, so typing a
+# note never moves the page (Mod is Ctrl, or Cmd on a Mac; Streamlit shows them on the buttons).
+SAVE_KEY, NEXT_UNREVIEWED_KEY, PREVIOUS_KEY, NEXT_KEY = "Mod+Enter", "Alt+N", "Alt+Up", "Alt+Down"
+
+
+def render_steps(back, forward, step, order: list[str], statuses: dict[str, str]) -> None:
+    """The worklist's previous, next and next-unreviewed buttons (with their shortcuts) in three columns."""
+    back.button("", icon=":material/arrow_upward:", key="review_previous", width="stretch", shortcut=PREVIOUS_KEY,
+                help=f"Previous scan ({PREVIOUS_KEY})", on_click=step_scan, args=(order, -1))
+    forward.button("", icon=":material/arrow_downward:", key="review_following", width="stretch",
+                   shortcut=NEXT_KEY, help=f"Next scan ({NEXT_KEY})", on_click=step_scan, args=(order, 1))
+    step.button("Next unreviewed", icon=":material/skip_next:", key="review_next", width="stretch",
+                shortcut=NEXT_UNREVIEWED_KEY, help=f"The next scan without your read ({NEXT_UNREVIEWED_KEY})",
+                on_click=go_to_next_unreviewed, args=(order, statuses))
+
+
+def step_scan(order: list[str], step: int) -> None:
+    """Button callback: show the scan `step` places after the current one in the worklist (wrapping round)."""
+    current = st.session_state.get("review_current")
+    position = order.index(current) if current in order else 0
+    st.session_state["review_current"] = order[(position + step) % len(order)]
+
+
 def go_to_next_unreviewed(order: list[str], statuses: dict[str, str]) -> None:
     """Button callback: select the next unreviewed scan, or note that every scan has a verdict."""
     following = next_unreviewed(order, statuses, st.session_state.get("review_current"))

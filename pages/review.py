@@ -93,7 +93,8 @@ def render_verdict(item: ReviewItem, state: dict | None, classifier, session: st
                  key=f"review_note_{key}")
     reviewer = app_support.reviewer_name()
     st.button("Save verdict", type="primary", icon=":material/save:", key=f"review_save_{key}",
-              disabled=not reviewer, on_click=app_review.save_verdict, args=(item, session))
+              disabled=not reviewer, on_click=app_review.save_verdict, args=(item, session), shortcut=app_review.SAVE_KEY,
+              help="Save the verdict chosen above (Ctrl+Enter, or Cmd+Enter on a Mac); Confirm is chosen until you pick another")
     if not reviewer:
         st.caption("Enter your name in the sidebar to save a verdict.")
     flash = app_review.take_flash(item)
@@ -145,14 +146,13 @@ def render_worklist(items: list[ReviewItem], statuses: dict[str, str], display_n
         column_config={"Probability": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)},
     )
     app_review.select_first_unreviewed(order, statuses)  # also moves on from a scan just saved
-    chooser, step = st.columns([4, 1], vertical_alignment="bottom")
+    chooser, back, forward, step = st.columns([5, 1, 1, 2], vertical_alignment="bottom")
     chooser.selectbox(
         "Scan", order, key="review_current",
         format_func=lambda digest: f"{order.index(digest) + 1}. {by_digest[digest].file_name} "
                                   f"({STATUS_NAMES[statuses[digest]].lower()})",
     )
-    step.button("Next unreviewed", icon=":material/skip_next:", key="review_next", width="stretch",
-                on_click=app_review.go_to_next_unreviewed, args=(order, statuses))
+    app_review.render_steps(back, forward, step, order, statuses)
     if st.session_state.pop("review_all_done", False):
         st.success("Every scan in this batch has a verdict.", icon=":material/done_all:")
     return by_digest[st.session_state["review_current"]]

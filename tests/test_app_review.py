@@ -370,3 +370,23 @@ def test_after_an_upload_the_page_shows_the_first_new_scan(history_path):
     assert app.selectbox(key="review_current").value == hashlib.sha256(third).hexdigest()
     app.selectbox(key="review_current").set_value(hashlib.sha256(first).hexdigest()).run()
     assert app.selectbox(key="review_current").value == hashlib.sha256(first).hexdigest()  # Later runs: the choice.
+
+
+def test_the_worklist_moves_and_confirms_from_the_keyboard(history_path):
+    from app.review import NEXT_KEY, NEXT_UNREVIEWED_KEY, PREVIOUS_KEY, SAVE_KEY
+
+    scans = [encode(synthetic_slice(seed, 96)) for seed in (38, 39, 40)]
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value([(f"k{number}.png", scan, "image/png")
+                                               for number, scan in enumerate(scans)]).run()
+    shortcuts = {key: app.button(key=key).proto.shortcut for key in ("review_previous", "review_following",
+                                                                      "review_next", f"review_save_{key_of(scans[0])}")}
+    wanted = {"review_previous": PREVIOUS_KEY, "review_following": NEXT_KEY, "review_next": NEXT_UNREVIEWED_KEY,
+              f"review_save_{key_of(scans[0])}": SAVE_KEY}
+    assert shortcuts == {key: shortcut.lower().replace("mod+", "ctrl+") for key, shortcut in wanted.items()}
+    assert all("+" in shortcut for shortcut in shortcuts.values())  # A modifier: typing a note moves nothing.
+    app.button(key="review_following").click().run()
+    assert app.selectbox(key="review_current").value == hashlib.sha256(scans[1]).hexdigest()
+    app.button(key="review_previous").click().run()
+    app.button(key="review_previous").click().run()  # From the first scan round to the last.
+    assert app.selectbox(key="review_current").value == hashlib.sha256(scans[2]).hexdigest()
