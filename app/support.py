@@ -42,7 +42,13 @@ class ModelStatus:
     error: str | None = None
 
 
-@st.cache_resource(show_spinner="Loading the model...", max_entries=2)
+# A cold machine spent up to 22 s here with no word of why: the first load converts the network for this
+# CPU (OpenVINO) and checks it; later processes read the converted copy from data/runtime-cache.
+MODEL_LOADING = ("Loading the model. The first start on a machine converts it for this computer's processor "
+                 "and checks the result (up to about 30 s, once); later starts read the converted copy in seconds.")
+
+
+@st.cache_resource(show_spinner=MODEL_LOADING, max_entries=2)
 def _load_classifier(model_path: str, stamp: tuple[int, int]):
     # One load per process and file version, shared by every session: the stamp (modification
     # time and size) makes a replaced model file load afresh. Failures raise and are therefore
