@@ -10,7 +10,7 @@ from core.config import ROOT
 from tests.synthetic import encode, synthetic_slice, write_class_folders
 
 PREDICT_COLUMNS = ["file", "sha256", "status", "predicted_class",
-                   "p_glioma", "p_meningioma", "p_pituitary", "p_no_tumor", "message"]
+                   "p_glioma", "p_meningioma", "p_pituitary", "p_no_tumor", "low_confidence", "message"]
 
 
 def _rows(path):
