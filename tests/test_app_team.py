@@ -140,8 +140,8 @@ def test_reads_are_private_blind_and_recorded_under_the_signed_in_identity(signe
     assert "Saved verdict" in texts(again.info)
 
 
-def test_a_second_reader_sees_every_read_and_adjudicates(signed_in, history_path):
-    scan = encode(synthetic_slice(32, 96))
+def disputed_reads(signed_in, scan: bytes) -> None:
+    """Ann confirms the scan and Bob flags it, each with a note naming them: a case for the second reader."""
     key = key_of(scan)
     for claims, verdict in ((ANN, "confirm"), (BOB, "flag")):
         app = as_user(signed_in, claims)
@@ -149,6 +149,12 @@ def test_a_second_reader_sees_every_read_and_adjudicates(signed_in, history_path
         app.radio(key=f"review_verdict_{key}").set_value(verdict).run()
         app.text_area(key=f"review_note_{key}").input(f"note by {claims['name']}").run()
         app.button(key=f"review_save_{key}").click().run()
+
+
+def test_a_second_reader_sees_every_read_and_adjudicates(signed_in, history_path):
+    scan = encode(synthetic_slice(32, 96))
+    key = key_of(scan)
+    disputed_reads(signed_in, scan)
 
     sam = as_user(signed_in, SAM)
     open_page(sam, "second-reads")
@@ -183,11 +189,7 @@ def test_after_an_adjudication_a_first_reader_who_sees_reads_is_told_the_final_l
     monkeypatch.setenv("BRAINSCAN_BLIND_READS", "0")
     scan = encode(synthetic_slice(33, 96))
     key = key_of(scan)
-    for claims, verdict in ((ANN, "confirm"), (BOB, "flag")):
-        app = as_user(signed_in, claims)
-        upload(app, "disputed.png", scan)
-        app.radio(key=f"review_verdict_{key}").set_value(verdict).run()
-        app.button(key=f"review_save_{key}").click().run()
+    disputed_reads(signed_in, scan)
     sam = as_user(signed_in, SAM)
     open_page(sam, "second-reads")
     sam.selectbox(key=f"second_class_{key}").set_value("pituitary").run()
