@@ -25,7 +25,7 @@ from core.errors import ArchiveError, HistoryUnavailable, ScanRejected
 from core.pipeline import analyse_bytes
 from core.review.reads import split_reads
 from core.review.records import IDENTITY_COLUMNS, VERDICT_NAMES, VerdictRejected, display_time
-from core.review.uploads import archive_result, archived_bytes, decode_archived, reference_for, reopen
+from core.review.uploads import archived_bytes, decode_archived, reopen, take_upload
 from core.review.worklist import (
     UNAVAILABLE,
     ReviewItem,
@@ -72,13 +72,12 @@ def classify_uploads(uploads, classifier, store, archive, session: str, owner: s
         digest = hashlib.sha256(data).hexdigest()
         if digest not in items:
             with st.spinner("Classifying the scan...") if bar is None else nullcontext():
-                result = analyse_bytes(classifier, data, upload.name)
                 try:
-                    reference = archive_result(archive, data, result)
+                    taken = take_upload(classifier, archive, data, upload.name)
                 except ArchiveError as error:
                     refused[upload.file_id] = f"{upload.name} was not added to the worklist: {error}"
-                    reference = None
             if upload.file_id not in refused:
+                result, reference = taken.result, taken.reference
                 item = item_from_result(result, classifier.version, classifier.image_size)
                 items[digest] = item if item.sha256 else replace(item, sha256=digest)
                 unrecorded[digest] = reference.to_detail() if reference is not None else None
@@ -146,13 +145,12 @@ def restore_item(store, archive, classifier, entry: dict) -> ReviewItem:
     """A worklist entry's item: its archived scan read back and classified, its refusal, or why it cannot be shown."""
     sha256, file_name = entry["sha256"], entry["file_name"]
     try:
-        reference = reference_for(store, sha256)
-        if reference is None:  # A file with no picture (it could not be decoded): its recorded refusal.
+        result = reopen(classifier, archive, store, sha256, file_name)
+        if result is None:  # A file with no picture (it could not be decoded): its recorded refusal.
             refusal = next((event for event in reversed(store.scan_events(sha256, entry["model_version"]))
                             if event["kind"] == "refusal"), None)
             message = refusal["reason"] if refusal else "the scan has no copy in the archive"
             return ReviewItem(sha256, file_name, "rejected", message, None, {}, classifier.version, None, None)
-        result = reopen(classifier, archive, reference, sha256, file_name)
     except (ArchiveError, HistoryUnavailable) as error:
         return ReviewItem(sha256, file_name, UNAVAILABLE, f"the picture cannot be shown just now: {error}", None, {},
                           classifier.version, None, None)
@@ -174,12 +172,11 @@ def archived_view(store, archive, classifier, sha256: str, file_name: str) -> Re
     key = (sha256, classifier.version)
     if key not in views:
         try:
-            reference = reference_for(store, sha256)
-            if reference is None:
-                return "this scan has no copy in the archive (recorded before the archive existed, or not decodable)"
-            result = reopen(classifier, archive, reference, sha256, file_name)
+            result = reopen(classifier, archive, store, sha256, file_name)
         except (ArchiveError, HistoryUnavailable) as error:
             return str(error)
+        if result is None:
+            return "this scan has no copy in the archive (recorded before the archive existed, or not decodable)"
         views[key] = item_from_result(result, classifier.version, classifier.image_size)
         while len(views) > ARCHIVED_VIEWS_KEPT:
             views.pop(next(iter(views)), None)

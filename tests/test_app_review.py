@@ -80,11 +80,11 @@ def test_an_upload_shows_four_probabilities_and_a_saved_verdict_is_on_disk(histo
 
 
 def test_reruns_and_page_switches_never_infer_again_or_duplicate_rows(history_path, monkeypatch):
-    from app import review as app_review  # The page classifies through this module, so patch the name it calls.
+    from core.review import uploads  # The page takes an upload through this module, so patch the name it calls.
 
     calls = []
-    original = app_review.analyse_bytes
-    monkeypatch.setattr(app_review, "analyse_bytes", lambda *arguments: calls.append(1) or original(*arguments))
+    original = uploads.analyse_bytes
+    monkeypatch.setattr(uploads, "analyse_bytes", lambda *arguments: calls.append(1) or original(*arguments))
     scan = encode(synthetic_slice(8, 96))
     app = start()
     app.file_uploader(key=UPLOADER).set_value(("scan-8.png", scan, "image/png")).run()

@@ -386,11 +386,10 @@ class HistoryStore:
         with self._read() as connection:
             return [{**dict(row), "detail": json.loads(row["detail"])} for row in connection.execute(query).mappings()]
 
-    def scans_named_since(self, first_event_id: int) -> list[str]:
-        """The sha256 of every scan with a case event (prediction, read, ...) from `first_event_id` on, in order."""
+    def scans_named(self) -> list[str]:
+        """The sha256 of every scan with a case event (prediction, read, ...), in the order first recorded."""
         query = (sa.select(events.c.sha256, sa.func.min(events.c.id).label("first"))
-                 .where(events.c.id >= first_event_id, events.c.kind.in_(CASE_KINDS))
-                 .group_by(events.c.sha256).order_by(sa.text("first")))
+                 .where(events.c.kind.in_(CASE_KINDS)).group_by(events.c.sha256).order_by(sa.text("first")))
         with self._read() as connection:
             return [row[0] for row in connection.execute(query)]
 

@@ -74,16 +74,19 @@ def reference_for(store, sha256: str) -> ArchiveReference | None:
     return None if detail is None else ArchiveReference.from_detail(detail)
 
 
-def reopen(classifier, archive: ScanArchive, reference: ArchiveReference, sha256: str, file_name: str,
-           frame: int | None = None, window: tuple[float, float] | None = None) -> ScanResult:
-    """Read an archived scan back and classify it as its upload was; `sha256` is the upload's, kept as the key.
+def reopen(classifier, archive: ScanArchive, store, sha256: str, file_name: str) -> ScanResult | None:
+    """Read a recorded scan back from the archive and classify it as its upload was; None when it has no copy.
 
-    Raises `ArchiveError` when the archive cannot give the scan back (down, missing, altered). An
-    archived object that no longer decodes is a "rejected" result saying so, like any upload.
+    `sha256` is the upload's, kept as the key. Raises `ArchiveError` when the archive cannot give the
+    scan back (down, missing, altered). An archived object that no longer decodes is a "rejected"
+    result saying so, like any upload.
     """
+    reference = reference_for(store, sha256)
+    if reference is None:
+        return None
     data = archive.fetch(reference)
     try:
-        scan = scan_from_archive(data, frame=frame, window=window)
+        scan = scan_from_archive(data)
     except ScanRejected as rejection:
         return ScanResult(file_name, sha256, "rejected", rejection.reason)
     return analyse_scan(classifier, scan, file_name, sha256)
@@ -101,7 +104,6 @@ def archived_bytes(store, archive: ScanArchive, sha256: str) -> bytes:
         raise ArchivedScanMissing("this scan was recorded without a copy in the archive (before the archive "
                                   "existed, or it could not be decoded)")
     return archive.fetch(reference)
-
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def verify_archive(store, archive: ScanArchive) -> ArchiveCheck:
 
     archived = store.archived_scans()
     held = {row["sha256"] for row in archived}
-    without_copy = sum(1 for sha256 in store.scans_named_since(0) if sha256 not in held)
+    without_copy = sum(1 for sha256 in store.scans_named() if sha256 not in held)
     archive.ping()
     for count, row in enumerate(archived):
         try:
