@@ -200,6 +200,9 @@ def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(brows
         page.get_by_role("heading", name=heading).first.wait_for()
         wait_until_idle(page)
         assert page.url.startswith(f"{url}/{path}?session="), page.url
+        # The sidebar may arrive a moment after the page's heading (the pages-folder fallback hands over to
+        # st.navigation, which redraws): wait for it, then require exactly one name field.
+        sidebar.get_by_role("textbox", name="Reviewer name").first.wait_for()
         assert sidebar.get_by_role("textbox", name="Reviewer name").count() == 1
         assert sidebar.get_by_text("loaded").count() >= 1
         # Local mode's one reviewer holds every role, so the Second reads page is there too.
