@@ -67,6 +67,7 @@ def _command_train(arguments: argparse.Namespace) -> int:
         mixup_alpha=arguments.mixup, scanner_augment=arguments.scanner_augment,
         architecture=arguments.architecture, pretrained=Path(arguments.pretrained) if arguments.pretrained else None,
         freeze_epochs=arguments.freeze_epochs,
+        non_mri_train=Path(arguments.non_mri_train) if arguments.non_mri_train else None,
     )
     print(f"wrote {model_path} and its card")
     return 0
@@ -128,12 +129,32 @@ def _command_label_audit(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _command_modality_audit(arguments: argparse.Namespace) -> int:
+    from core.model.inference import Classifier
+    from core.training.evaluate import files_for
+    from core.training.modality_audit import audit, write_audit
+
+    classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
+    files = files_for([Path(path) for path in arguments.data])
+    rows = audit(classifier, files, Path(arguments.non_mri_train), arguments.kind)
+    out = Path(arguments.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, sheet_path = out / f"{arguments.kind}-candidates.csv", out / f"{arguments.kind}-candidates.png"
+    write_audit(rows, csv_path, sheet_path)
+    listed = sum(row["listed"] == "yes" for row in rows)
+    print(f"{counted(len(rows), 'candidate')} of {len(files)} slices look like {arguments.kind} "
+          f"({listed} already in the not-brain-MRI manifest); ranking in {csv_path}, contact sheet in {sheet_path}. "
+          "Check each by eye and list the confirmed ones in models/not-brain-mri.csv.")
+    return 0
+
+
 def _command_calibrate(arguments: argparse.Namespace) -> int:
     from core.training.train import calibrate
 
     command = _invoked_command()
     model_path = calibrate(Path(arguments.model or config.model_path()), [Path(path) for path in arguments.data], command,
-                           mirror=arguments.mirror)
+                           mirror=arguments.mirror,
+                           non_mri_train=Path(arguments.non_mri_train) if arguments.non_mri_train else None)
     print(f"rewrote the card of {model_path}")
     return 0
 
@@ -164,7 +185,9 @@ def _command_evaluate(arguments: argparse.Namespace) -> int:
         from core.training.label_audit import read_flagged
 
         flagged = read_flagged(Path(arguments.leave_out_flagged))
-    report = evaluate_files(classifier, files, _manifest(arguments, classifier), flagged)
+    from core.training.dataset import read_not_mri_manifest
+
+    report = evaluate_files(classifier, files, _manifest(arguments, classifier), flagged, read_not_mri_manifest())
     report["data"] = _data_label(arguments)
     _emit(report, format_report(report, classifier.card.display_names), arguments.json)
     return 0
@@ -303,8 +326,11 @@ def _command_ood_eval(arguments: argparse.Namespace) -> int:
         real = non_mri_folder_items(Path(arguments.non_mri))
         if not real:
             raise BrainScanError(f"{arguments.non_mri} holds no images in category subfolders (e.g. head_ct/)")
+    from core.training.dataset import read_not_mri_manifest
+
     report = evaluate_gate(classifier, [(str(item.path), item.path.read_bytes) for item in files],
-                           [(name, lambda data=data: data) for name, data in non_mri], real)
+                           [(name, lambda data=data: data) for name, data in non_mri], real,
+                           read_not_mri_manifest())
     command = _invoked_command()
     report["mri"]["data"] = _data_label(arguments)
     report["non_mri"]["set"] = f"core.training.nonmri.build_nonmri_set(seed={arguments.seed})"
@@ -315,7 +341,7 @@ def _command_ood_eval(arguments: argparse.Namespace) -> int:
     if arguments.write_card:
         _record_in_card(classifier, ("ood", "evaluation"), {
             "mri_pass_rate": report["mri"]["pass_rate"], "mri_n": report["mri"]["n"],
-            "mri_data": report["mri"]["data"],
+            "mri_data": report["mri"]["data"], "filed_as_mri": report["filed_as_mri"]["by_kind"],
             "non_mri_flag_rate": report["non_mri"]["flag_rate"], "non_mri_n": report["non_mri"]["n"],
             "non_mri_set": report["non_mri"]["set"], "non_mri_by_category": report["non_mri"]["by_category"],
             "floors": report["floors"], "meets_floors": report["meets_floors"],
@@ -401,6 +427,11 @@ def _command_archive_copy(arguments: argparse.Namespace) -> int:
     return 0
 
 
+NON_MRI_TRAIN_HELP = ("folder of real images that are not brain MRI, one kind per subfolder (e.g. "
+                      "../shared/datasets/non-mri-train), for the gate's modality head; without it the gate learns "
+                      "only from drawn images")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m core`."""
     from core.training.nonmri import DEVELOPMENT_SEED, EVALUATION_SEED
@@ -433,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--pretrained", help="ImageNet backbone for efficientnet-lite0 (python -m core import-weights)")
     train.add_argument("--freeze-epochs", type=int, default=0,
                        help="epochs that train only the new head before every layer is fine-tuned")
+    train.add_argument("--non-mri-train", help=NON_MRI_TRAIN_HELP)
     train.set_defaults(handler=_command_train)
 
     weights = commands.add_parser(
@@ -443,12 +475,23 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--image-size", type=int, default=160, help="input side of the saved backbone")
     weights.set_defaults(handler=_command_import_weights)
 
+    modality = commands.add_parser(
+        "modality-audit", help="rank the MRI collections' slices by how much they look like another modality "
+        "(head CT), with a contact sheet to check by eye")
+    modality.add_argument("--data", action="append", required=True, help="MRI dataset folder (repeatable)")
+    modality.add_argument("--non-mri-train", required=True, help="folder of kind subfolders holding real examples")
+    modality.add_argument("--kind", default="head_ct", help="the kind subfolder to look for (default head_ct)")
+    modality.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    modality.add_argument("--out", default="runs/modality-audit", help="folder for the ranking and contact sheet")
+    modality.set_defaults(handler=_command_modality_audit)
+
     calibrate = commands.add_parser(
         "calibrate", help="re-fit temperature and gate and re-measure a trained model from its split manifest")
     calibrate.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
     calibrate.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
     calibrate.add_argument("--mirror", action="store_true",
                            help="serve logits averaged with the left-right mirror (twice the inference time)")
+    calibrate.add_argument("--non-mri-train", help=NON_MRI_TRAIN_HELP)
     calibrate.set_defaults(handler=_command_calibrate)
 
     def measuring(name: str, description: str, json_help: str) -> argparse.ArgumentParser:

@@ -25,6 +25,9 @@
 | BRAINSCAN_DICOMWEB_TIMEOUT  | seconds a DICOMweb request may take              | 10                              |
 | BRAINSCAN_SECRETS_FILE      | TOML file whose [dicomweb] section the command   | .streamlit/secrets.toml         |
 |                             | line reads (the app reads Streamlit's secrets)   |                                 |
+| BRAINSCAN_NOT_MRI_MANIFEST  | files of the MRI collections that are not brain  | models/not-brain-mri.csv        |
+|                             | MRI (head CT filed as MRI): training, calibration |                                 |
+|                             | and evaluation leave them out of the MRI classes |                                 |
 
 The DICOMweb settings may instead sit in a `[dicomweb]` section (`url`, `user`, `password`,
 `timeout`) of the secrets file, which is not committed; an environment variable wins over it.
@@ -62,6 +65,11 @@ def _env_float(name: str, default: float) -> float:
 def model_path() -> Path:
     """The model file the app and CLI load unless told otherwise."""
     return _env_path("BRAINSCAN_MODEL", DEFAULT_MODEL_PATH)
+
+
+def not_mri_manifest_path() -> Path:
+    """The manifest of dataset files that are not brain MRI although filed as such (see `core.training.dataset`)."""
+    return _env_path("BRAINSCAN_NOT_MRI_MANIFEST", MODELS_DIR / "not-brain-mri.csv")
 
 
 def history_db_path() -> Path:

@@ -13,27 +13,21 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from core.errors import ScanRejected
+from core.model.gate import GateVerdict, physical_inputs
 from core.scans.intake import Scan, load_scan
 from core.scans.preprocess import prepare_image
-from core.scans.statistics import image_statistics
+from core.scans.statistics import ImageStatistics, image_statistics
 
 NOT_MRI_MESSAGE = "not recognised as a brain MRI slice - review manually"
-GATE_MESSAGE = f"{NOT_MRI_MESSAGE} (unlike the training scans)"
 # Colour photographs have strong chroma; greyscale MRI exports have almost none.
 MAX_COLOURFULNESS = 12.0
 MIN_CONTRAST = 4.0  # standard deviation of grey levels under which an image is blank
-# Limits of the model-free checks of `core.scans.statistics.image_statistics`: each is the 0.1st (or 99.9th)
-# percentile of the 6727 training-split MRI slices, rounded outwards, so each check alone stops
-# about 0.1% of real slices (`python -m core ood-eval --split train` prints the percentiles:
-# aspect 1.60, border 0.37, largest share 0.91, solidity 0.72, extent 0.52, inner variation 0.87).
-# They back up the Mahalanobis gate, catching what it passes (star fields, hand-like outlines);
-# non-MRI images chose which checks exist, never where their limits lie.
-MAX_SLICE_ASPECT_RATIO = 1.6
-MAX_BORDER_BRIGHTNESS = 0.4
-MIN_LARGEST_SHARE = 0.9
-MIN_SOLIDITY = 0.7
-MIN_EXTENT = 0.5
-MAX_INNER_VARIATION = 0.9
+# The model-free checks of shape (aspect, dark border, one region, head-shaped outline, inner
+# variation) that stood here before the gate learnt from real negatives were dropped: on the
+# development negatives (non-mri-train/, the MRI collections' head CT and the drawn set) they
+# caught nothing the modality head let through, and they refused 22 of the training split's MRI
+# slices (python -m core calibrate prints the gate's cross-validation). Colour and blankness stay:
+# they need no model and say exactly what is wrong.
 
 
 # The sha256 of a file that could not be read: none is known, and the digest of no bytes would
@@ -53,6 +47,11 @@ class ScanResult:
     probabilities: dict[str, float] = field(default_factory=dict)
     ood_distance: float | None = None
     scan: Scan | None = None
+    # Where a rejected scan was stopped: "intake" (not decoded), "screen" (colour, blank) or "gate".
+    refused_by: str | None = None
+    # What the gate says a refused picture looks like (a `core.model.gate.LOOKS_LIKE` name), when it can tell.
+    looks_like: str | None = None
+    not_mri_score: float | None = None
     # The model input, kept by `analyse_bytes` so the page need not prepare it again for Grad-CAM.
     tensor: np.ndarray | None = field(default=None, compare=False, repr=False)
 
@@ -61,50 +60,47 @@ class ScanResult:
         return self.probabilities[self.label] if self.label else None
 
 
-def screen(scan: Scan) -> str | None:
-    """Cheap checks before the network: a reason the image is not a brain MRI slice, or None."""
+def screen(scan: Scan, statistics: ImageStatistics | None = None) -> str | None:
+    """Checks that need no model: why the image cannot be a brain MRI slice (colour, blank), or None."""
     if scan.colourfulness > MAX_COLOURFULNESS:
-        return f"{NOT_MRI_MESSAGE} (the image is in colour; MRI slices are greyscale)"
-    statistics = image_statistics(scan.image)
+        return "the image is in colour; MRI slices are greyscale"
+    statistics = statistics or image_statistics(scan.image)
     if statistics.contrast < MIN_CONTRAST:
-        return f"{NOT_MRI_MESSAGE} (the image is blank or nearly uniform)"
-    if statistics.aspect_ratio > MAX_SLICE_ASPECT_RATIO:
-        return f"{NOT_MRI_MESSAGE} (the image is {statistics.aspect_ratio:.1f} times longer than wide; slices are near square)"
-    if statistics.border_brightness > MAX_BORDER_BRIGHTNESS:
-        return f"{NOT_MRI_MESSAGE} (no dark background around the subject, as MRI slices have)"
-    if statistics.largest_share < MIN_LARGEST_SHARE:
-        return f"{NOT_MRI_MESSAGE} (the bright content is scattered, not one head)"
-    if statistics.solidity < MIN_SOLIDITY or statistics.extent < MIN_EXTENT:
-        return f"{NOT_MRI_MESSAGE} (the subject's outline is not head-shaped)"
-    if statistics.inner_variation > MAX_INNER_VARIATION:
-        return f"{NOT_MRI_MESSAGE} (the subject's brightness varies far more than brain tissue does)"
+        return "the image is blank or nearly uniform"
     return None
 
 
-def gate_verdicts(classifier, features: np.ndarray) -> list[tuple[float, bool] | None]:
-    """Per row of a batch's features (N, D): (distance, passes the gate), or None when the model has no gate."""
+def refusal_message(looks_like: str | None, reason: str | None = None) -> str:
+    """The reader's message for a picture that is not read: what it looks like and why, where known."""
+    details = "; ".join(part for part in (f"it looks like {looks_like}" if looks_like else None, reason) if part)
+    return f"{NOT_MRI_MESSAGE} ({details})" if details else NOT_MRI_MESSAGE
+
+
+def gate_verdicts(classifier, features: np.ndarray, physical: np.ndarray) -> list[GateVerdict | None]:
+    """Per row of a batch's features (N, D) and physical inputs (N, P): the gate's verdict, or None without a gate."""
     if classifier.gate is None:
         return [None] * len(features)
-    distances, passes = classifier.gate.assess(features)
-    return list(zip(distances.tolist(), passes.tolist()))
+    return classifier.gate.assess(features, physical)
 
 
 def result_from_output(filename: str, digest: str, scan: Scan, probabilities: np.ndarray,
-                       gate_verdict: tuple[float, bool] | None, classifier,
-                       screen_reason: str | None = None) -> ScanResult:
-    """Build the result of one inferred scan from the cheap checks' verdict and the gate's (see `gate_verdicts`).
+                       verdict: GateVerdict | None, classifier, screen_reason: str | None = None) -> ScanResult:
+    """Build the result of one inferred scan from the model-free checks' verdict and the gate's (see `gate_verdicts`).
 
-    A scan either check stops is "rejected" with no label, but keeps the model's probabilities
-    for the record (and so that evaluation scores the model on every decodable MRI slice).
+    A scan either stops is "rejected" with no label, but keeps the model's probabilities for the
+    record (and so that evaluation scores the model on every decodable MRI slice).
     """
     named = {name: float(value) for name, value in zip(classifier.classes, probabilities)}
-    distance, passes = gate_verdict if gate_verdict is not None else (None, True)
-    if screen_reason:
-        return ScanResult(filename, digest, "rejected", screen_reason, None, named, distance, scan)
-    if not passes:
-        return ScanResult(filename, digest, "rejected", GATE_MESSAGE, None, named, distance, scan)
+    distance = verdict.distance if verdict is not None else None
+    score = verdict.not_mri_score if verdict is not None else None
+    passes = verdict.passes if verdict is not None else True
+    looks_like = verdict.looks_like if verdict is not None else None
+    if screen_reason or not passes:
+        return ScanResult(filename, digest, "rejected", refusal_message(looks_like, screen_reason), None, named,
+                          distance, scan, refused_by="screen" if screen_reason else "gate", looks_like=looks_like,
+                          not_mri_score=score)
     label = classifier.classes[int(np.argmax(probabilities))]
-    return ScanResult(filename, digest, "ok", "", label, named, distance, scan)
+    return ScanResult(filename, digest, "ok", "", label, named, distance, scan, not_mri_score=score)
 
 
 def analyse_bytes(classifier, data: bytes, filename: str, *, frame: int | None = None,
@@ -117,17 +113,19 @@ def analyse_bytes(classifier, data: bytes, filename: str, *, frame: int | None =
     try:
         scan = load_scan(data, filename, frame=frame, window=window)
     except ScanRejected as rejection:
-        return ScanResult(filename, digest, "rejected", rejection.reason)
+        return ScanResult(filename, digest, "rejected", rejection.reason, refused_by="intake")
     return analyse_scan(classifier, scan, filename, digest)
 
 
 def analyse_scan(classifier, scan: Scan, filename: str, digest: str) -> ScanResult:
     """Classify a decoded scan (an upload's, or one read back from the archive) as `analyse_bytes` does."""
     tensor = prepare_image(scan.image, classifier.image_size)
+    statistics = image_statistics(scan.image)
     output = classifier.predict_tensors(tensor[np.newaxis])
+    physical = physical_inputs(statistics, scan.colourfulness)[np.newaxis]
     result = result_from_output(filename, digest, scan, output.probabilities[0],
-                                gate_verdicts(classifier, output.features)[0], classifier,
-                                screen(scan))
+                                gate_verdicts(classifier, output.features, physical)[0], classifier,
+                                screen(scan, statistics))
     return replace(result, tensor=tensor)
 
 
@@ -136,9 +134,10 @@ BATCH_SIZE = 16
 
 
 def _intake_one(item: tuple[str, Callable[[], bytes]], image_size: int, keep_scan: bool = True):
-    """Read, decode, screen and prepare one file: (filename, sha256, scan, tensor or None, reason or None).
+    """Read, decode, screen and prepare one file:
+    (filename, sha256, scan, tensor or None, physical inputs or None, reason or None).
 
-    A tensor with a reason is a scan the cheap checks stopped; no tensor means intake rejected it.
+    A tensor with a reason is a scan the model-free checks stopped; no tensor means intake rejected it.
 
     Runs in a worker thread, so every failure becomes a reason: one bad file must not stop a folder.
     """
@@ -146,24 +145,26 @@ def _intake_one(item: tuple[str, Callable[[], bytes]], image_size: int, keep_sca
     try:
         data = read()
     except OSError as error:
-        return filename, UNREAD, None, None, f"the file could not be read: {error.strerror}"
+        return filename, UNREAD, None, None, None, f"the file could not be read: {error.strerror}"
     except Exception as error:  # A reader is caller code (a share, an archive); its failure is this file's.
-        return filename, UNREAD, None, None, f"the file could not be read ({type(error).__name__}: {error})"
+        return filename, UNREAD, None, None, None, f"the file could not be read ({type(error).__name__}: {error})"
     digest = hashlib.sha256(data).hexdigest()
     try:
         scan = load_scan(data, filename)
     except ScanRejected as rejection:
-        return filename, digest, None, None, rejection.reason
+        return filename, digest, None, None, None, rejection.reason
     except Exception as error:  # A decoder bug on one odd file is that file's problem, not the batch's.
-        return filename, digest, None, None, f"the file could not be decoded ({type(error).__name__}: {error})"
+        return filename, digest, None, None, None, f"the file could not be decoded ({type(error).__name__}: {error})"
     del data  # The bytes are not needed once decoded; a folder of large files must not pile them up.
     kept = scan if keep_scan else None
     try:
         tensor = prepare_image(scan.image, image_size)
+        statistics = image_statistics(scan.image)
     except Exception as error:
-        return filename, digest, kept, None, f"the image could not be prepared ({type(error).__name__}: {error})"
+        return filename, digest, kept, None, None, f"the image could not be prepared ({type(error).__name__}: {error})"
     # A screened scan is still inferred: its result carries the reason and the model's probabilities.
-    return filename, digest, kept, tensor, screen(scan)
+    return (filename, digest, kept, tensor, physical_inputs(statistics, scan.colourfulness),
+            screen(scan, statistics))
 
 
 def analyse_many(classifier, items: Iterable[tuple[str, Callable[[], bytes]]], batch_size: int = BATCH_SIZE,
@@ -196,11 +197,12 @@ def analyse_many(classifier, items: Iterable[tuple[str, Callable[[], bytes]]], b
             output, verdicts = None, []
             if ready:
                 output = classifier.predict_tensors(np.stack([prepared[index][3] for index in ready]))
-                verdicts = gate_verdicts(classifier, output.features)  # One product for the whole batch.
+                # One product for the whole batch.
+                verdicts = gate_verdicts(classifier, output.features, np.stack([prepared[index][4] for index in ready]))
             position = {index: row for row, index in enumerate(ready)}
-            for index, (filename, digest, scan, tensor, reason) in enumerate(prepared):
+            for index, (filename, digest, scan, tensor, _, reason) in enumerate(prepared):
                 if tensor is None:
-                    yield ScanResult(filename, digest, "rejected", reason, scan=scan)
+                    yield ScanResult(filename, digest, "rejected", reason, scan=scan, refused_by="intake")
                 else:
                     row = position[index]
                     yield result_from_output(filename, digest, scan, output.probabilities[row], verdicts[row],

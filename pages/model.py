@@ -15,6 +15,7 @@ from app import support as app_support
 from core.model.summary import (
     describe_architecture,
     describe_source,
+    gate_facts,
     is_count_matrix,
     plain_summary,
     training_commands,
@@ -176,21 +177,7 @@ def render_calibration(data: dict) -> None:
         "ECE before calibration (test)": _number(test.get("ece_uncalibrated")),
         "ECE after calibration (test)": _number(test.get("ece")),
     }
-    ood = data.get("ood") or {}
-    if ood:
-        threshold = ood.get("threshold", "-")
-        facts["Out-of-distribution threshold"] = _number(threshold, "{:.1f}") if isinstance(threshold, (int, float)) \
-            else _flat(threshold)
-        for key, value in ood.items():
-            if isinstance(value, (str, int, float)) and key not in {"file", "sha256", "threshold"}:
-                facts[f"Gate: {key.replace('_', ' ')}"] = str(value)
-        head = ood.get("outlier_head") or {}
-        for key in ("method", "negatives", "threshold_rule"):
-            if key in head:
-                facts[f"Outlier head: {key.replace('_', ' ')}"] = _flat(head[key])
-        evaluation = ood.get("evaluation") or {}
-        if "meets_floors" in evaluation:
-            facts["Gate floors met (ood-eval)"] = "yes" if evaluation["meets_floors"] else "no"
+    facts.update(gate_facts(data.get("ood") or {}))
     if "ood_pass_rate" in test:
         facts["MRI test scans passing the gate"] = _number(test.get("ood_pass_rate"), "{:.1%}")
     st.dataframe(pd.DataFrame({"Measure": list(facts), "Value": list(facts.values())}), hide_index=True,

@@ -92,7 +92,7 @@ def test_fine_tuning_from_a_saved_backbone_writes_a_version_2_card(tmp_path, mon
     assert card["version"] == "2.0.0" and card["architecture"]["name"] == "efficientnet-lite0"
     assert card["architecture"]["pretrained"]["source_package"] == "test"
     assert card["training"]["freeze_epochs"] == 1
-    assert "pseudo head CTs" in card["ood"]["outlier_head"]["negatives"]
+    assert card["ood"]["modality_head"]["training_data"]["negatives"]["drawing"]["n"] > 0
 
 
 def test_fine_tuning_refuses_a_backbone_that_is_not_the_one_its_record_describes(tmp_path, monkeypatch):

@@ -43,8 +43,8 @@ def test_the_main_mistakes_are_the_largest_off_diagonal_counts():
 def test_the_gate_section_reports_real_images_per_category_and_other_planes_as_read():
     refuses = summary()["What it refuses"]
     assert any("97.5% of held-out brain MRI" in line for line in refuses)
-    assert any("head ct 24 of 25" in line and "xray 22 of 22" in line for line in refuses)
-    assert any("23 of 25 passed" in line for line in refuses)
+    assert any("head CT 24 of 25" in line and "X-rays 22 of 22" in line for line in refuses)
+    assert any("23 of 25 were read" in line for line in refuses)
 
 
 def test_a_card_without_figures_gives_no_invented_sentence():
@@ -56,3 +56,36 @@ def test_a_card_without_figures_gives_no_invented_sentence():
 def test_training_commands_follow_the_continuation_chain_earliest_first():
     training = {"command": "third", "continued_from": {"command": "second", "continued_from": {"command": "first"}}}
     assert training_commands(training) == ["first", "second", "third"]
+
+
+def card_with_gate_figures() -> dict:
+    return {
+        "ood": {
+            "evaluation": {
+                "mri_pass_rate": 0.9812, "mri_n": 1327,
+                "filed_as_mri": {"head_ct": {"n": 19, "refused": 19}},
+                "non_mri_flag_rate": 1.0,
+                "real_non_mri": {"n": 132, "flagged": 130, "flag_rate": 130 / 132, "by_category": {
+                    "head_ct": {"n": 25, "flagged": 25}, "dermoscopy_or_photo": {"n": 14, "flagged": 14}},
+                    "other_plane_mri": {"n": 25, "passed": 23}},
+            },
+            "modality_head": {"training_data": {"negatives": {"head_ct": {"n": 420}, "xray": {"n": 86}}}},
+        },
+        "not_mri_manifest": {"left_out_of_the_mri_classes": {"train": 75, "validation": 28, "test": 19}},
+    }
+
+
+def test_what_it_refuses_names_the_kinds_and_the_head_ct_the_collections_file_as_mri():
+    sentences = summary(card_with_gate_figures())["What it refuses"]
+    text = " ".join(sentences)
+    assert "head CT 25 of 25" in text and "photographs 14 of 14" in text and "98.5%" in text
+    assert "98.1% of held-out brain MRI slices" in text
+    assert "file 122 head CT slices as MRI" in text and "refused 19 of the 19 in the test split" in text
+    assert "from 506 images (head CT, X-rays)" in text
+    assert "23 of 25 were read" in text
+    # Engineering names stay off this part of the page.
+    assert "core." not in text and "_" not in text
+
+
+def test_a_card_without_gate_figures_says_nothing_about_refusals():
+    assert "What it refuses" not in summary({})

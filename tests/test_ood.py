@@ -1,4 +1,4 @@
-"""The not-a-brain-MRI gate: cheap checks, the Mahalanobis gate, the non-MRI set and its evaluation."""
+"""The not-a-brain-MRI gate: model-free checks, the modality head, the distance, the non-MRI set and its evaluation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.model.gate import MahalanobisGate, fit_gate
+from core.model.gate import LOOKS_LIKE, PHYSICAL_FEATURES, MahalanobisGate, ModalityHead, fit_distance
 from core.pipeline import NOT_MRI_MESSAGE, analyse_bytes, screen
 from core.scans.intake import load_scan
 from core.scans.scan import Scan
@@ -31,7 +31,9 @@ def test_distance_is_to_the_nearest_class_mean():
     gate = MahalanobisGate(means=np.array([[0.0, 0.0], [10.0, 0.0]]), precision=np.diag([1.0, 4.0]), threshold=5.0)
     distances = gate.distances(np.array([[1.0, 0.0], [9.0, 1.0], [5.0, 0.0]]))
     assert np.allclose(distances, [1.0, 1.0 + 4.0, 25.0])
-    assert gate.is_in_distribution(np.array([[1.0, 0.0], [9.0, 1.0], [5.0, 0.0]])).tolist() == [True, True, False]
+    verdicts = gate.assess(np.array([[1.0, 0.0], [9.0, 1.0], [5.0, 0.0]]))
+    assert [verdict.passes for verdict in verdicts] == [True, True, False]
+    assert all(verdict.not_mri_score is None and verdict.looks_like is None for verdict in verdicts)
 
 
 def test_fit_gate_sets_the_threshold_from_validation_distances_only():
@@ -40,19 +42,53 @@ def test_fit_gate_sets_the_threshold_from_validation_distances_only():
     centres = rng.normal(0, 5, (4, 6))
     train = centres[labels] + rng.normal(0, 1, (800, 6))
     validation = centres[np.repeat([0, 1, 2, 3], 50)] + rng.normal(0, 1, (200, 6))
-    gate = fit_gate(train, labels, validation, class_count=4, pass_percentile=90.0)
+    gate = fit_distance(train, labels, validation, class_count=4, pass_percentile=90.0)
     assert np.allclose(gate.means, centres, atol=0.3)
-    assert abs(gate.is_in_distribution(validation).mean() - 0.90) < 0.01
+    assert abs(np.mean([verdict.passes for verdict in gate.assess(validation)]) - 0.90) < 0.01
     far = centres[0] + 12.0  # far from every class
-    assert not gate.is_in_distribution(far[np.newaxis])[0]
+    assert not gate.assess(far[np.newaxis])[0].passes
+
+
+def _head(dimensions: int, threshold: float = 0.0) -> ModalityHead:
+    """A head over brain MRI, head CT and photographs that reads only the first input."""
+    weights = np.zeros((dimensions, 3))
+    weights[0] = [0.0, 2.0, -2.0]
+    return ModalityHead(("head_ct", "mri", "photo_or_dermoscopy"), weights[:, [1, 0, 2]], np.zeros(3), threshold)
 
 
 def test_gate_survives_a_save_and_load(tmp_path):
-    gate = MahalanobisGate(np.arange(8.0).reshape(2, 4), np.eye(4) * 2.0, threshold=3.5)
+    gate = MahalanobisGate(np.arange(8.0).reshape(2, 4), np.eye(4) * 2.0, threshold=3.5,
+                           head=_head(4 + len(PHYSICAL_FEATURES), 0.25))
     gate.save(tmp_path / "gate.npz")
     loaded = MahalanobisGate.load(tmp_path / "gate.npz")
     assert np.array_equal(loaded.means, gate.means) and np.array_equal(loaded.precision, gate.precision)
-    assert loaded.threshold == 3.5
+    assert loaded.threshold == 3.5 and loaded.head.kinds == gate.head.kinds and loaded.head.threshold == 0.25
+    assert np.array_equal(loaded.head.weights, gate.head.weights)
+
+
+def test_a_gate_of_an_older_format_is_refused_with_the_command_that_replaces_it(tmp_path):
+    from core.errors import ModelContractError
+
+    np.savez(tmp_path / "old.npz", means=np.zeros((4, 2)), precision=np.eye(2), threshold=np.array(1.0))
+    with pytest.raises(ModelContractError, match="older format.*calibrate"):
+        MahalanobisGate.load(tmp_path / "old.npz")
+
+
+def test_the_modality_head_scores_log_odds_and_names_what_a_picture_looks_like():
+    head = _head(2, threshold=0.0)
+    inputs = np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 0.0]])
+    log_probabilities = head.log_probabilities(inputs)
+    assert np.allclose(np.exp(log_probabilities).sum(axis=1), 1.0)
+    scores = head.not_mri_scores(inputs)
+    probability_mri = np.exp(log_probabilities[:, head.kinds.index("mri")])
+    assert np.allclose(scores, np.log((1 - probability_mri) / probability_mri))
+    # Input 0 large: head CT dominates; negative: photograph; zero: a three-way tie, nothing named.
+    assert head.looks_like(log_probabilities) == [LOOKS_LIKE["head_ct"], LOOKS_LIKE["photo_or_dermoscopy"], None]
+    # A clear MRI slice: p(mri) within 1e-12 of 1 still gives a finite, very negative score.
+    weights = np.zeros((1, 2))
+    weights[0] = [0.0, 40.0]
+    clear = ModalityHead(("head_ct", "mri"), weights, np.zeros(2), 0.0).not_mri_scores(np.array([[1.0]]))
+    assert np.isfinite(clear[0]) and clear[0] < -30
 
 
 def test_gate_rejects_features_unlike_its_means(tiny_classifier):
@@ -70,34 +106,43 @@ def test_gate_rejects_features_unlike_its_means(tiny_classifier):
     flagged = analyse_bytes(gated, encode(outside), "outside.png")
     assert passed.status == "ok" and passed.label is not None
     assert flagged.status == "rejected" and flagged.label is None
-    assert flagged.message.startswith(NOT_MRI_MESSAGE) and "unlike the training scans" in flagged.message
+    # The distance cannot say what a picture is: the message is the plain one.
+    assert flagged.message == NOT_MRI_MESSAGE and flagged.looks_like is None
     assert flagged.ood_distance > gated.gate.threshold
     assert outcome_stage(flagged) == "gate" and outcome_stage(passed) == "passed"
 
 
-def test_the_outlier_head_refuses_what_it_was_taught_is_not_mri(tiny_classifier, tmp_path):
-    """A gate whose distance admits everything still refuses a scan its outlier head scores over threshold."""
+def test_the_modality_head_refuses_what_it_learnt_is_not_mri_and_says_what_it_looks_like(tiny_classifier, tmp_path):
+    """A gate whose distance admits everything still refuses a scan its head scores over threshold, naming it."""
     from core.scans.preprocess import prepare_image
-    from core.training.outlier import fit_outlier_head
+    from core.training.gate_fit import standardised_fit, with_threshold
 
     mri, other = synthetic_slice(1, 96), synthetic_slice(2, 96, lesion_class=3)
     tensors = np.stack([prepare_image(image, tiny_classifier.image_size) for image in (mri, other)])
     features = tiny_classifier.predict_tensors(tensors).features.astype(np.float64)
+    physical = np.array([_physical(image) for image in (mri, other)])
+    inputs = np.hstack([features, physical])
     rng = np.random.default_rng(0)
-    mri_cloud = features[0] + rng.normal(0, 1e-3, (40, features.shape[1]))
-    other_cloud = features[1] + rng.normal(0, 1e-3, (40, features.shape[1]))
-    weights, bias, threshold = fit_outlier_head(mri_cloud, other_cloud, mri_cloud[:20])
-    gate = MahalanobisGate(np.repeat(features[:1], 4, axis=0), np.eye(features.shape[1]), np.inf,
-                           weights, bias, threshold)
+    mri_cloud = inputs[0] + rng.normal(0, 1e-3, (40, inputs.shape[1]))
+    other_cloud = inputs[1] + rng.normal(0, 1e-3, (40, inputs.shape[1]))
+    head = standardised_fit(np.vstack([mri_cloud, other_cloud]), np.array(["mri"] * 40 + ["head_ct"] * 40))
+    head = with_threshold(head, mri_cloud[:20], 0.99)
+    gate = MahalanobisGate(np.repeat(features[:1], 4, axis=0), np.eye(features.shape[1]), np.inf, head)
     gate.save(tmp_path / "gate.npz")
     gated = copy.copy(tiny_classifier)
     gated.gate = MahalanobisGate.load(tmp_path / "gate.npz")
-    assert gated.gate.outlier_threshold == threshold and np.allclose(gated.gate.outlier_weights, weights)
-    assert analyse_bytes(gated, encode(mri), "mri.png").status == "ok"
+    passed = analyse_bytes(gated, encode(mri), "mri.png")
+    assert passed.status == "ok" and passed.not_mri_score <= head.threshold
     refused = analyse_bytes(gated, encode(other), "other.png")
-    assert refused.status == "rejected" and outcome_stage(refused) == "gate"
-    # A gate without an outlier head (every earlier model's) scores nothing as an outlier.
-    assert np.all(MahalanobisGate(features, np.eye(features.shape[1]), np.inf).outlier_scores(features) == -np.inf)
+    assert refused.status == "rejected" and outcome_stage(refused) == "gate" and refused.label is None
+    assert refused.looks_like == "a CT image"
+    assert refused.message == f"{NOT_MRI_MESSAGE} (it looks like a CT image)"
+
+
+def _physical(image: np.ndarray) -> np.ndarray:
+    from core.model.gate import physical_inputs
+
+    return physical_inputs(image_statistics(image), 0.0)
 
 
 def test_real_non_mri_folders_are_counted_per_category_and_other_planes_as_passes(tiny_classifier, tmp_path):
@@ -118,18 +163,12 @@ def test_real_non_mri_folders_are_counted_per_category_and_other_planes_as_passe
                                        "pass_rate": 1.0}
 
 
-# ---------------------------------------------------------------- cheap checks
+# ---------------------------------------------------------------- model-free checks
 
 
 @pytest.mark.parametrize("seed, size", [(0, 96), (1, 128), (2, 256), (3, 64), (4, 180)])
-def test_head_like_slices_pass_the_cheap_checks(seed, size):
+def test_head_like_slices_pass_the_model_free_checks(seed, size):
     assert screen(grey_scan(synthetic_slice(seed, size))) is None
-
-
-def test_non_square_slice_within_limits_passes():
-    image = np.zeros((160, 200), np.uint8)
-    image[10:150, 40:160] = synthetic_slice(5, 140)[:, 10:130]
-    assert screen(grey_scan(image)) is None
 
 
 def test_colour_photo_is_flagged():
@@ -141,45 +180,30 @@ def test_blank_image_is_flagged(level):
     assert "blank" in screen(grey_scan(np.full((96, 96), level, np.uint8)))
 
 
-def test_wide_image_is_flagged():
+def test_shape_is_left_to_the_gate():
+    """The shape checks that the modality head made redundant are gone: a wide or text-like image is the gate's."""
     image = np.zeros((100, 200), np.uint8)
     image[10:90, 60:140] = synthetic_slice(2, 80)
-    assert "longer than wide" in screen(grey_scan(image))
+    assert screen(grey_scan(image)) is None
 
 
-def test_document_with_white_background_is_flagged():
-    page = np.full((300, 240), 245, np.uint8)
-    for line in range(10):
-        cv2.putText(page, "Total 42.7 mg", (10, 25 + line * 25), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 20, 1)
-    assert "no dark background" in screen(grey_scan(page))
-
-
-def test_noise_is_flagged():
-    noise = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
-    assert screen(grey_scan(noise)).startswith(NOT_MRI_MESSAGE)
-
-
-def test_text_on_black_is_flagged_as_scattered():
-    image = np.zeros((200, 200), np.uint8)
-    for line in range(5):
-        cv2.putText(image, "A B C D", (10, 35 + line * 35), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 255, 2)
-    assert "scattered" in screen(grey_scan(image))
-
-
-def test_cross_shaped_subject_is_flagged_as_not_head_shaped():
-    cross = np.zeros((160, 160), np.uint8)
-    cv2.rectangle(cross, (65, 10), (95, 150), 150, -1)
-    cv2.rectangle(cross, (10, 65), (150, 95), 150, -1)
-    assert "not head-shaped" in screen(grey_scan(cross))
-
-
-def test_head_outline_with_wildly_varying_brightness_is_flagged():
-    # Mostly dim with rare very bright points inside one oval, as a star field or a speckle pattern.
-    rng = np.random.default_rng(0)
-    image, oval = np.zeros((160, 160), np.uint8), np.zeros((160, 160), np.uint8)
-    cv2.ellipse(oval, (80, 80), (60, 70), 0, 0, 360, 1, -1)
-    image[oval == 1] = np.clip(rng.lognormal(3.6, 1.1, image.shape), 0, 255).astype(np.uint8)[oval == 1]
-    assert "varies far more than brain tissue" in screen(grey_scan(image))
+def test_the_bright_rim_of_a_ct_head_and_the_dark_skull_of_an_mri_head_are_measured():
+    """A CT-like head (a bone-bright ring around flat grey) against an MRI-like one (dark skull, varied brain)."""
+    ct = np.zeros((200, 200), np.uint8)
+    cv2.circle(ct, (100, 100), 80, 250, -1)
+    cv2.circle(ct, (100, 100), 72, 110, -1)
+    ct = np.clip(ct + np.random.default_rng(0).normal(0, 3, ct.shape), 0, 255).astype(np.uint8)
+    mri = np.zeros((200, 200), np.uint8)
+    cv2.circle(mri, (100, 100), 80, 150, -1)  # scalp
+    cv2.circle(mri, (100, 100), 74, 20, -1)  # dark skull
+    cv2.circle(mri, (100, 100), 70, 120, -1)
+    mri = np.clip(mri + np.random.default_rng(1).normal(0, 25, mri.shape), 0, 255).astype(np.uint8)
+    cv2.circle(mri, (80, 90), 15, 230, -1)  # a bright lesion inside
+    ct_statistics, mri_statistics = image_statistics(ct), image_statistics(mri)
+    assert ct_statistics.rim_bright_share >= 0.24 > 0.21 >= mri_statistics.rim_bright_share
+    assert ct_statistics.tissue_spread < mri_statistics.tissue_spread
+    assert ct_statistics.tissue_flatness > mri_statistics.tissue_flatness
+    assert 0.0 <= mri_statistics.entropy <= 1.0
 
 
 def test_image_statistics_measure_what_they_say():
@@ -244,10 +268,25 @@ def test_evaluate_gate_counts_passes_and_flags_by_stage(tiny_classifier):
     assert report["mri"]["by_stage"] == {"passed": 4, "intake": 1}
     assert report["non_mri"]["flagged"] == 2 and report["non_mri"]["flag_rate"] == pytest.approx(2 / 3)
     assert report["non_mri"]["by_stage"] == {"screen": 1, "passed": 1, "intake": 1}
-    assert report["non_mri"]["by_category"]["photo"] == {"n": 1, "flagged": 0, "flag_rate": 0.0}
+    assert report["non_mri"]["by_category"]["photo"] == {"n": 1, "flagged": 0, "flag_rate": 0.0, "named": {}}
     assert report["non_mri"]["passed_files"] == ["photo/slice-lookalike.png"]
     assert not report["meets_floors"]
     assert report["mri"]["statistics_percentiles"]["largest_share"]["p50"] == 1.0
+
+
+def test_evaluate_gate_counts_listed_not_mri_files_apart(tiny_classifier):
+    """A head CT filed as MRI that the manifest lists is not an MRI slice missed: it is reported by kind."""
+    import hashlib
+
+    from core.training.dataset import NotMriFile
+
+    ct = encode(synthetic_slice(11, 96))
+    listed = {hashlib.sha256(ct).hexdigest(): NotMriFile("c/notumor/ct.png", hashlib.sha256(ct).hexdigest(), "head_ct")}
+    mri = [("slice.png", lambda: encode(synthetic_slice(1, 96))), ("ct.png", lambda: ct)]
+    report = evaluate_gate(tiny_classifier, mri, [], not_mri=listed)
+    assert report["mri"]["n"] == 1
+    assert report["filed_as_mri"]["by_kind"] == {"head_ct": {"n": 1, "refused": 0}}  # the tiny gate admits all
+    assert report["filed_as_mri"]["passed_files"] == ["ct.png"]
 
 
 def test_ood_eval_command_reports_and_records_in_the_card(tiny_model_path, tmp_path, capsys):
@@ -273,25 +312,3 @@ def test_ood_eval_command_reports_and_records_in_the_card(tiny_model_path, tmp_p
     assert evaluation["non_mri_set"] == "core.training.nonmri.build_nonmri_set(seed=0)"
     assert evaluation["command"].startswith("python -m core") and evaluation["measured"]
     assert card.data["ood"]["threshold"] == load_card(tiny_model_path).data["ood"]["threshold"]  # the gate stays
-
-
-def test_a_pseudo_head_ct_has_a_saturated_ring_around_a_flatter_brain():
-    from core.scans.preprocess import prepare_image
-    from core.training.outlier import pseudo_head_ct, pseudo_head_cts
-
-    tensor = prepare_image(synthetic_slice(4, 128), 96)
-    rng = np.random.default_rng(0)
-    ct = pseudo_head_ct(tensor, rng)
-    assert ct.shape == tensor.shape and ct.dtype == np.float32 and 0.0 <= ct.min() and ct.max() <= 1.0
-    import cv2
-
-    for _ in range(10):
-        ct = pseudo_head_ct(tensor, rng)[..., 0]
-        head = (ct > 0.05).astype(np.uint8)
-        depth = cv2.distanceTransform(head, cv2.DIST_L2, 5)
-        bright = ct >= 0.75
-        assert bright.any() and depth[bright].mean() < 0.5 * depth[head.astype(bool)].mean()  # a rim, not the brain
-        deep = depth > 0.2 * depth.max()
-        assert np.percentile(ct[deep], 90) - np.percentile(ct[deep], 10) < 0.4  # a narrow band of grey inside
-    assert pseudo_head_ct(np.zeros_like(tensor), rng) is None  # no head, no CT
-    assert len(pseudo_head_cts(np.stack([tensor] * 16), every=8)) == 2

@@ -119,3 +119,47 @@ def test_scanner_variation_keeps_shape_and_range_and_changes_contrast_per_slice(
     middle = varied[:, 28:36, 28:36, 0].mean(axis=(1, 2))  # grey level ~0.5 under each slice's gamma
     assert middle.max() - middle.min() > 0.05  # each slice got its own curve
     assert (0.5 ** 1.6 - 0.08 < middle).all() and (middle < 0.5 ** 0.6 + 0.08).all()  # within the gamma range
+
+
+def test_files_the_not_mri_manifest_lists_leave_the_mri_classes_and_teach_the_gate(tmp_path, monkeypatch):
+    """Listed files keep their split but no MRI class is fitted or measured on them; the gate learns them as CT."""
+    import csv
+    import hashlib
+
+    from core.model.inference import Classifier
+    from core.training.dataset import write_not_mri_manifest
+    from core.training.train import calibrate
+
+    monkeypatch.setattr(config, "ROOT", tmp_path)
+    data = write_class_folders(tmp_path / "data", per_class=16, seed=3)
+    listed = sorted((data / "notumor").iterdir())[:6]
+    manifest = tmp_path / "not-brain-mri.csv"
+    write_not_mri_manifest([{"path": f"data/notumor/{path.name}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                             "kind": "head_ct"} for path in listed], manifest)
+    monkeypatch.setenv("BRAINSCAN_NOT_MRI_MANIFEST", str(manifest))
+    negatives = tmp_path / "non-mri-train"
+    rng = np.random.default_rng(5)
+    for kind in ("head_ct", "xray"):
+        (negatives / kind).mkdir(parents=True)
+        for index in range(5):
+            picture = np.zeros((64, 64), np.uint8)
+            picture[8:56, 8:56] = (rng.random((48, 48)) * 120 + (120 if kind == "xray" else 0)).astype(np.uint8)
+            (negatives / kind / f"src{index % 2}_{index}.png").write_bytes(encode(picture))
+    model_path = train([data], tmp_path / "out", name="tiny", image_size=32, epochs=2, batch_size=16, width=8,
+                       non_mri_train=negatives)
+    card = load_card(model_path).data
+    left_out = card["not_mri_manifest"]["left_out_of_the_mri_classes"]
+    assert sum(left_out.values()) == 6
+    rows = list(csv.DictReader((model_path.parent / card["training"]["split_manifest"]).open()))
+    assert len(rows) == 64  # the split manifest keeps every file
+    assert card["metrics"]["test"]["n"] == sum(row["split"] == "test" for row in rows) - left_out["test"]
+    head = card["ood"]["modality_head"]
+    assert head["training_data"]["negatives"]["head_ct"]["n"] == 5 + left_out["train"]
+    assert head["training_data"]["negatives"]["xray"]["n"] == 5
+    assert head["training_data"]["mri"]["n"] == sum(row["split"] == "train" for row in rows) - left_out["train"]
+    assert set(head["cross_validation"]["by_kind"]) == {"head_ct", "xray", "drawing"}
+    classifier = Classifier.load(model_path)
+    assert classifier.gate.head is not None and "mri" in classifier.gate.head.kinds
+    # Calibrating again fits a new gate and temperature: what the model answers changed, so a new version.
+    calibrate(model_path, [data], non_mri_train=negatives)
+    assert load_card(model_path).data["version"] == "1.1.0"

@@ -81,28 +81,64 @@ def plain_summary(data: Mapping, display_names: Mapping[str, str], classes: tupl
                      "of them unless the gate refuses the image.")
         sections["What it gets wrong"] = wrong
 
-    evaluation = (data.get("ood") or {}).get("evaluation") or {}
-    if evaluation:
-        refuses = []
-        if _is_number(evaluation.get("mri_pass_rate")):
-            refuses.append(f"It lets {_percent(evaluation['mri_pass_rate'])} of held-out brain MRI slices through; "
-                           "the others are refused as 'not recognised' and need a manual read.")
-        real = evaluation.get("real_non_mri") or {}
-        if isinstance(real, Mapping) and isinstance(real.get("by_category"), Mapping) and _is_number(
-                real.get("flag_rate")):
-            parts = [f"{category.replace('_', ' ')} {row['flagged']} of {row['n']}"
-                     for category, row in real["by_category"].items()]
-            refuses.append(f"It refused {_percent(real['flag_rate'])} of real images that are not brain MRI "
-                           f"({', '.join(parts)}).")
-            other = real.get("other_plane_mri") or {}
-            if isinstance(other, Mapping) and other.get("n"):
-                refuses.append(f"Brain MRI in other planes (sagittal, coronal) is read, not refused: "
-                               f"{other['passed']} of {other['n']} passed.")
-        if _is_number(evaluation.get("non_mri_flag_rate")):
-            refuses.append(f"It refused {_percent(evaluation['non_mri_flag_rate'])} of a synthetic set of "
-                           "photographs, documents, drawings and imitations of other scans.")
+    refuses = _refusal_sentences(data.get("ood") or {}, data.get("not_mri_manifest") or {})
+    if refuses:
         sections["What it refuses"] = refuses
     return sections
+
+
+# The real non-MRI categories as a clinician would name them.
+CATEGORY_WORDS = {
+    "head_ct": "head CT", "ct_body": "body CT", "xray": "X-rays", "ultrasound": "ultrasound",
+    "dermoscopy_or_photo": "photographs", "photo_or_dermoscopy": "photographs", "histopathology": "histology slides",
+    "spine_or_body_mri": "MRI of the spine, joints or body", "mammography": "mammograms", "drawing": "drawings",
+}
+
+
+def _words(category: str) -> str:
+    return CATEGORY_WORDS.get(category, category.replace("_", " "))
+
+
+def _refusal_sentences(ood: Mapping, not_mri: Mapping) -> list[str]:
+    """What the gate refuses and what it learnt that from, in a reader's words, from the card's figures."""
+    refuses = []
+    evaluation = ood.get("evaluation") or {}
+    real = evaluation.get("real_non_mri") or {}
+    if isinstance(real, Mapping) and isinstance(real.get("by_category"), Mapping) and _is_number(real.get("flag_rate")):
+        parts = [f"{_words(category)} {row['flagged']} of {row['n']}" for category, row in real["by_category"].items()
+                 if isinstance(row, Mapping)]
+        refuses.append(f"Images that are not brain MRI slices are refused, not classified: of {real.get('n')} real "
+                       f"ones from sources it never learnt from, it refused {_percent(real['flag_rate'])} "
+                       f"({', '.join(parts)}).")
+    if _is_number(evaluation.get("mri_pass_rate")):
+        refuses.append(f"It lets {_percent(evaluation['mri_pass_rate'])} of held-out brain MRI slices through; the "
+                       "others are refused as 'not recognised' and need a manual read.")
+    if isinstance(real, Mapping):
+        other = real.get("other_plane_mri") or {}
+        if isinstance(other, Mapping) and other.get("n"):
+            refuses.append(f"Brain MRI in other planes (sagittal, coronal) from those sources: {other['passed']} of "
+                           f"{other['n']} were read, the rest refused.")
+    filed = evaluation.get("filed_as_mri") or {}
+    left_out = (not_mri.get("left_out_of_the_mri_classes") or {}) if isinstance(not_mri, Mapping) else {}
+    total = sum(value for value in left_out.values() if _is_number(value)) if isinstance(left_out, Mapping) else 0
+    if total:
+        sentence = (f"The public collections file {total} head CT slices as MRI, most under 'no tumour'; they were "
+                    "taken out of the MRI classes, so the model did not learn that a CT means no tumour")
+        head_ct = filed.get("head_ct") if isinstance(filed, Mapping) else None
+        if isinstance(head_ct, Mapping) and head_ct.get("n"):
+            sentence += f", and the gate refused {head_ct.get('refused')} of the {head_ct['n']} in the test split"
+        refuses.append(sentence + ".")
+    if _is_number(evaluation.get("non_mri_flag_rate")):
+        refuses.append(f"It refused {_percent(evaluation['non_mri_flag_rate'])} of a synthetic set of photographs, "
+                       "documents, drawings and imitations of other scans.")
+    head = ood.get("modality_head") or {}
+    negatives = ((head.get("training_data") or {}).get("negatives") or {}) if isinstance(head, Mapping) else {}
+    if isinstance(negatives, Mapping) and negatives:
+        count = sum(row.get("n", 0) for row in negatives.values() if isinstance(row, Mapping))
+        kinds = ", ".join(_words(kind) for kind in negatives)
+        refuses.append(f"It learnt what is not a brain MRI slice from {count:,} images ({kinds}), and says what a "
+                       "refused image looks like when it can tell (a CT image, an X-ray, a photograph, ...).")
+    return refuses
 
 
 def describe_source(source) -> str:
@@ -130,3 +166,31 @@ def describe_architecture(value) -> str:
         parameters = value.get("parameters")
         return str(value.get("type", "-")) + (f", {parameters:,} parameters" if isinstance(parameters, int) else "")
     return str(value)
+
+
+def gate_facts(ood: Mapping) -> dict[str, str]:
+    """The gate's engineering facts for the Model page's table: {measure: value}, from the card's `ood` section."""
+    facts: dict[str, str] = {}
+    if not ood:
+        return facts
+    threshold = ood.get("threshold", "-")
+    facts["Distance threshold"] = f"{threshold:.1f}" if _is_number(threshold) else str(threshold)
+    for key, value in ood.items():
+        if isinstance(value, (str, int, float)) and key not in {"file", "sha256", "threshold"}:
+            facts[f"Gate: {key.replace('_', ' ')}"] = str(value)
+    head = ood.get("modality_head") or {}
+    for key in ("method", "threshold_rule"):
+        if key in head:
+            facts[f"Modality head: {key.replace('_', ' ')}"] = str(head[key])
+    negatives = (head.get("training_data") or {}).get("negatives") or {}
+    if isinstance(negatives, Mapping) and negatives:
+        facts["Modality head: learnt from"] = ", ".join(
+            f"{_words(kind)} {row.get('n')}" for kind, row in negatives.items() if isinstance(row, Mapping))
+    validation = head.get("cross_validation") or {}
+    if isinstance(validation, Mapping) and isinstance(validation.get("by_kind"), Mapping):
+        facts["Modality head: refused from sources it never saw (cross-validation)"] = ", ".join(
+            f"{_words(kind)} {row.get('refused')}/{row.get('n')}" for kind, row in validation["by_kind"].items())
+    evaluation = ood.get("evaluation") or {}
+    if "meets_floors" in evaluation:
+        facts["Gate floors met (ood-eval)"] = "yes" if evaluation["meets_floors"] else "no"
+    return facts

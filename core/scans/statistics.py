@@ -28,6 +28,20 @@ class ImageStatistics:
     tissue varies moderately, a star field or a mostly-dark frame enormously.
     `aspect_ratio`: long side over short side (>= 1).
     `contrast`: standard deviation of the grey levels.
+
+    The rest describe the head (that region with its holes filled) the way CT and MRI differ
+    physically. In CT bone is the brightest tissue, so a bright ring surrounds the head, and brain
+    tissue is a narrow, flat band of grey; in MRI the skull is dark and the brain's grey levels spread.
+    `rim_bright_share`: share of the head's outer band (its outer tenth, by distance from the edge)
+    made of pixels at least 90% as bright as the head's 99th percentile.
+    `bright_share`: share of the whole head made of such pixels.
+    `rim_share_of_bright`: share of those bright pixels that lie in the outer band.
+    `tissue_level`, `tissue_spread`: median and interquartile range of the inner head (deeper than
+    a fifth of the way in), over the head's 99th percentile; they do not depend on the skull, so
+    they describe brain-only crops too.
+    `tissue_flatness`: share of the inner head within 5% of the head's 99th percentile of its median.
+    `saturated_share`: share of the head at the image's top grey level (a clipped window).
+    `entropy`: entropy of the head's 64-bin histogram over log2(64), in [0, 1].
     """
 
     border_brightness: float
@@ -38,6 +52,14 @@ class ImageStatistics:
     inner_variation: float
     aspect_ratio: float
     contrast: float
+    rim_bright_share: float = 0.0
+    bright_share: float = 0.0
+    rim_share_of_bright: float = 0.0
+    tissue_level: float = 0.0
+    tissue_spread: float = 0.0
+    tissue_flatness: float = 0.0
+    saturated_share: float = 0.0
+    entropy: float = 0.0
 
 
 # Pixels at or under this fraction of the 99th-percentile level count as background, as in
@@ -45,6 +67,9 @@ class ImageStatistics:
 _BACKGROUND_FRACTION = 0.12
 _BORDER_FRACTION = 0.04
 _ANALYSIS_SIDE = 256  # statistics are measured on a copy no larger than this, for speed
+_RIM_DEPTH = 0.1  # the head's outer band: the outer tenth of the largest distance from its edge
+_TISSUE_DEPTH = 0.2  # the inner head, where brain tissue is: deeper than a fifth of that distance
+_BRIGHT_FRACTION = 0.9  # "bone-bright": at least this fraction of the head's 99th percentile
 
 
 def image_statistics(grey: np.ndarray) -> ImageStatistics:
@@ -69,6 +94,7 @@ def image_statistics(grey: np.ndarray) -> ImageStatistics:
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     largest_share = solidity = extent = inner_variation = 0.0
+    tissue = (0.0,) * 8
     if count > 1:
         areas = stats[1:, cv2.CC_STAT_AREA]
         largest = 1 + int(np.argmax(areas))
@@ -81,5 +107,36 @@ def image_statistics(grey: np.ndarray) -> ImageStatistics:
         extent = area / max(float(stats[largest, cv2.CC_STAT_WIDTH] * stats[largest, cv2.CC_STAT_HEIGHT]), 1.0)
         inside = values[region.astype(bool)]
         inner_variation = float(inside.std() / max(float(inside.mean()), 1.0))
+        filled = np.zeros_like(region)
+        cv2.drawContours(filled, [outline], -1, 1, -1)
+        tissue = _tissue_statistics(small, filled)
     return ImageStatistics(border_brightness, dark_fraction, largest_share, solidity, extent, inner_variation,
-                           max(height, width) / min(height, width), contrast)
+                           max(height, width) / min(height, width), contrast, *tissue)
+
+
+def _tissue_statistics(small: np.ndarray, head: np.ndarray) -> tuple[float, ...]:
+    """The head's CT-versus-MRI measurements (see `ImageStatistics`), for a uint8 image and a 0/1 head mask."""
+    import cv2
+
+    depth = cv2.distanceTransform(head, cv2.DIST_L2, 5)
+    deepest = float(depth.max())
+    values = small.astype(np.float32)[head.astype(bool)]
+    if deepest < 2.0 or values.size < 16:
+        return (0.0,) * 8
+    level = max(float(np.percentile(values, 99)), 1.0)
+    inside = depth > 0
+    bright = (small.astype(np.float32) >= _BRIGHT_FRACTION * level) & inside
+    rim = inside & (depth <= _RIM_DEPTH * deepest)
+    core = depth > _TISSUE_DEPTH * deepest
+    rim_bright_share = float(bright[rim].mean()) if rim.any() else 0.0
+    bright_share = float(bright[inside].mean())
+    rim_share_of_bright = float((bright & rim).sum() / max(int(bright.sum()), 1))
+    inner = small.astype(np.float32)[core] if core.any() else values
+    low, median, high = np.percentile(inner, [25, 50, 75])
+    flatness = float((np.abs(inner - median) <= 0.05 * level).mean())
+    saturated_share = float((values >= float(small.max())).mean())
+    histogram = np.bincount(np.minimum(values.astype(np.int64) // 4, 63), minlength=64) / values.size
+    nonzero = histogram[histogram > 0]
+    entropy = float(-(nonzero * np.log2(nonzero)).sum() / 6.0)
+    return (rim_bright_share, bright_share, rim_share_of_bright, float(median) / level, float(high - low) / level,
+            flatness, saturated_share, entropy)

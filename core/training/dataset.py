@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +67,49 @@ def find_labelled_files(root: Path) -> list[LabelledFile]:
             "pituitary/, no_tumor/ (directly or inside Training/ and Testing/)"
         )
     return files
+
+
+# The not-brain-MRI manifest: files of the MRI collections that are not brain MRI at all (axial head
+# CT filed under "no tumour", ...), found by `python -m core modality-audit` and checked by eye.
+NOT_MRI_COLUMNS = ("path", "sha256", "kind", "collection", "class_folder", "split", "note")
+
+
+@dataclass(frozen=True)
+class NotMriFile:
+    """One manifest row: the file's path from its dataset folder's parent, sha256 and what it is (e.g. head_ct)."""
+
+    path: str
+    sha256: str
+    kind: str
+    split: str = ""
+    note: str = ""
+
+
+def read_not_mri_manifest(path: Path | None = None) -> dict[str, NotMriFile]:
+    """The not-brain-MRI manifest keyed by sha256 (empty when the file does not exist).
+
+    Files are matched by content, so a renamed or copied file is still recognised; raises
+    `DatasetError` for a file without the manifest's columns.
+    """
+    from core import config
+
+    path = Path(path) if path is not None else config.not_mri_manifest_path()
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"path", "sha256", "kind"} - set(reader.fieldnames or ())
+        if missing:
+            raise DatasetError(f"{path} is not a not-brain-MRI manifest: it lacks {', '.join(sorted(missing))}")
+        rows = [NotMriFile(row["path"], row["sha256"], row["kind"], row.get("split") or "", row.get("note") or "")
+                for row in reader]
+    return {row.sha256: row for row in rows}
+
+
+def write_not_mri_manifest(rows: list[dict], path: Path) -> None:
+    """Write manifest rows (dicts with `NOT_MRI_COLUMNS` keys), sorted by path."""
+    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=NOT_MRI_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in sorted(rows, key=lambda item: item["path"]):
+            writer.writerow({column: row.get(column, "") for column in NOT_MRI_COLUMNS})

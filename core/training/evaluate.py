@@ -25,7 +25,7 @@ def select_split(files: list[LabelledFile], manifest_path: Path, split: str) -> 
 
 
 def evaluate_files(classifier, files: list[LabelledFile], manifest_path: Path | None = None,
-                   leave_out: set[str] | None = None) -> dict:
+                   leave_out: set[str] | None = None, not_mri: dict | None = None) -> dict:
     """Metrics of `classifier` on labelled files: accuracy, macro_f1, per_class, confusion_matrix, ece, n.
 
     Files the intake rejects are counted in `rejected` and left out of the metrics; files the
@@ -40,12 +40,22 @@ def evaluate_files(classifier, files: list[LabelledFile], manifest_path: Path | 
 
     `leave_out` (sha256 digests, e.g. a label audit's flags) adds `without_flagged`: the figures with
     those files left out, a second figure beside, never instead of, the full one.
+
+    `not_mri` (sha256 -> `core.training.dataset.NotMriFile`, the not-brain-MRI manifest) names files
+    that are not brain MRI at all (head CT filed as MRI): they are not scored, and
+    `not_mri_left_out` counts them by kind, with how many the gate refused.
     """
+    not_mri = not_mri or {}
+    left_out: dict[str, dict[str, int]] = {}
     readers = [(str(item.path), item.path.read_bytes) for item in files]
     probabilities, truths, sources, digests, rejected, flagged = [], [], [], [], [], 0
     results = analyse_many(classifier, readers)
     for item, result in progress(zip(files, results), total=len(files), description="evaluating"):
-        if result.probabilities:
+        if result.sha256 in not_mri:
+            counts = left_out.setdefault(not_mri[result.sha256].kind, {"n": 0, "refused": 0})
+            counts["n"] += 1
+            counts["refused"] += result.status != "ok"
+        elif result.probabilities:
             probabilities.append([result.probabilities[name] for name in classifier.classes])
             truths.append(class_index(item.label))
             sources.append(source_folder(item))
@@ -70,6 +80,7 @@ def evaluate_files(classifier, files: list[LabelledFile], manifest_path: Path | 
         without = figures_without(truths, probabilities, classifier.classes, dropped)
         report["without_flagged"] = None if without is None else {**without, "left_out": int(dropped.sum())}
     report["rejected"] = rejected
+    report["not_mri_left_out"] = left_out
     report["ood_flagged"] = flagged
     report["ood_pass_rate"] = 1.0 - flagged / len(truths)
     report["model"] = classifier.version
@@ -151,6 +162,8 @@ def format_report(report: dict, display_names: dict[str, str]) -> str:
         f"ECE = {report['ece']:.4f}",
         f"out-of-distribution gate: {report.get('ood_flagged', 0)} flagged "
         f"(pass rate {report.get('ood_pass_rate', 1.0):.4f}); rejected at intake: {len(report.get('rejected', []))}",
+        *[f"left out, not brain MRI (not-brain-MRI manifest): {counts['n']} {kind} ({counts['refused']} refused by "
+          "the gate)" for kind, counts in report.get("not_mri_left_out", {}).items()],
         *_overlap_lines(report.get("overlap"), display_names),
         *_flagged_lines(report.get("without_flagged"), display_names),
         "",

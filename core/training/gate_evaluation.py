@@ -1,8 +1,10 @@
 """How well the not-a-brain-MRI gate works: held-out MRI slices passed, other images flagged.
 
 `evaluate_gate` runs both sets through the serving pipeline (`core.pipeline.analyse_many`), so
-the cheap checks and the Mahalanobis gate (`core.model.gate`) are measured together, as served;
-`python -m core ood-eval` prints and records the result.
+the model-free checks and the gate (`core.model.gate`) are measured together, as served;
+`python -m core ood-eval` prints and records the result. Files of the MRI collections that the
+not-brain-MRI manifest lists (head CT filed as MRI) are not counted as MRI: their refusal is
+reported apart, as a correct one.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from core.pipeline import GATE_MESSAGE, NOT_MRI_MESSAGE, analyse_many
+from core.pipeline import NOT_MRI_MESSAGE, analyse_many
 from core.scans.statistics import ImageStatistics, image_statistics
 from core.training.nonmri import category_of
 
-FLOORS = {"mri_pass_rate": 0.97, "non_mri_flag_rate": 0.97, "real_non_mri_flag_rate": 0.97, "head_ct_flag_rate": 0.96}
+# The issue's floors: 98% of held-out MRI slices pass; 97% of real non-MRI images are refused and
+# every head CT, body CT and photograph of them; every image of the synthetic set.
+FLOORS = {"mri_pass_rate": 0.98, "non_mri_flag_rate": 1.0, "real_non_mri_flag_rate": 0.97,
+          "real_category_flag_rate": {"head_ct": 1.0, "ct_body": 1.0, "dermoscopy_or_photo": 1.0}}
 # Real "non-MRI" images that are brain MRI in another plane: the training collections hold such
 # slices, so the classifier should read them; they are reported as a pass rate of their own.
 IN_DISTRIBUTION_CATEGORIES = ("brain_mri_other_plane",)
@@ -28,12 +33,10 @@ def outcome_stage(result) -> str:
     """Where a `core.pipeline.ScanResult` stopped: "passed", "intake", "screen" or "gate"."""
     if result.status == "ok":
         return "passed"
-    if not result.probabilities:
-        return "intake"
-    return "gate" if result.message == GATE_MESSAGE else "screen"
+    return result.refused_by or ("screen" if result.probabilities else "intake")
 
 
-def evaluate_gate(classifier, mri_items, non_mri_items, real_non_mri_items=None) -> dict:
+def evaluate_gate(classifier, mri_items, non_mri_items, real_non_mri_items=None, not_mri: dict | None = None) -> dict:
     """Run the sets through the serving pipeline; report the MRI pass rate and the non-MRI flag rates.
 
     Items are (name, reader) pairs, as `core.pipeline.analyse_many` takes; a non-MRI item's name
@@ -43,11 +46,22 @@ def evaluate_gate(classifier, mri_items, non_mri_items, real_non_mri_items=None)
     "ok". `real_non_mri_items` are real images (`ood-eval --non-mri`): their categories in
     `IN_DISTRIBUTION_CATEGORIES` are brain MRI in another plane, which the training data holds
     too, so they are reported as a pass rate of their own, not as misses. The MRI side also
-    reports percentiles of `image_statistics`, the numbers the cheap checks' limits are set from.
+    reports percentiles of `image_statistics`. `not_mri` (sha256 -> `core.training.dataset.NotMriFile`)
+    names MRI items that are not brain MRI: they are counted apart, by kind, and their refusal is right.
     """
+    not_mri = not_mri or {}
     mri_stages, mri_reasons, statistics, stopped = Counter(), Counter(), [], []
+    listed: dict[str, Counter] = {}
+    listed_passed = []
     for result in analyse_many(classifier, mri_items, keep_scans=True):
         stage = outcome_stage(result)
+        if result.sha256 in not_mri:
+            counts = listed.setdefault(not_mri[result.sha256].kind, Counter())
+            counts["n"] += 1
+            counts["refused"] += stage != "passed"
+            if stage == "passed":
+                listed_passed.append(result.filename)
+            continue
         mri_stages[stage] += 1
         if stage != "passed":
             mri_reasons[_reason_key(result.message)] += 1
@@ -66,6 +80,9 @@ def evaluate_gate(classifier, mri_items, non_mri_items, real_non_mri_items=None)
             "stopped_files": stopped,
             "statistics_percentiles": _percentiles(statistics),
         },
+        "filed_as_mri": {"by_kind": {kind: dict(counts) for kind, counts in sorted(listed.items())},
+                         "passed_files": listed_passed,
+                         "rule": "files of the MRI collections the not-brain-MRI manifest lists; refusing them is right"},
         "non_mri": _non_mri_section(classifier, non_mri_items),
         "floors": dict(FLOORS),
     }
@@ -73,9 +90,10 @@ def evaluate_gate(classifier, mri_items, non_mri_items, real_non_mri_items=None)
              and report["non_mri"]["flag_rate"] >= FLOORS["non_mri_flag_rate"])
     if real_non_mri_items is not None:
         report["real_non_mri"] = _non_mri_section(classifier, real_non_mri_items, IN_DISTRIBUTION_CATEGORIES)
-        head_ct = report["real_non_mri"]["by_category"].get("head_ct")
-        meets = meets and report["real_non_mri"]["flag_rate"] >= FLOORS["real_non_mri_flag_rate"] and (
-            head_ct is None or head_ct["flag_rate"] >= FLOORS["head_ct_flag_rate"])
+        categories = report["real_non_mri"]["by_category"]
+        meets = meets and report["real_non_mri"]["flag_rate"] >= FLOORS["real_non_mri_flag_rate"] and all(
+            categories[name]["flag_rate"] >= floor for name, floor in FLOORS["real_category_flag_rate"].items()
+            if name in categories)
     report["meets_floors"] = bool(meets)
     return report
 
@@ -96,6 +114,8 @@ def _non_mri_section(classifier, items, in_distribution: tuple[str, ...] = ()) -
         counts["flagged"] += stage != "passed"
         if stage == "passed":
             missed.append(result.filename)
+        elif result.looks_like:
+            counts[f"named: {result.looks_like}"] += 1
     total = sum(stages.values())
     section = {
         "n": total,
@@ -103,7 +123,9 @@ def _non_mri_section(classifier, items, in_distribution: tuple[str, ...] = ()) -
         "flag_rate": (total - stages["passed"]) / total if total else float("nan"),
         "by_stage": dict(stages),
         "by_category": {name: {"n": counts["n"], "flagged": counts["flagged"],
-                               "flag_rate": counts["flagged"] / counts["n"]}
+                               "flag_rate": counts["flagged"] / counts["n"],
+                               "named": {key[len("named: "):]: value for key, value in sorted(counts.items())
+                                         if key.startswith("named: ")}}
                         for name, counts in sorted(categories.items())},
         "passed_files": missed,
     }
@@ -159,7 +181,9 @@ def format_gate_report(report: dict) -> str:
             f"{'category':<22}{'n':>6}{'flagged':>9}{'rate':>8}",
         ]
         for name, row in section["by_category"].items():
-            lines.append(f"{name:<22}{row['n']:>6}{row['flagged']:>9}{row['flag_rate']:>8.3f}")
+            named = ", ".join(f"{count} {what}" for what, count in row.get("named", {}).items())
+            lines.append(f"{name:<22}{row['n']:>6}{row['flagged']:>9}{row['flag_rate']:>8.3f}"
+                         + (f"   named: {named}" if named else ""))
         other = section.get("other_plane_mri")
         if other:
             lines.append(f"brain MRI in another plane (should pass, not counted above): {other['passed']}/"
@@ -167,6 +191,9 @@ def format_gate_report(report: dict) -> str:
         if section["passed_files"]:
             shown = ", ".join(section["passed_files"][:12]) + (" ..." if len(section["passed_files"]) > 12 else "")
             lines.append(f"passed the gate: {shown}")
+    for kind, counts in report.get("filed_as_mri", {}).get("by_kind", {}).items():
+        lines.insert(1, f"{kind} filed as MRI in the collections (not counted above): refused {counts['refused']}/"
+                        f"{counts['n']}")
     if mri["reasons"]:
         lines += ["", "why MRI slices were stopped:"] + [f"  {count:>5}  {reason}" for reason, count in mri["reasons"].items()]
     lines += ["", "floors met" if report["meets_floors"] else "FLOORS NOT MET"]

@@ -3,9 +3,12 @@ then calibrating, evaluating and carding it.
 
 `train` runs the whole pipeline: load and preprocess every image of the given datasets, group
 near-duplicates and split by group, fit the network with augmentation and early stopping on the
-validation split, fit the temperature on validation, fit the out-of-distribution gate (distance
-and outlier head), measure on the held-out test split, and write the model, its card and the
-split manifest.
+validation split, fit the temperature on validation, fit the not-a-brain-MRI gate (distance and
+modality head, `core.training.gate_fit`), measure on the held-out test split, and write the model,
+its card and the split manifest. Files the not-brain-MRI manifest lists (head CT filed as MRI in
+the collections) keep their place in the split manifest, so the splits never move, but no MRI
+class learns from them, calibration and the metrics leave them out, and the gate learns them as
+what they are.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ from core.model.calibration import fit_temperature, softmax
 from core.model.card import card_path_for, file_sha256, load_card, write_card
 from core.model.inference import MIRROR_MEAN
 from core.progress import progress
-from core.scans.preprocess import prepare_bytes
-from core.training.dataset import LabelledFile, find_labelled_files
+from core.model.gate import DEFAULT_PASS_PERCENTILE, PHYSICAL_FEATURES, physical_inputs
+from core.scans.intake import load_scan
+from core.scans.preprocess import prepare_image
+from core.scans.statistics import image_statistics
+from core.training.dataset import LabelledFile, find_labelled_files, read_not_mri_manifest
+from core.training.gate_fit import COLLECTION_SOURCE, DRAWING, SYNTHETIC_SOURCE, Negatives, fit_modality_head
 from core.training.metrics import classification_report
-from core.model.gate import DEFAULT_PASS_PERCENTILE
 from core.training.nonmri import DEVELOPMENT_SEED
-from core.training.outlier import DEFAULT_PASS_RATE, fit_outlier_head, pseudo_head_cts
 from core.training.split import ManifestRow, assign_splits, group_near_duplicates, thumbnail_vectors, write_manifest
 
 MODEL_VERSION = "1.0.0"
@@ -51,29 +56,39 @@ ARCHITECTURE_NAMES = {
 # Fine-tuning moves the pretrained network's activations; batch norm's ImageNet momentum (0.99)
 # would trail them for hundreds of steps, so fine-tuning uses the residual CNN's 0.9.
 FINE_TUNE_BATCH_NORM_MOMENTUM = 0.9
-# The non-MRI categories the gate's outlier head learns from (see negative_tensors).
+# The drawn categories of the development non-MRI set that the gate's modality head learns from
+# (see negative_examples); its photographs are left out.
 TRAINING_NEGATIVE_CATEGORIES = ("drawn", "medical_lookalike")
 
 
-def _prepare_file(task: tuple[str, int]) -> tuple[np.ndarray, str]:
-    path, image_size = task
+def _prepare_file(task: tuple[str, int, bool]) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """One file -> (model tensor, sha256, physical inputs or None), through the serving decode and preprocessing."""
+    path, image_size, with_physical = task
     data = Path(path).read_bytes()
-    return prepare_bytes(data, Path(path).name, image_size), hashlib.sha256(data).hexdigest()
+    scan = load_scan(data, Path(path).name)
+    physical = physical_inputs(image_statistics(scan.image), scan.colourfulness) if with_physical else None
+    return prepare_image(scan.image, image_size), hashlib.sha256(data).hexdigest(), physical
 
 
 def load_prepared(files: list[LabelledFile] | list[Path], image_size: int, workers: int | None = None,
-                  description: str = "preprocessing") -> tuple[np.ndarray, list[str]]:
-    """Preprocess files with the serving path -> (N, S, S, 1) float32 tensors and their sha256 digests."""
+                  description: str = "preprocessing", with_physical: bool = False):
+    """Preprocess files with the serving path -> (N, S, S, 1) float32 tensors and their sha256 digests.
+
+    With `with_physical`, also the gate's physical inputs (N, P) float64 (`core.model.gate.physical_inputs`).
+    """
     paths = [str(getattr(item, "path", item)) for item in files]
-    tasks = [(path, image_size) for path in paths]
+    tasks = [(path, image_size, with_physical) for path in paths]
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(tasks) > 64:
         with Pool(workers) as pool:
             results = list(progress(pool.imap(_prepare_file, tasks, chunksize=32), total=len(tasks), description=description))
     else:
         results = [_prepare_file(task) for task in progress(tasks, total=len(tasks), description=description)]
-    tensors = np.stack([tensor for tensor, _ in results]).astype(np.float32)
-    return tensors, [digest for _, digest in results]
+    tensors = np.stack([tensor for tensor, _, _ in results]).astype(np.float32)
+    digests = [digest for _, digest, _ in results]
+    if not with_physical:
+        return tensors, digests
+    return tensors, digests, np.stack([physical for _, _, physical in results])
 
 
 def _augmenter(seed: int):
@@ -237,10 +252,14 @@ def _fit_with_policy(train_x, train_y, validation_x, validation_y, settings: Fit
             images, labels = mixup(images, labels, settings.mixup_alpha, seed + 10)
         return images, labels
 
+    # Only whole batches: with TensorFlow 2.21 on this CPU, a last, partial batch of odd size
+    # (39 slices in batches of 16, say) corrupted the heap inside model.fit and aborted the process
+    # (measured; even sizes and whole batches never did). Each epoch's shuffle leaves out other slices.
+    whole_batches = len(train_x) >= batch_size
     train_data = (
         tf.data.Dataset.from_tensor_slices((train_x, keras.utils.to_categorical(train_y, class_count)))
         .shuffle(len(train_x), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
+        .batch(batch_size, drop_remainder=whole_batches)
         .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(2)
     )
@@ -260,7 +279,7 @@ def _fit_with_policy(train_x, train_y, validation_x, validation_y, settings: Fit
         # The network is fully convolutional up to global pooling, so the weights carry over to
         # another input size; copying them also puts them under this run's precision policy.
         model.set_weights(keras.models.load_model(init_from, compile=False).get_weights())
-    steps_per_epoch = int(np.ceil(len(train_x) / batch_size))
+    steps_per_epoch = len(train_x) // batch_size if whole_batches else 1
     warmup_epochs = 2 if init_from is None else 1
     # Warm-up, then cosine decay to zero: the last epochs run at a small learning rate, where
     # batch-norm statistics and weights settle and validation stops swinging.
@@ -348,95 +367,159 @@ def model_outputs(model, tensors: np.ndarray, mirror: bool = False, batch_size: 
     return np.asarray(features), logits
 
 
-def negative_tensors(image_size: int) -> np.ndarray:
-    """The drawn images of the non-MRI development set (`core.training.nonmri`) as model inputs (N, S, S, 1).
+def negative_examples(image_size: int, non_mri_train: Path | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Images that are not brain MRI, for the gate's modality head: (tensors, physical inputs, kinds, sources).
 
-    Its photographs are left out: the evaluation set starts from the same originals, so the gate
-    would otherwise be measured on pictures it was fitted on. Images the intake refuses outright
-    never reach the network, so they teach the gate nothing.
+    The drawn images of the non-MRI development set (`core.training.nonmri`; its photographs are
+    left out, since the evaluation set starts from the same originals) and, when given, every image
+    of `non_mri_train` (a folder of kind subfolders such as ../shared/datasets/non-mri-train). A
+    file the intake refuses outright never reaches the network, so it teaches the gate nothing.
     """
     from core.errors import ScanRejected
+    from core.training.gate_fit import negative_folder_files
     from core.training.nonmri import build_nonmri_set, category_of
 
-    tensors = []
-    for name, data in build_nonmri_set(DEVELOPMENT_SEED):
-        if category_of(name) not in TRAINING_NEGATIVE_CATEGORIES:
-            continue
+    tensors, physical, kinds, sources = [], [], [], []
+
+    def add(data: bytes, name: str, kind: str, source: str) -> None:
         try:
-            tensors.append(prepare_bytes(data, name, image_size))
+            scan = load_scan(data, name)
         except ScanRejected:
-            continue
-    return np.stack(tensors).astype(np.float32) if tensors else np.zeros((0, image_size, image_size, 1), np.float32)
+            return
+        tensors.append(prepare_image(scan.image, image_size))
+        physical.append(physical_inputs(image_statistics(scan.image), scan.colourfulness))
+        kinds.append(kind)
+        sources.append(source)
+
+    for name, data in build_nonmri_set(DEVELOPMENT_SEED):
+        if category_of(name) in TRAINING_NEGATIVE_CATEGORIES:
+            add(data, name, DRAWING, f"{SYNTHETIC_SOURCE} {category_of(name)}")
+    if non_mri_train is not None:
+        files = negative_folder_files(Path(non_mri_train))
+        if not files:
+            from core.errors import DatasetError
+
+            raise DatasetError(f"{non_mri_train} holds no images in kind subfolders (e.g. head_ct/)")
+        for path, kind, source in progress(files, total=len(files), description="non-MRI training images"):
+            add(path.read_bytes(), path.name, kind, source)
+    if not tensors:
+        return (np.zeros((0, image_size, image_size, 1), np.float32), np.zeros((0, len(PHYSICAL_FEATURES))),
+                np.array([], str), np.array([], str))
+    return np.stack(tensors).astype(np.float32), np.stack(physical), np.array(kinds), np.array(sources)
 
 
-def _calibrate_and_measure(model, tensors, label_indices, splits, out_dir: Path, name: str,
-                           mirror: bool = False) -> dict:
-    """Fit temperature (validation) and gate (train/validation); measure on validation and test.
+@dataclass(frozen=True)
+class PreparedData:
+    """Every file of a run, in manifest order: tensors (N, S, S, 1), physical inputs (N, P), class
+    indices (N,), split names (N,), near-duplicate groups (N,), and the not-brain-MRI kind of each
+    file ("" for a brain MRI slice)."""
+
+    tensors: np.ndarray
+    physical: np.ndarray
+    label_indices: np.ndarray
+    splits: np.ndarray
+    groups: np.ndarray
+    not_mri_kinds: np.ndarray
+
+    def mask(self, split: str, mri: bool = True) -> np.ndarray:
+        """(N,) bool: this split's brain MRI slices (or, with `mri` False, its listed not-MRI files)."""
+        return (self.splits == split) & ((self.not_mri_kinds == "") == mri)
+
+
+def not_mri_kinds(digests: list[str]) -> np.ndarray:
+    """(N,) str: the not-brain-MRI manifest's kind of each digest, "" for files it does not list."""
+    listed = read_not_mri_manifest()
+    return np.array([listed[digest].kind if digest in listed else "" for digest in digests], dtype=object).astype(str)
+
+
+def _not_mri_record(data: PreparedData) -> dict:
+    """The card's account of the not-brain-MRI manifest: which file, and how many files it took out per split."""
+    path = config.not_mri_manifest_path()
+    counts = {split: int(data.mask(split, mri=False).sum()) for split in ("train", "validation", "test")}
+    return {"file": path.name if path.is_file() else None,
+            "sha256": file_sha256(path) if path.is_file() else None,
+            "left_out_of_the_mri_classes": counts,
+            "rule": "listed files keep their split; no MRI class is trained, calibrated or measured on them, and "
+                    "the gate learns the training split's as what they are"}
+
+
+def _calibrate_and_measure(model, data: PreparedData, out_dir: Path, name: str, mirror: bool = False,
+                           non_mri_train: Path | None = None) -> dict:
+    """Fit temperature (validation) and gate (train/validation, and the negatives); measure on validation and test.
 
     Returns the card fields that depend on the trained weights: temperature, test-time
-    augmentation, the out-of-distribution gate, and the metrics.
+    augmentation, the not-a-brain-MRI gate, and the metrics.
     """
-    from core.model.gate import fit_gate
+    from core.model.gate import fit_distance
 
-    masks = {split_name: splits == split_name for split_name in ("train", "validation", "test")}
-    outputs = {split_name: model_outputs(model, tensors[mask], mirror) for split_name, mask in masks.items()}
-    temperature = fit_temperature(outputs["validation"][1], label_indices[masks["validation"]])
-    gate = fit_gate(outputs["train"][0], label_indices[masks["train"]], outputs["validation"][0], len(CLASS_NAMES))
-    negatives = negative_tensors(int(tensors.shape[1]))
-    pseudo_cts = pseudo_head_cts(tensors[masks["train"]])
-    examples = [batch for batch in (negatives, pseudo_cts) if len(batch)]
-    outlier_threshold = None
-    if examples:
-        negative_features = np.vstack([model_outputs(model, batch)[0] for batch in examples])
-        weights, bias, outlier_threshold = fit_outlier_head(outputs["train"][0], negative_features,
-                                                            outputs["validation"][0])
-        gate = replace(gate, outlier_weights=weights, outlier_bias=bias, outlier_threshold=outlier_threshold)
+    masks = {split_name: data.mask(split_name) for split_name in ("train", "validation", "test")}
+    outputs = {split_name: model_outputs(model, data.tensors[mask], mirror) for split_name, mask in masks.items()}
+    temperature = fit_temperature(outputs["validation"][1], data.label_indices[masks["validation"]])
+    gate = fit_distance(outputs["train"][0], data.label_indices[masks["train"]], outputs["validation"][0],
+                        len(CLASS_NAMES))
+    negative_tensors, negative_physical, kinds, sources = negative_examples(int(data.tensors.shape[1]), non_mri_train)
+    listed = data.mask("train", mri=False)
+    parts = [Negatives(model_outputs(model, negative_tensors)[0], negative_physical, kinds, sources),
+             Negatives(model_outputs(model, data.tensors[listed])[0], data.physical[listed],
+                       data.not_mri_kinds[listed], np.full(int(listed.sum()), COLLECTION_SOURCE))
+             if listed.any() else Negatives(np.zeros((0, 1)), np.zeros((0, 1)), np.array([], str), np.array([], str))]
+    negatives = Negatives.join(parts)
+    inputs = {split_name: np.hstack([outputs[split_name][0], data.physical[mask]]) for split_name, mask in masks.items()}
+    head, head_record = fit_modality_head(inputs["train"], data.groups[masks["train"]], inputs["validation"], negatives)
+    if "cross_validation" in head_record:
+        from core.training.gate_fit import format_cross_validation
+
+        print(format_cross_validation(head_record["cross_validation"]), flush=True)
+    gate = replace(gate, head=head)
     ood_path = out_dir / f"{name}.ood.npz"
     gate.save(ood_path)
 
     metrics = {}
     for split_name in ("validation", "test"):
         features, logits = outputs[split_name]
-        truth = label_indices[masks[split_name]]
+        truth = data.label_indices[masks[split_name]]
         report = classification_report(truth, softmax(logits, temperature), CLASS_NAMES)
         report["ece_uncalibrated"] = classification_report(truth, softmax(logits), CLASS_NAMES)["ece"]
-        report["ood_pass_rate_gate_only"] = float(gate.is_in_distribution(features).mean())
+        verdicts = gate.assess(features, data.physical[masks[split_name]])
+        report["ood_pass_rate_gate_only"] = float(np.mean([verdict.passes for verdict in verdicts]))
         metrics[split_name] = report
     test = metrics["test"]
     print(
         f"test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, ECE {test['ece_uncalibrated']:.4f} -> "
-        f"{test['ece']:.4f} at T={temperature:.3f}, n={test['n']}",
+        f"{test['ece']:.4f} at T={temperature:.3f}, n={test['n']}; gate passes {test['ood_pass_rate_gate_only']:.4f}",
         flush=True,
     )
+    head_record["physical_features"] = list(PHYSICAL_FEATURES)
+    head_record["network_features"] = int(outputs["train"][0].shape[1])
+    if non_mri_train is not None:
+        head_record["training_data"]["non_mri_folder"] = Path(non_mri_train).name
     return {
         "temperature": temperature,
         "test_time_augmentation": MIRROR_MEAN if mirror else None,
         "ood": {
-            "method": "class-conditional Mahalanobis distance on pooled penultimate features",
+            "method": "a modality head (brain MRI against other kinds of image) and a Mahalanobis distance on the "
+                      "pooled penultimate features; a scan must pass both",
             "file": ood_path.name,
             "sha256": file_sha256(ood_path),
             "threshold": gate.threshold,
             "threshold_rule": f"{DEFAULT_PASS_PERCENTILE:g}th percentile of the validation split's distances",
-            "outlier_head": None if outlier_threshold is None else {
-                "method": "logistic 'not a brain MRI' score on the pooled features (outlier exposure)",
-                "negatives": f"the drawn images of core.training.nonmri.build_nonmri_set(seed={DEVELOPMENT_SEED}) "
-                f"({len(negatives)}; not its photographs) and {len(pseudo_cts)} pseudo head CTs "
-                "(core.training.outlier.pseudo_head_ct of every 8th training slice)",
-                "threshold": outlier_threshold,
-                "threshold_rule": f"{DEFAULT_PASS_RATE:.1%} of the validation split's slices score under it",
-            },
+            "modality_head": head_record,
         },
         "metrics": metrics,
-        "metrics_data": "held-out test split of the manifest (files whose split is 'test'), "
-        "model outputs without the intake's cheap not-an-MRI checks",
+        "metrics_data": "held-out test split of the manifest (files whose split is 'test'), less the not-brain-MRI "
+        "manifest's files; model outputs without the intake's model-free checks",
+        "not_mri_manifest": _not_mri_record(data),
     }
 
 
-def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = None, mirror: bool = False) -> Path:
+def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = None, mirror: bool = False,
+              non_mri_train: Path | None = None) -> Path:
     """Re-fit temperature and gate and re-measure an already trained model from its split manifest.
 
     Reads the manifest named in the model's card, preprocesses the manifest's files found under
-    `data_dirs`, and rewrites the card's weight-dependent fields; everything else is kept.
+    `data_dirs`, and rewrites the card's weight-dependent fields; everything else is kept. A new
+    gate or temperature changes what the model answers, so the card's version moves to the next minor.
     """
     import json
 
@@ -451,11 +534,13 @@ def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = Non
     files = [item for data_dir in data_dirs for item in find_labelled_files(Path(data_dir)) if item.relative_path in rows]
     if len(files) != len(rows):
         raise DatasetError(f"found {len(files)} of the manifest's {len(rows)} files under {', '.join(map(str, data_dirs))}")
-    tensors, _ = load_prepared(files, int(card["input"]["image_size"]))
-    label_indices = np.array([class_index(item.label) for item in files])
-    splits = np.array([rows[item.relative_path].split for item in files])
+    tensors, digests, physical = load_prepared(files, int(card["input"]["image_size"]), with_physical=True)
+    data = PreparedData(tensors, physical, np.array([class_index(item.label) for item in files]),
+                        np.array([rows[item.relative_path].split for item in files]),
+                        np.array([rows[item.relative_path].group for item in files]), not_mri_kinds(digests))
     model = keras.models.load_model(model_path, compile=False)
-    card.update(_calibrate_and_measure(model, tensors, label_indices, splits, model_path.parent, model_path.stem, mirror))
+    card.update(_calibrate_and_measure(model, data, model_path.parent, model_path.stem, mirror, non_mri_train))
+    card["version"] = _next_minor(card["version"])
     # Calibration and metrics now come from this command, not from the training run's own last step.
     card["calibration_command"] = command or "python -m core calibrate " + " ".join(f"--data {d}" for d in data_dirs)
     write_card(model_path, card)
@@ -499,6 +584,7 @@ def train(
     architecture: str = RESIDUAL_CNN,
     pretrained: Path | None = None,
     freeze_epochs: int = 0,
+    non_mri_train: Path | None = None,
 ) -> Path:
     """Train, calibrate, evaluate and card a model; return the path of the written `.keras` file.
 
@@ -512,7 +598,8 @@ def train(
     `scanner_augment` adds gamma, resolution and noise changes (see `scanner_variation`).
     `architecture` "efficientnet-lite0" fine-tunes EfficientNet-Lite0 from the ImageNet backbone
     `pretrained` (written by `python -m core import-weights`), training only the new head for
-    `freeze_epochs` first.
+    `freeze_epochs` first. `non_mri_train` is a folder of real images that are not brain MRI, one
+    kind per subfolder, for the gate's modality head (see `negative_examples`).
     """
     from core.errors import DatasetError
 
@@ -549,7 +636,7 @@ def train(
     files: list[LabelledFile] = []
     for data_dir in data_dirs:
         files.extend(find_labelled_files(Path(data_dir)))
-    tensors, digests = load_prepared(files, image_size)
+    tensors, digests, physical = load_prepared(files, image_size, with_physical=True)
     labels = [item.label for item in files]
     label_indices = np.array([class_index(label) for label in labels])
 
@@ -577,7 +664,8 @@ def train(
     manifest_path = out_dir / f"{name}.split.csv"
     shutil.copyfile(work_dir / f"{name}.split.csv", manifest_path)
 
-    is_train, is_validation = splits == "train", splits == "validation"
+    data = PreparedData(tensors, physical, label_indices, splits, groups, not_mri_kinds(digests))
+    is_train, is_validation = data.mask("train"), data.mask("validation")
     settings = FitSettings(image_size, width, epochs, batch_size, seed, learning_rate,
                            Path(init_from) if init_from is not None else None, precision, mixup_alpha,
                            scanner_augment, architecture, Path(pretrained) if pretrained else None, freeze_epochs)
@@ -652,7 +740,7 @@ def train(
             "Works on one slice at a time, with no patient context or volume information.",
         ],
     }
-    card.update(_calibrate_and_measure(model, tensors, label_indices, splits, work_dir, name))
+    card.update(_calibrate_and_measure(model, data, work_dir, name, non_mri_train=non_mri_train))
     write_card(model_path, card)
     for produced in (model_path, card_path_for(model_path), work_dir / card["ood"]["file"]):
         shutil.copyfile(produced, out_dir / produced.name)
