@@ -193,18 +193,31 @@ def _command_evaluate(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _brain_mri_only(files: list) -> tuple[list, int]:
+    """The files that the not-brain-MRI manifest does not list (by sha256), and how many it listed."""
+    import hashlib
+
+    from core.training.dataset import read_not_mri_manifest
+
+    listed = read_not_mri_manifest()
+    kept = [item for item in files if hashlib.sha256(item.path.read_bytes()).hexdigest() not in listed]
+    return kept, len(files) - len(kept)
+
+
 def _command_robustness(arguments: argparse.Namespace) -> int:
     from core.model.inference import Classifier
     from core.training.robustness import format_robustness, robustness_report
 
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
-    report = robustness_report(classifier, _labelled_files(arguments, classifier), seed=arguments.seed)
+    files, left_out = _brain_mri_only(_labelled_files(arguments, classifier))
+    report = robustness_report(classifier, files, seed=arguments.seed)
     report["data"] = _data_label(arguments)
+    report["not_mri_left_out"] = left_out
     report["command"] = _invoked_command()
     _emit(report, format_robustness(report), arguments.json)
     if arguments.write_card:
         _record_in_card(classifier, ("robustness",), {
-            "n": report["n"], "data": report["data"],
+            "n": report["n"], "data": report["data"], "not_mri_left_out": left_out,
             "clean_accuracy": report["clean"]["accuracy"],
             "accuracy": {name: result["accuracy"] for name, result in report["perturbations"].items()},
             "mean_perturbed_accuracy": report["mean_perturbed_accuracy"],

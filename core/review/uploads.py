@@ -88,7 +88,7 @@ def reopen(classifier, archive: ScanArchive, store, sha256: str, file_name: str)
     try:
         scan = scan_from_archive(data)
     except ScanRejected as rejection:
-        return ScanResult(file_name, sha256, "rejected", rejection.reason)
+        return ScanResult(file_name, sha256, "rejected", rejection.reason, refused_by="intake")
     return analyse_scan(classifier, scan, file_name, sha256)
 
 
