@@ -414,6 +414,73 @@ def _archive(url: str | None = None):
     return open_archive(replace(settings, dicomweb_url=url.rstrip("/")) if url else settings)
 
 
+def _pacs():
+    """The DICOMweb archive the settings name; `BrainScanError` when they name the scan folder instead."""
+    from core.archive.dicomweb import DicomWebArchive
+
+    archive = _archive()
+    if not isinstance(archive, DicomWebArchive):
+        raise BrainScanError("the PACS commands need a DICOMweb archive: set BRAINSCAN_DICOMWEB_URL (and "
+                             "BRAINSCAN_DICOMWEB_USER/_PASSWORD) or a [dicomweb] section in the secrets file")
+    return archive
+
+
+def _command_pacs_find(arguments: argparse.Namespace) -> int:
+    from core.archive.pacs import find_studies, parse_date
+
+    try:
+        low = parse_date(arguments.date_from) if arguments.date_from else None
+        high = parse_date(arguments.date_to) if arguments.date_to else None
+        studies = find_studies(_pacs(), arguments.patient_id or "", arguments.accession or "", low, high,
+                               arguments.modality, limit=arguments.limit)
+    except ValueError as error:
+        raise BrainScanError(str(error)) from None
+    if not studies:
+        print("no study matches")
+        return 0
+    for study in studies:
+        print(f"{study.date or '(no date)'}  {study.description or '(no description)'}  accession "
+              f"{study.accession or '-'}  patient {study.patient_id or '-'}  study {study.study_uid}")
+        for series in study.series:
+            print(f"    series {series.number if series.number is not None else '?':>3}  {series.modality:<3} "
+                  f"{series.instances if series.instances is not None else '?':>4} instances  "
+                  f"{series.description or '(no description)'}  {series.series_uid}")
+    return 0
+
+
+def _command_pacs_pull(arguments: argparse.Namespace) -> int:
+    import sys
+
+    from core.archive.pacs import series_instances, study_series
+    from core.model.inference import Classifier
+    from core.review.export import SafeCsvWriter
+    from core.review.uploads import take_pulled
+
+    archive = _pacs()
+    classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
+    instances = series_instances(archive, arguments.study, arguments.series)
+    number = next((series.number for series in study_series(archive, arguments.study)
+                   if series.series_uid == arguments.series), None)
+    taken = take_pulled(classifier, archive, instances, number)
+    columns = ["file", "instance_uid", "sha256", "status", "predicted_class"] + \
+        [f"p_{name}" for name in classifier.classes] + ["message"]
+    handle = open(arguments.csv, "w", newline="", encoding="utf-8") if arguments.csv else sys.stdout
+    try:
+        writer = SafeCsvWriter(handle, columns)
+        for instance, item in zip(instances, taken):
+            result = item.result
+            writer.writerow({"file": result.filename, "instance_uid": instance.instance_uid, "sha256": result.sha256,
+                             "status": result.status, "predicted_class": result.label or "", "message": result.message,
+                             **({f"p_{name}": f"{value:.4f}" for name, value in result.probabilities.items()}
+                                if result.status == "ok" else {})})
+    finally:
+        if arguments.csv:
+            handle.close()
+    refused = sum(item.result.status != "ok" for item in taken)
+    print(f"{counted(len(taken) - refused, 'instance')} classified, {refused} refused", file=sys.stderr)
+    return 1 if refused else 0
+
+
 def _command_archive_verify(arguments: argparse.Namespace) -> int:
     from core.review.store import open_existing_history
     from core.review.uploads import verify_archive
@@ -601,6 +668,25 @@ def _add_history_commands(commands) -> None:
     verify.add_argument("--no-record", action="store_true",
                         help="do not record this verification in the history (the admin's view shows the last one)")
     verify.set_defaults(handler=_command_audit_verify)
+
+    pacs = commands.add_parser("pacs", help="the hospital's archive over DICOMweb (BRAINSCAN_DICOMWEB_URL): find "
+                               "studies, classify a series")
+    pacs_commands = pacs.add_subparsers(dest="pacs_command", required=True)
+    find = pacs_commands.add_parser("find", help="search studies (QIDO-RS) and list each with its series")
+    find.add_argument("--patient-id", help="the patient ID, as the archive holds it")
+    find.add_argument("--accession", help="the accession number")
+    find.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="studies on or after this date")
+    find.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="studies on or before this date")
+    find.add_argument("--modality", default="MR", help="modality in the study (default MR; empty for any)")
+    find.add_argument("--limit", type=int, default=50, help="most studies listed (default 50)")
+    find.set_defaults(handler=_command_pacs_find)
+    pull = pacs_commands.add_parser("pull", help="read a series' instances (WADO-RS) and classify each; one CSV row "
+                                    "per instance, exit 1 when any was refused")
+    pull.add_argument("study", help="StudyInstanceUID")
+    pull.add_argument("series", help="SeriesInstanceUID")
+    pull.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    pull.add_argument("--csv", help="write the CSV here instead of standard output")
+    pull.set_defaults(handler=_command_pacs_pull)
 
     archive = commands.add_parser("archive", help="the scan archive (the scan folder, or DICOMweb when "
                                   "BRAINSCAN_DICOMWEB_URL is set)")

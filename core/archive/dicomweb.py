@@ -105,12 +105,21 @@ class DicomWebArchive:
 
     def fetch(self, reference: ArchiveReference) -> bytes:
         """WADO-RS the instance in the transfer syntax it was stored in; its bytes, checked against the sha256."""
+        data = self.retrieve(reference.study_uid, reference.series_uid, reference.instance_uid, reference)
+        if hashlib.sha256(data).hexdigest() != reference.object_sha256:
+            raise ArchivedScanAltered(f"the scan {reference.instance_uid} in {self.description} no longer matches "
+                                      "the sha256 recorded when it was stored")
+        return data
+
+    def retrieve(self, study_uid: str, series_uid: str, instance_uid: str,
+                 reference: ArchiveReference | None = None) -> bytes:
+        """WADO-RS one instance's bytes exactly as stored (any transfer syntax), unchecked: a PACS pull's way in."""
         from dicomweb_client.web import _Transaction
 
-        with self.translate("reading a scan", reference):
+        missing = reference or ArchiveReference(study_uid, series_uid, instance_uid, "")
+        with self.translate("reading a scan", missing):
             client = self.client()
-            url = client._get_instances_url(_Transaction.RETRIEVE, reference.study_uid, reference.series_uid,
-                                            reference.instance_uid)
+            url = client._get_instances_url(_Transaction.RETRIEVE, study_uid, series_uid, instance_uid)
             response = client._http_get(url, headers={"Accept": RETRIEVE_ACCEPT})
             if response.headers.get("Content-Type", "").startswith("application/dicom"):
                 parts = [response.content]  # Some servers send the one part without the multipart wrapper.
@@ -118,11 +127,7 @@ class DicomWebArchive:
                 parts = list(client._decode_multipart_message(response, stream=False))
         if len(parts) != 1:
             raise ArchiveUnavailable(f"{self.description} answered with {len(parts)} objects for one scan")
-        data = bytes(parts[0])
-        if hashlib.sha256(data).hexdigest() != reference.object_sha256:
-            raise ArchivedScanAltered(f"the scan {reference.instance_uid} in {self.description} no longer matches "
-                                      "the sha256 recorded when it was stored")
-        return data
+        return bytes(parts[0])
 
     def contains(self, reference: ArchiveReference) -> bool:
         """Whether a QIDO-RS search finds the instance."""

@@ -67,7 +67,7 @@ events = sa.Table(
     sa.CheckConstraint("kind IN ('prediction', 'verdict', 'adjudication', 'refusal', 'export', 'archive', "
                        "'series_read', 'result')", name="kind"),
     sa.CheckConstraint("verdict IS NULL OR verdict IN ('confirm', 'override', 'flag')", name="verdict"),
-    sa.CheckConstraint("(kind = 'verdict') = (verdict IS NOT NULL)", name="verdict_iff_kind"),
+    sa.CheckConstraint("(kind IN ('verdict', 'series_read')) = (verdict IS NOT NULL)", name="verdict_iff_kind"),
     sa.CheckConstraint("length(prev_hash) = 64 AND length(hash) = 64", name="hash_length"),
     # Each hash is followed at most once: two events naming the same predecessor would fork the chain.
     sa.UniqueConstraint("prev_hash"),

@@ -57,6 +57,7 @@ from core.review.database import (
     worklist_entries,
 )
 from core.review.reads import adjudication_of, case_state, reads_of
+from core.review.series import series_key
 from core.review.records import (
     CASE_KINDS,
     COLUMNS,
@@ -319,6 +320,42 @@ class HistoryStore:
                          probabilities, None, final_label, reason, note, actor=actor)
         with self._append() as (connection, head):
             return self._insert(connection, row, head)
+
+    def record_series_read(self, *, session_id: str, reviewer: str, series_name: str, study_uid: str, series_uid: str,
+                           model_version: str, predicted_class: str | None, verdict: str,
+                           override_label: str | None = None, reason: str = "", note: str = "",
+                           key_slices: Sequence[str] = (), slice_count: int = 0,
+                           actor: Mapping[str, str] | None = None) -> int:
+        """Append a reader's read of a whole series; return its id.
+
+        The same rules as a slice's verdict (`record_verdict`): confirm takes the model's class for
+        the series, override needs a class and a reason, flag leaves it for a second reader. The
+        event is filed under `core.review.series.series_key(series_uid)`; its detail names the
+        study and series UIDs and the key slices' sha256 that support the read (at least one, unless
+        it is a flag). Raises `VerdictRejected` saying what to fix.
+        """
+        reviewer, reason, note = _clean(reviewer), _clean(reason), _clean(note)
+        if not reviewer:
+            raise VerdictRejected("enter your name as reviewer before saving a read")
+        final_label = final_label_of(verdict, predicted_class, override_label, reason)
+        if verdict != "flag" and not key_slices:
+            raise VerdictRejected("choose the key slices that support the read")
+        check_length("reason", reason, MAX_REASON_CHARS)
+        check_length("note", note, MAX_NOTE_CHARS)
+        detail = {"study_uid": study_uid, "series_uid": series_uid, "key_slices": list(key_slices),
+                  "slices": int(slice_count)}
+        row = _event_row("series_read", session_id, reviewer, series_name, series_key(series_uid), model_version,
+                         predicted_class, {}, verdict, final_label, reason, note, actor=actor, detail=detail)
+        with self._append() as (connection, head):
+            return self._insert(connection, row, head)
+
+    def series_reads(self, series_uid: str) -> list[dict]:
+        """Every read recorded for a series, oldest first, with its detail decoded."""
+        with self._read() as connection:
+            rows = connection.execute(sa.select(events).where(events.c.sha256 == series_key(series_uid),
+                                                              events.c.kind == "series_read")
+                                      .order_by(events.c.id)).mappings().all()
+        return [{**row, "detail": json.loads(row["detail"]) if row["detail"] else {}} for row in rows]
 
     def record_refusal(self, *, session_id: str, reviewer: str, file_name: str, sha256: str, model_version: str,
                        reason: str, actor: Mapping[str, str] | None = None) -> int | None:

@@ -57,6 +57,42 @@ def take_upload(classifier, archive: ScanArchive, data: bytes, file_name: str) -
     return TakenUpload(result, archive_result(archive, data, result))
 
 
+def pulled_name(instance, series_number: int | None = None) -> str:
+    """What the worklist and the history call a pulled instance: its series and image numbers, nothing of the patient."""
+    series = f"S{series_number}" if series_number is not None else "S?"
+    image = f"I{instance.number:04d}" if instance.number is not None else f"I-{instance.instance_uid[-8:]}"
+    return f"{series}-{image}.dcm"
+
+
+def take_pulled(classifier, archive, instances, series_number: int | None = None,
+                on_progress=None) -> list[TakenUpload]:
+    """Pull a series' instances (`core.archive.pacs.InstanceSummary`, in slice order) and classify them as one batch.
+
+    Each instance is read with WADO-RS as stored and stays where it is: its reference is its own
+    UIDs and the sha256 of the bytes read, so nothing is stored again, and a refused instance keeps
+    its reference too (the reader can see which it was). An instance that cannot be read, decoded
+    or classified (an SR, a PDF, a CT, a localizer) is a refusal with its own message; the others
+    go on; one that could not be read at all has no reference. `on_progress(done, total)` is called after each instance.
+    """
+    from core.archive.pacs import retrieve
+    from core.pipeline import analyse_many
+
+    instances = list(instances)
+    items = [(pulled_name(instance, series_number), lambda instance=instance: retrieve(archive, instance))
+             for instance in instances]
+    taken = []
+    for done, (instance, result) in enumerate(zip(instances, analyse_many(classifier, items, keep_scans=True)),
+                                              start=1):
+        reference = None
+        if result.sha256:  # Read from the archive: it is there, whatever the model made of it.
+            reference = ArchiveReference(instance.study_uid, instance.series_uid, instance.instance_uid,
+                                         result.sha256, instance.sop_class_uid or "")
+        taken.append(TakenUpload(result, reference))
+        if on_progress is not None:
+            on_progress(done, len(instances))
+    return taken
+
+
 def record_taken(store, taken: TakenUpload, *, session_id: str, owner: str, reviewer: str, model_version: str,
                  actor: Mapping[str, str] | None = None) -> None:
     """Record a taken upload (archive event, prediction or refusal, worklist entry); raises `HistoryUnavailable`."""
