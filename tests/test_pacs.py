@@ -142,3 +142,64 @@ def test_pacs_commands_without_a_dicomweb_archive_say_what_to_set(capsys):
 
     assert main(["pacs", "find", "--patient-id", "X"]) == 2
     assert "BRAINSCAN_DICOMWEB_URL" in capsys.readouterr().err
+
+
+def _all_text(dataset) -> str:
+    """Every value in a dataset and its sequences, as text, for looking things up in an SR."""
+    parts = []
+    for element in dataset.iterall():
+        if element.VR != "SQ":
+            parts.append(str(element.value))
+    return " ".join(parts)
+
+
+def test_results_go_back_into_the_study_as_an_unverified_sr_a_heat_map_and_a_verified_sr(
+        orthanc_server, tiny_classifier, tmp_path):
+    from core.archive.results import KeySlice
+    from core.review.results import send_model_result, send_read_result
+    from core.review.series import most_suspicious, series_slices
+    from core.review.store import HistoryStore
+
+    archive = archive_of(orthanc_server)
+    made = a_study(archive)
+    instances = series_instances(archive, made["study"], made["axial"])
+    taken = take_pulled(tiny_classifier, archive, instances, 2)
+    by_sha = {item.result.sha256: (instance, item) for instance, item in zip(instances, taken)}
+    key = most_suspicious(series_slices([item.result for item in taken]), 2)
+    key_slices = [KeySlice(retrieve_bytes(archive, by_sha[item.sha256][0]), item.label, item.probabilities)
+                  for item in key]
+    store = HistoryStore(tmp_path / "history.sqlite3")
+    heatmap = np.zeros((96, 96, 3), np.uint8)
+    heatmap[..., 0] = 200
+    sent = send_model_result(store, archive, tiny_classifier, made["axial"], key_slices, heatmap,
+                             session_id="s1", reviewer="Ann")
+    report, capture = (pydicom.dcmread(io.BytesIO(archive.fetch(reference))) for reference in sent)
+    assert report.SOPClassUID == uid.Comprehensive3DSRStorage and report.VerificationFlag == "UNVERIFIED"
+    assert report.StudyInstanceUID == made["study"] and report.PatientID == made["patient"]
+    text = _all_text(report)
+    assert tiny_classifier.card.name in text and tiny_classifier.card.data["model_sha256"] in text
+    assert key[0].label in text and "Probability of" in text
+    referenced = {item.ReferencedSOPInstanceUID for item in report.CurrentRequestedProcedureEvidenceSequence[0]
+                  .ReferencedSeriesSequence[0].ReferencedSOPSequence}
+    assert referenced == {by_sha[item.sha256][0].instance_uid for item in key}
+    assert capture.SOPClassUID == uid.SecondaryCaptureImageStorage and list(capture.ImageType)[:2] == ["DERIVED",
+                                                                                                     "SECONDARY"]
+    assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == by_sha[key[0].sha256][0].instance_uid
+    # The study now lists the results after its images.
+    numbers = [series.number for series in study_series(archive, made["study"])]
+    assert numbers[-2:] == [9900, 9901]
+    verified = send_read_result(store, archive, tiny_classifier, made["axial"], key_slices[:1], reader="Sam Reader",
+                                final_label="meningioma", verdict="override", reason="dural tail", session_id="s2")
+    read = pydicom.dcmread(io.BytesIO(archive.fetch(verified)))
+    assert read.VerificationFlag == "VERIFIED" and str(read.VerifyingObserverSequence[0].VerifyingObserverName) == \
+        "Reader^Sam"
+    assert "dural tail" in _all_text(read) and "meningioma" in _all_text(read)
+    roles = [row["note"] for row in store.results_sent(made["axial"])]
+    assert roles == ["model report", "heat map", "reader report"]
+    assert store.verify().intact
+
+
+def retrieve_bytes(archive, instance) -> bytes:
+    from core.archive.pacs import retrieve
+
+    return retrieve(archive, instance)

@@ -349,6 +349,22 @@ class HistoryStore:
         with self._append() as (connection, head):
             return self._insert(connection, row, head)
 
+    def record_result(self, *, session_id: str, reviewer: str, series_uid: str, description: str, model_version: str,
+                      reference: Mapping[str, str], role: str, actor: Mapping[str, str] | None = None) -> int:
+        """Append a result object sent to the archive (`role`: model report, reader report or heat map) for a series."""
+        row = _event_row("result", session_id, reviewer, description, series_key(series_uid), model_version, None, {},
+                         note=role, actor=actor, detail={**reference, "series_of_result_for": series_uid})
+        with self._append() as (connection, head):
+            return self._insert(connection, row, head)
+
+    def results_sent(self, series_uid: str) -> list[dict]:
+        """The result objects recorded as sent for a series, oldest first, with their references."""
+        with self._read() as connection:
+            rows = connection.execute(sa.select(events).where(events.c.sha256 == series_key(series_uid),
+                                                              events.c.kind == "result")
+                                      .order_by(events.c.id)).mappings().all()
+        return [{**row, "detail": json.loads(row["detail"]) if row["detail"] else {}} for row in rows]
+
     def series_reads(self, series_uid: str) -> list[dict]:
         """Every read recorded for a series, oldest first, with its detail decoded."""
         with self._read() as connection:

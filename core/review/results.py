@@ -1,0 +1,57 @@
+"""Sending a series' results back to the archive, and recording that they were sent.
+
+`send_model_result` stores the model's UNVERIFIED report on the key slices and a heat-map
+capture of the first key slice; `send_read_result` stores the VERIFIED report of the series'
+final read. Each object is stored first and recorded after (a `result` event naming its
+reference and role), so the history never names an object the archive does not hold.
+Building the objects is `core.archive.results`'; this module only orders the steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from core.archive.results import KeySlice, ModelIdentity, heatmap_capture, model_report, reader_report
+
+MODEL_REPORT, READER_REPORT, HEAT_MAP = "model report", "reader report", "heat map"
+
+
+def model_identity(classifier) -> ModelIdentity:
+    """The loaded model as a result names it: card name, version, the weights' sha256."""
+    card = classifier.card
+    return ModelIdentity(card.name, str(card.data.get("version", "")), str(card.data.get("model_sha256", "")))
+
+
+def _send(store, archive, archived, *, series_uid: str, description: str, role: str, session_id: str, reviewer: str,
+          model_version: str, actor: Mapping[str, str] | None):
+    archive.store(archived)
+    store.record_result(session_id=session_id, reviewer=reviewer, series_uid=series_uid, description=description,
+                        model_version=model_version, reference=archived.reference.to_detail(), role=role, actor=actor)
+    return archived.reference
+
+
+def send_model_result(store, archive, classifier, series_uid: str, key_slices: Sequence[KeySlice],
+                      heatmap: np.ndarray | None, *, session_id: str, reviewer: str,
+                      actor: Mapping[str, str] | None = None) -> list:
+    """Store and record the model's report on the key slices (and the heat map of the first); their references."""
+    model = model_identity(classifier)
+    common = dict(series_uid=series_uid, session_id=session_id, reviewer=reviewer, model_version=classifier.version,
+                  actor=actor)
+    sent = [_send(store, archive, model_report(key_slices, model, classifier.card.display_names),
+                  description="AI result (unverified)", role=MODEL_REPORT, **common)]
+    if heatmap is not None and key_slices:
+        sent.append(_send(store, archive, heatmap_capture(key_slices[0].source, heatmap, model),
+                          description="AI heat map", role=HEAT_MAP, **common))
+    return sent
+
+
+def send_read_result(store, archive, classifier, series_uid: str, key_slices: Sequence[KeySlice], *, reader: str,
+                     final_label: str, verdict: str, reason: str, session_id: str,
+                     actor: Mapping[str, str] | None = None, organisation: str = ""):
+    """Store and record the VERIFIED report of a series' final read; its reference."""
+    archived = reader_report(key_slices, model_identity(classifier), classifier.card.display_names, reader,
+                             final_label, verdict, reason, organisation)
+    return _send(store, archive, archived, series_uid=series_uid, description="AI result (read)", role=READER_REPORT,
+                 session_id=session_id, reviewer=reader, model_version=classifier.version, actor=actor)
