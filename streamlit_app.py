@@ -4,7 +4,7 @@ import streamlit as st
 
 from app import identity as app_identity
 from app import support as app_support
-from pages import history, model, review, second_reads
+from pages import history, model, review, second_reads, studies
 
 FAVICON = "🧠"
 
@@ -17,6 +17,7 @@ def navigation(identity=None, position: str = "sidebar") -> st.Page:
     """
     pages = [
         st.Page(review.render, title="Review", icon=":material/fact_check:", url_path="review", default=True),
+        st.Page(studies.render, title="Studies", icon=":material/lan:", url_path="studies"),
         st.Page(history.render, title="History", icon=":material/history:", url_path="history"),
     ]
     if identity is None or identity.adjudicates:

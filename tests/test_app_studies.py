@@ -1,0 +1,80 @@
+"""The Studies page through AppTest against a real Orthanc: search, pull a series, review it, read it, send results."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+from streamlit.testing.v1 import AppTest
+
+from core.archive.dicomweb import DicomWebArchive
+from core.archive.objects import ArchiveReference
+from core.archive.pacs import study_series
+from core.review.store import HistoryStore
+from tests.navigate import open_page
+from tests.test_pacs import a_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def texts(elements) -> str:
+    return " | ".join(str(element.value) for element in elements)
+
+
+def start() -> AppTest:
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=90)
+    app.run()
+    app.text_input(key="reviewer_name").input("Ann").run()
+    return open_page(app, "studies")
+
+
+def test_without_a_dicomweb_archive_the_page_says_what_to_set(history_path):
+    app = start()
+    assert not app.exception, app.exception
+    assert "BRAINSCAN_DICOMWEB_URL" in texts(app.info)
+
+
+def test_a_series_is_found_pulled_reviewed_read_and_its_results_sent_back(history_path, dicomweb_env):
+    archive = DicomWebArchive(dicomweb_env.url, dicomweb_env.user, dicomweb_env.password)
+    made = a_study(archive)
+    app = start()
+    app.text_input(key="pacs_patient_id").input(made["patient"])
+    app.button(key="pacs_search").click().run()
+    assert not app.exception, app.exception
+    assert app.selectbox(key="pacs_study").value == made["study"]
+    assert "Doe, Jane" in app.selectbox(key="pacs_study").format_func(made["study"])  # shown while reading
+    app.selectbox(key="pacs_series").set_value(made["mixed"]).run()
+    app.button(key="pacs_pull").click().run()
+    series_key = lambda name: f"pacs_{name}_{made['mixed'].replace('.', '_')[-24:]}"  # noqa: E731
+    assert not app.exception, app.exception
+    assert "4 instances; 2 refused" in texts(app.caption)
+    app.slider(key=series_key("slice")).set_value(2).run()
+    assert "Slice 2 not classified" in texts(app.error) and "CT" in texts(app.error)
+    app.slider(key=series_key("slice")).set_value(1).run()
+    assert any("Calibrated probability per class" in element.proto.body for element in app.get("html"))
+    assert app.get("arrow_vega_lite_chart") or app.get("vega_lite_chart")  # the strip chart
+    # A series read needs key slices unless it is a flag; here the first suspicious slice is preselected.
+    app.radio(key=series_key("verdict")).set_value("confirm").run()
+    app.button(key=series_key("save_read")).click().run()
+    assert "Saved the series read" in texts(app.success), texts(app.error)
+    store = HistoryStore(history_path)
+    [read] = store.series_reads(made["mixed"])
+    assert read["reviewer"] == "Ann" and read["verdict"] == "confirm" and read["detail"]["key_slices"]
+    # The pulled slices are in the reader's worklist, named by series and image number only.
+    assert {row["file_name"] for row in store.worklist("local")} >= {"S7-I0001.dcm", "S7-I0002.dcm"}
+    app.button(key=series_key("send_model")).click().run()
+    assert "Sent to the archive" in texts(app.success), texts(app.error)
+    app.button(key=series_key("send_read")).click().run()
+    assert "verified result" in texts(app.success), texts(app.error)
+    numbers = [series.number for series in study_series(archive, made["study"])]
+    assert 9900 in numbers and 9901 in numbers
+    roles = [row["note"] for row in store.results_sent(made["mixed"])]
+    assert roles == ["model report", "heat map", "reader report"]
+    flags = set()
+    for row in store.results_sent(made["mixed"]):
+        if row["note"] != "heat map":
+            dataset = pydicom.dcmread(io.BytesIO(archive.fetch(ArchiveReference.from_detail(row["detail"]))))
+            flags.add(str(dataset.VerificationFlag))
+    assert flags == {"UNVERIFIED", "VERIFIED"}
+    assert store.verify().intact
