@@ -195,7 +195,8 @@ def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(brows
     # st.navigation first runs in the server process: the first request here goes straight to a page.
     url, page = browser_app
     sidebar = page.locator("section[data-testid='stSidebar']")
-    for path, heading in (("history", "History"), ("model", "tiny · version"), ("", "Review scans")):
+    for path, heading in (("history", "History"), ("studies", "Studies"), ("model", "tiny · version"),
+                          ("", "Review scans")):
         page.goto(f"{url}/{path}")
         page.get_by_role("heading", name=heading).first.wait_for()
         wait_until_idle(page)
@@ -207,7 +208,7 @@ def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(brows
         assert sidebar.get_by_text("loaded").count() >= 1
         # Local mode's one reviewer holds every role, so the Second reads page is there too.
         assert [" ".join(link.split()[1:]) for link in sidebar.locator("[data-testid='stSidebarNav'] a")
-                .all_inner_texts()] == ["Review", "History", "Second reads", "Model"]
+                .all_inner_texts()] == ["Review", "Studies", "History", "Second reads", "Model"]
         assert page.get_by_text("Page not found").count() == 0
         if path == "history":
             # The first run was the pages-folder fallback; a name typed now must survive the reruns after it.

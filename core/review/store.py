@@ -359,17 +359,16 @@ class HistoryStore:
 
     def results_sent(self, series_uid: str) -> list[dict]:
         """The result objects recorded as sent for a series, oldest first, with their references."""
-        with self._read() as connection:
-            rows = connection.execute(sa.select(events).where(events.c.sha256 == series_key(series_uid),
-                                                              events.c.kind == "result")
-                                      .order_by(events.c.id)).mappings().all()
-        return [{**row, "detail": json.loads(row["detail"]) if row["detail"] else {}} for row in rows]
+        return self._series_events(series_uid, "result")
 
     def series_reads(self, series_uid: str) -> list[dict]:
         """Every read recorded for a series, oldest first, with its detail decoded."""
+        return self._series_events(series_uid, "series_read")
+
+    def _series_events(self, series_uid: str, kind: str) -> list[dict]:
         with self._read() as connection:
             rows = connection.execute(sa.select(events).where(events.c.sha256 == series_key(series_uid),
-                                                              events.c.kind == "series_read")
+                                                              events.c.kind == kind)
                                       .order_by(events.c.id)).mappings().all()
         return [{**row, "detail": json.loads(row["detail"]) if row["detail"] else {}} for row in rows]
 
