@@ -159,3 +159,14 @@ def test_the_review_page_says_a_head_ct_looks_like_a_ct_image(history_path, monk
     errors = " | ".join(str(element.value) for element in app.error)
     assert "Not classified" in errors and f"it looks like {what}" in errors
     assert not [element for element in app.get("html") if "Calibrated probability per class" in element.proto.body]
+
+
+def test_the_bundled_gate_refuses_the_synthetic_non_mri_corpus(default_classifier):
+    """The drawn and photographic non-MRI images of the evaluation seed (never fitted on): at least 95% refused."""
+    from core.pipeline import analyse_many
+    from core.training.nonmri import EVALUATION_SEED, build_nonmri_set
+
+    corpus = build_nonmri_set(EVALUATION_SEED, variants_per_photo=2, drawn_per_kind=4)
+    results = list(analyse_many(default_classifier, [(name, lambda data=data: data) for name, data in corpus]))
+    refused = [result for result in results if result.status == "rejected"]
+    assert len(refused) >= 0.95 * len(results), [result.filename for result in results if result.status == "ok"]
