@@ -453,6 +453,9 @@ def save_verdict(item: ReviewItem, session: str) -> None:
     key = item.widget_key
     flashes = st.session_state.setdefault("review_flash", {})
     verdict = st.session_state.get(f"review_verdict_{key}")
+    if verdict is None:  # The shortcut reaches the callback even while the button is shown disabled.
+        flashes[item.sha256] = ("error", "Not saved: choose a verdict first.")
+        return
     try:
         app_identity.acting_identity("reviewer")
         store = app_support.open_history()  # Not history_store(): a callback draws nothing.

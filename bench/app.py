@@ -263,14 +263,13 @@ async def _upload(page, paths: list[Path]) -> None:
 async def _wait_for_bars(page, file_name: str) -> None:
     """The scan's heading, its probability bars and the stated probability above them all drawn.
 
-    The metrics come before the bars on the page, but a metric's label and value can still be
-    empty for a moment after the bars show (run 4 of session 3 read one empty metric once);
-    the answer counts as shown when the number is there to read.
+    The class heading comes before the bars on the page, but it can still be empty for a moment
+    after the bars show (run 4 of session 3 read one empty metric once); the answer counts as shown
+    when the number is there to read.
     """
     await page.get_by_role("heading", name=file_name).wait_for()
     await page.locator(BARS).first.wait_for()
-    await page.locator("[data-testid='stMetric']", has_text="Calibrated probability").locator(
-        "[data-testid='stMetricValue']", has_text="%").wait_for()
+    await page.locator(".brainscan-class-probability", has_text="%").first.wait_for()
 
 
 async def _wait_idle(page) -> None:
@@ -279,12 +278,9 @@ async def _wait_idle(page) -> None:
 
 async def _check_answer(page, path: Path, expected: dict) -> list[str]:
     """The page's class and calibrated probability must be the CLI's for the same file."""
-    metrics = {}
-    for metric in await page.locator("[data-testid='stMetric']").all():
-        label = (await metric.locator("[data-testid='stMetricLabel']").inner_text()).strip()
-        metrics[label] = (await metric.locator("[data-testid='stMetricValue']").inner_text()).strip()
     want = expected[path.name]
-    shown_class, shown_probability = metrics.get("Model's class"), metrics.get("Calibrated probability", "")
+    shown_class = (await page.locator(".brainscan-class-name").first.inner_text()).strip()
+    shown_probability = (await page.locator(".brainscan-class-probability").first.inner_text()).strip()
     try:
         probability = float(shown_probability.rstrip("%")) / 100.0
     except ValueError:

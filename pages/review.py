@@ -7,6 +7,8 @@ history database on every run, so a refresh (or another reviewer's save) shows w
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import streamlit as st
 
@@ -54,9 +56,14 @@ def render_prediction(item: ReviewItem, classifier) -> None:
     except ValueError as error:
         st.warning(f"{error}; using 80%.")
         threshold = 0.80
-    first, second = st.columns(2)
-    first.metric("Model's class", display_names.get(item.label, item.label))
-    second.metric("Calibrated probability", f"{item.confidence:.1%}")
+    # The class is the most important word on the page: a heading that wraps, never a metric that truncates it.
+    st.markdown(f"<div class='brainscan-class' role='status' aria-label='Model class'>"
+                f"<span style='opacity:0.7;font-size:0.9em'>Model's class</span><br>"
+                f"<span class='brainscan-class-name' style='font-size:1.9em;font-weight:650;line-height:1.15;"
+                f"white-space:normal'>{html.escape(display_names.get(item.label, item.label))}</span> "
+                f"<span class='brainscan-class-probability' style='font-size:1.2em;font-variant-numeric:tabular-nums'>"
+                f"{item.confidence:.1%}</span></div>",
+                unsafe_allow_html=True)
     if item.confidence < threshold:
         st.warning(f"**Low confidence**: {item.confidence:.0%} is under the {threshold:.0%} threshold. "
                    "Read this scan with extra care.", icon=":material/warning:")
@@ -75,8 +82,10 @@ def render_verdict(item: ReviewItem, state: dict | None, classifier, session: st
         outcome = app_review.case_outcome(saved, state, identity, display_names)
         st.info(f"Saved verdict: **{VERDICT_NAMES[saved['verdict']]}** · {outcome} · by {app_support.escape_markdown(saved['reviewer'])} at {display_time(saved['time'])} UTC. "
                 "Saving again amends your read; the earlier one stays in the history.", icon=":material/task_alt:")
+    # No verdict is chosen for the reader: one Ctrl+Enter must never confirm a scan nobody has looked at
+    # (automation bias is the known failure of AI aids). A saved read starts from its own verdict.
     verdict = st.radio(
-        "Verdict", VERDICTS, index=VERDICTS.index(saved["verdict"]) if saved else 0, horizontal=True,
+        "Verdict", VERDICTS, index=VERDICTS.index(saved["verdict"]) if saved else None, horizontal=True,
         format_func={"confirm": "Confirm", "override": "Override", "flag": "Flag for second read"}.get,
         key=f"review_verdict_{key}",
     )
@@ -93,10 +102,12 @@ def render_verdict(item: ReviewItem, state: dict | None, classifier, session: st
                  key=f"review_note_{key}")
     reviewer = app_support.reviewer_name()
     st.button("Save verdict", type="primary", icon=":material/save:", key=f"review_save_{key}",
-              disabled=not reviewer, on_click=app_review.save_verdict, args=(item, session), shortcut=app_review.SAVE_KEY,
-              help="Save the verdict chosen above (Ctrl+Enter, or Cmd+Enter on a Mac); Confirm is chosen until you pick another")
+              disabled=not reviewer or verdict is None, on_click=app_review.save_verdict, args=(item, session),
+              shortcut=app_review.SAVE_KEY, help="Save the verdict chosen above (Ctrl+Enter, or Cmd+Enter on a Mac)")
     if not reviewer:
         st.caption("Enter your name in the sidebar to save a verdict.")
+    elif verdict is None:
+        st.caption("Choose a verdict to save: nothing is chosen for you.")
     flash = app_review.take_flash(item)
     if flash:
         kind, text = flash

@@ -17,3 +17,16 @@ def open_page(app: AppTest, url_path: str) -> AppTest:
     app.run()
     assert app._finished_page_script_hash == calc_hash(url_path), f"AppTest did not open the {url_path!r} page"
     return app
+
+
+def shown_class(app: AppTest) -> tuple[str, str] | None:
+    """The Review page's class heading as drawn: (class name, stated probability), or None when none is shown."""
+    import html
+    import re
+
+    for element in app.markdown:
+        match = re.search(r"class='brainscan-class-name'[^>]*>(.*?)</span> <span class='brainscan-class-probability'"
+                          r"[^>]*>([0-9.]+%)</span>", str(element.value), re.S)
+        if match:
+            return html.unescape(match.group(1)), match.group(2)
+    return None

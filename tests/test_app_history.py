@@ -90,6 +90,7 @@ def test_a_verdict_saved_on_review_appears_in_history_and_in_the_csv(history_pat
     app.text_input(key="reviewer_name").input("@Ann").run()
     app.file_uploader(key="review_uploads_0").set_value(("=1+1.png", scan, "image/png")).run()
     app.text_area(key=f"review_note_{key}").input("=HYPERLINK(\"http://x\")").run()
+    app.radio(key=f"review_verdict_{key}").set_value("confirm").run()
     app.button(key=f"review_save_{key}").click().run()
     open_page(app, "history")
     assert not app.exception, app.exception

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.classes import DISPLAY_NAMES
 from core.review.store import HistoryStore
-from tests.navigate import open_page
+from tests.navigate import open_page, shown_class
 from tests.synthetic import encode, synthetic_slice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,11 +64,15 @@ def test_an_upload_shows_four_probabilities_and_a_saved_verdict_is_on_disk(histo
     assert set(probabilities) == set(DISPLAY_NAMES.values())
     assert sum(probabilities.values()) == pytest.approx(1.0)
     best = max(probabilities, key=probabilities.get)
-    assert app.metric[0].value == best
-    assert app.metric[1].value == f"{probabilities[best]:.1%}"
+    assert shown_class(app) == (best, f"{probabilities[best]:.1%}")
     assert "Low confidence" in texts(app.warning)  # An untrained model is never confident.
 
     app.text_area(key=f"review_note_{key_of(scan)}").input("clear margins").run()
+    # Nothing is chosen for the reader: the save is disabled until a verdict is.
+    assert app.radio(key=f"review_verdict_{key_of(scan)}").value is None
+    assert app.button(key=f"review_save_{key_of(scan)}").disabled
+    assert "Choose a verdict" in texts(app.caption)
+    app.radio(key=f"review_verdict_{key_of(scan)}").set_value("confirm").run()
     app.button(key=f"review_save_{key_of(scan)}").click().run()
     assert "Saved: confirmed." in texts(app.success)
     [archived, prediction, verdict] = HistoryStore(history_path).events()
@@ -95,7 +99,7 @@ def test_reruns_and_page_switches_never_infer_again_or_duplicate_rows(history_pa
     assert not app.exception, app.exception
     assert len(calls) == 1
     assert [event["kind"] for event in HistoryStore(history_path).events()] == ["archive", "prediction"]
-    assert app.metric[0].value in DISPLAY_NAMES.values()  # The worklist outlives the page switch.
+    assert shown_class(app)[0] in DISPLAY_NAMES.values()  # The worklist outlives the page switch.
 
 
 def test_no_verdict_without_a_reviewer_name(history_path):
@@ -112,7 +116,7 @@ def test_an_override_needs_a_reason_and_a_change_of_verdict_is_appended(history_
     app = start()
     app.file_uploader(key=UPLOADER).set_value(("scan-10.png", scan, "image/png")).run()
     app.radio(key=f"review_verdict_{key}").set_value("override").run()
-    predicted = next(name for name, shown in DISPLAY_NAMES.items() if shown == app.metric[0].value)
+    predicted = next(name for name, shown in DISPLAY_NAMES.items() if shown == shown_class(app)[0])
     override = app.selectbox(key=f"review_override_{key}")
     assert predicted not in override.options
     assert override.value is None  # no class is pre-selected: the reader must choose one
@@ -149,6 +153,7 @@ def test_a_batch_is_a_worklist_with_status_and_next_unreviewed(history_path):
 
     assert list(worklist["Model's class"])[2].startswith("Refused: ")  # the reason, not "-"
 
+    app.radio(key=f"review_verdict_{key_of(first)}").set_value("confirm").run()
     app.button(key=f"review_save_{key_of(first)}").click().run()
     assert list(table_with(app, "Probability")["Status"]) == ["Reviewed", "New", "Rejected"]
     # Saving moves on to the next unreviewed scan, and the selector shows the saved one's new status.
@@ -175,6 +180,7 @@ def test_a_refresh_reads_the_saved_verdict_back_from_the_database(history_path):
     app = start()
     session = app.session_state["session_id"]
     app.file_uploader(key=UPLOADER).set_value(("scan-13.png", scan, "image/png")).run()
+    app.radio(key=f"review_verdict_{key_of(scan)}").set_value("confirm").run()
     app.button(key=f"review_save_{key_of(scan)}").click().run()
 
     refreshed = start(session=session, reviewer=None)  # A new Streamlit session, the same URL.
@@ -311,6 +317,7 @@ def test_no_patient_tag_of_a_dicom_upload_reaches_the_history(history_path):
     app = start()
     app.file_uploader(key=UPLOADER).set_value(("slice.dcm", data, "application/dicom")).run()
     assert not app.exception, app.exception
+    app.radio(key=f"review_verdict_{key_of(data)}").set_value("confirm").run()
     app.button(key=f"review_save_{key_of(data)}").click().run()
     assert [event["kind"] for event in HistoryStore(history_path).events()] == ["archive", "prediction", "verdict"]
     with sqlite3.connect(history_path) as connection:
@@ -333,6 +340,7 @@ def test_while_the_history_is_down_verdicts_are_refused_and_it_comes_back_withou
     scan = encode(synthetic_slice(41, 96))
     app = start()
     app.file_uploader(key=UPLOADER).set_value(("scan-41.png", scan, "image/png")).run()
+    app.radio(key=f"review_verdict_{key_of(scan)}").set_value("confirm").run()
     postgres_server.stop()
     try:
         app.button(key=f"review_save_{key_of(scan)}").click().run()
@@ -347,6 +355,7 @@ def test_while_the_history_is_down_verdicts_are_refused_and_it_comes_back_withou
         postgres_server.start()
     open_page(app, "review")  # The same server process, no restart: its pool reconnects.
     assert "unavailable" not in texts(app.error)
+    app.radio(key=f"review_verdict_{key_of(scan)}").set_value("confirm").run()
     app.button(key=f"review_save_{key_of(scan)}").click().run()
     assert "Saved: confirmed." in texts(app.success)
     assert [event["kind"] for event in HistoryStore(url).events()] == ["archive", "prediction", "verdict"]

@@ -111,6 +111,7 @@ def test_reads_are_private_blind_and_recorded_under_the_signed_in_identity(signe
     page = everything(bob)
     assert "Ann" not in page and "private note" not in page
     assert "read before (1 read)" in page
+    bob.radio(key=f"review_verdict_{key}").set_value("confirm").run()
     bob.button(key=f"review_save_{key}").click().run()
     [case] = HistoryStore(history_path).current_state()
     assert case["status"] == "flagged"
@@ -231,6 +232,7 @@ def test_with_blind_reading_off_a_reviewer_sees_earlier_reads_with_their_notes(s
     ann = as_user(signed_in, ANN)
     upload(ann, "open.png", scan)
     ann.text_area(key=f"review_note_{key}").input("visible note").run()
+    ann.radio(key=f"review_verdict_{key}").set_value("confirm").run()
     ann.button(key=f"review_save_{key}").click().run()
     bob = as_user(signed_in, BOB)
     upload(bob, "open.png", scan)

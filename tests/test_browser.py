@@ -116,6 +116,14 @@ def upload(page, path: Path) -> None:
     page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(path))
 
 
+def choose_verdict(page, name: str) -> None:
+    """Pick a verdict in the form and wait for the page to take it (the save button is enabled then)."""
+    page.get_by_text(name, exact=True).click()
+    wait_until_idle(page)
+    page.wait_for_function("() => [...document.querySelectorAll('button')].some(b => b.innerText.includes("
+                           "'Save verdict') && !b.disabled)")
+
+
 def wait_for_result(page) -> None:
     """Wait until the uploaded scan's probability bars and verdict form are drawn."""
     page.get_by_text("Calibrated probability").first.wait_for()
@@ -156,10 +164,13 @@ def test_upload_review_reload_and_download(browser_app, tmp_path):
     values = [float(meters.nth(index).get_attribute("aria-valuenow")) for index in range(4)]
     assert sum(values) == pytest.approx(100.0, abs=0.01)
     assert meters.first.locator("span").bounding_box()["width"] > 0
-    stated = page.locator("[data-testid='stMetricValue']").nth(1).inner_text().strip()
+    stated = page.locator(".brainscan-class-probability").first.inner_text().strip()
     assert stated == f"{max(values):.1f}%"
-    assert meters.first.get_attribute("aria-label") == page.locator("[data-testid='stMetricValue']").first.inner_text().strip()
+    assert meters.first.get_attribute("aria-label") == page.locator(".brainscan-class-name").first.inner_text().strip()
 
+    # Nothing is chosen for the reader: the save waits for a verdict.
+    assert page.get_by_role("button", name="Save verdict").is_disabled()
+    choose_verdict(page, "Confirm")
     page.get_by_role("button", name="Save verdict").click()
     page.get_by_text("Saved: confirmed.").wait_for()
 
@@ -260,6 +271,7 @@ def test_local_mode_listens_on_loopback_only_and_keeps_name_and_worklist_across_
         assert sidebar.get_by_role("textbox", name="Reviewer name").input_value() == REVIEWER
         assert page.get_by_text("local-scan.png").count() >= 1
         assert page.locator("[data-testid='stImage'] img").count() >= 1  # the picture, without uploading again
+        choose_verdict(page, "Confirm")
         page.get_by_role("button", name="Save verdict").click()
         page.get_by_text("Saved: confirmed.").wait_for()
         # Every request the page made went to the app's own origin (no fonts or icons from outside hosts).

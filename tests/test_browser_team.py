@@ -24,6 +24,7 @@ import pytest
 from tests.test_browser import (
     APP_TIMEOUT_MS,
     CHROMIUM_ARGS,
+    choose_verdict,
     chromium_path,
     free_port,
     streamlit_server,
@@ -144,6 +145,7 @@ def test_two_reviewers_a_second_reader_and_a_user_without_a_role(team_app, tmp_p
     bob.get_by_text("This scan has been read before (1 read)").wait_for()
     assert bob.get_by_text("Ann", exact=False).count() == 0
     assert bob.get_by_text("private note", exact=False).count() == 0
+    choose_verdict(bob, "Confirm")
     bob.get_by_role("button", name="Save verdict").click()
     bob.get_by_text("Saved: confirmed.").wait_for()
     bob.locator("section[data-testid='stSidebar']").get_by_role("link", name="History").click()
