@@ -245,7 +245,8 @@ async def _clear(page) -> None:
     clear = page.get_by_role("button", name="Clear worklist")
     if not await clear.count():
         return
-    await clear.click()
+    await clear.click()  # opens the confirmation
+    await page.get_by_role("button", name="Yes, clear the worklist").click()
     await page.locator(BARS).first.wait_for(state="detached")
     await page.locator("[data-testid='stFileUploaderFile']").first.wait_for(state="detached")
     deadline = time.monotonic() + WAIT_MS / 1000

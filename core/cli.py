@@ -485,9 +485,19 @@ def _command_archive_verify(arguments: argparse.Namespace) -> int:
     from core.review.store import open_existing_history
     from core.review.uploads import verify_archive
 
+    from core.archive.folder import FolderArchive
+
     store = open_existing_history(arguments.database)
-    check = verify_archive(store, _archive())
+    archive = _archive()
+    check = verify_archive(store, archive)
     print(f"{store.display_url}: {check.summary()}")
+    if not check.intact and check.verified == 0 and isinstance(archive, FolderArchive) and \
+            "does not hold" in (check.failure or ""):
+        # The history records what was archived, not where: a team's history checked against this
+        # machine's scan folder finds nothing, which is a missing setting, not a lost archive.
+        print(f"note: not even the first archived scan is in {archive.description}. If this history's scans are "
+              "in a DICOMweb archive (a team's Orthanc or a PACS), set BRAINSCAN_DICOMWEB_URL (and _USER, "
+              "_PASSWORD) or pass the secrets file with BRAINSCAN_SECRETS_FILE, then verify again.")
     return 0 if check.intact else 1
 
 

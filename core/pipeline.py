@@ -144,6 +144,10 @@ def _intake_one(item: tuple[str, Callable[[], bytes]], image_size: int, keep_sca
     filename, read = item
     try:
         data = read()
+    except FileNotFoundError:
+        return filename, UNREAD, None, None, None, "nothing exists at this path (no such file or folder)"
+    except IsADirectoryError:
+        return filename, UNREAD, None, None, None, "this is a folder, not a file"
     except OSError as error:
         return filename, UNREAD, None, None, None, f"the file could not be read: {error.strerror}"
     except Exception as error:  # A reader is caller code (a share, an archive); its failure is this file's.

@@ -241,8 +241,12 @@ def render() -> None:
         return
     statuses = app_review.reader_statuses(items, states, app_identity.current_identity())
     current = render_worklist(items, statuses, display_names) if len(items) > 1 else items[0]
-    st.button("Clear worklist", icon=":material/clear_all:", key="review_clear", on_click=app_review.clear_worklist,
-              args=(store, owner), help="Empty the worklist and the uploader. Saved verdicts stay in the history.")
+    # One click emptied the whole machine's list: the popover asks first and says what stays.
+    with st.popover("Clear worklist", icon=":material/clear_all:"):
+        st.markdown(f"Remove all {len(items)} {'scan' if len(items) == 1 else 'scans'} from this worklist? "
+                    "The history keeps every prediction and read, and each scan stays in the archive.")
+        st.button("Yes, clear the worklist", key="review_clear", on_click=app_review.clear_worklist,
+                  args=(store, owner))
     if "review_clear_error" in st.session_state:
         app_support.history_unavailable(st.session_state.pop("review_clear_error"), "The worklist was not cleared")
     st.divider()

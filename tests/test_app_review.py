@@ -194,6 +194,8 @@ def test_a_refresh_reads_the_saved_verdict_back_from_the_database(history_path):
     assert len(HistoryStore(history_path).events()) == 3  # Re-uploading in the same session adds nothing.
 
     cleared = start(session=session, reviewer=None)
+    # Clearing asks first, in a popover that says the history keeps everything.
+    assert "The history keeps every prediction and read" in " ".join(str(element.value) for element in cleared.markdown)
     cleared.button(key="review_clear").click().run()
     earlier = table_with(cleared, "Verdict")
     assert list(earlier["File"]) == ["scan-13.png"] and list(earlier["Verdict"]) == ["Confirmed"]

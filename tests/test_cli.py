@@ -228,3 +228,10 @@ def test_evaluate_gives_a_second_figure_without_flagged_labels_beside_the_full_o
     report = json.loads(out.read_text())
     assert report["n"] == len(files)  # the full figure stays the result
     assert report["without_flagged"]["n"] == len(files) - 2 and report["without_flagged"]["left_out"] == 2
+
+
+def test_predict_on_a_path_that_does_not_exist_says_so(tmp_path, tiny_model_path, capsys):
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(tmp_path / "no-such-folder"), "--model", str(tiny_model_path), "--csv", str(out)]) == 1
+    [row] = _rows(out)
+    assert row["status"] == "rejected" and "no such file or folder" in row["message"]
