@@ -24,7 +24,7 @@ from core import config
 from core.errors import ArchiveError, HistoryUnavailable, ScanRejected
 from core.pipeline import analyse_bytes
 from core.review.reads import split_reads
-from core.review.records import IDENTITY_COLUMNS, VERDICT_NAMES, VerdictRejected, display_time
+from core.review.records import IDENTITY_COLUMNS, STATUS_LABELS, VERDICT_NAMES, VerdictRejected, display_time
 from core.review.uploads import archived_bytes, decode_archived, reopen, take_upload
 from core.review.worklist import (
     UNAVAILABLE,
@@ -629,3 +629,46 @@ def dicom_panel(item: ReviewItem, data: bytes | None, classifier) -> ReviewItem:
                    "prediction recorded at upload used the file's own frame and window.")
     forget_heatmap_if_view_changed(item, frame, (centre, width))  # A heat-map belongs to its view.
     return chosen
+
+
+def render_earlier(store, session: str, shown: set[str], display_names: dict[str, str]) -> None:
+    """Scans this session reviewed earlier that are not uploaded now, read back from the history.
+
+    A closed expander whose title gives the count; only the reviewer opens it. When the page
+    opened it for an empty worklist and shut it for an upload, that animation (and the grid drawn
+    inside) was about half of the browser's work per upload (bench/page.py).
+    """
+    try:
+        identity = app_identity.current_identity()  # a blind reviewer sees their own read of each scan only
+        earlier = [viewer_row(row, identity) for row in store.current_state(session_id=session)
+                   if row["sha256"] not in shown]
+    except HistoryUnavailable as error:
+        app_support.history_unavailable(error, "Scans reviewed earlier in this session are not listed")
+        return
+    if not earlier:
+        return
+    title = f"Earlier in this session ({len(earlier)} {'scan' if len(earlier) == 1 else 'scans'}, from the history)"
+    with st.expander(title, expanded=False):
+        st.dataframe(
+            pd.DataFrame({
+                "File": [row["file_name"] for row in earlier],
+                "Model's class": [display_names.get(row["predicted_class"], row["predicted_class"]) for row in earlier],
+                "Status": [STATUS_LABELS.get(row["status"], row["status"]) for row in earlier],
+                "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in earlier],
+                "Final label": [display_names.get(row["final_label"], "") for row in earlier],
+                "Reviewer": [row["reviewer"] for row in earlier],
+                "Time (UTC)": [display_time(row["time"]) for row in earlier],
+            }),
+            hide_index=True, key="review_earlier",
+        )
+        st.caption("Upload a file again to see its picture and change its verdict.")
+
+
+def clear_worklist_control(store, owner: str, count: int) -> None:
+    """Clear worklist behind a popover: one click once emptied the whole list, so it asks first and says what stays."""
+    with st.popover("Clear worklist", icon=":material/clear_all:"):
+        st.markdown(f"Remove all {count} {'scan' if count == 1 else 'scans'} from this worklist? "
+                    "The history keeps every prediction and read, and each scan stays in the archive.")
+        st.button("Yes, clear the worklist", key="review_clear", on_click=clear_worklist, args=(store, owner))
+    if "review_clear_error" in st.session_state:
+        app_support.history_unavailable(st.session_state.pop("review_clear_error"), "The worklist was not cleared")

@@ -17,7 +17,7 @@ from app import review as app_review
 from app import support as app_support
 from core import config
 from core.errors import HistoryUnavailable
-from core.review.records import STATUS_LABELS, VERDICT_NAMES, VERDICTS, display_time
+from core.review.records import VERDICT_NAMES, VERDICTS, display_time
 from core.review.worklist import STATUS_NAMES, UNAVAILABLE, ReviewItem, status_counts
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "gif", "tif", "tiff", "webp"]
@@ -169,39 +169,6 @@ def render_worklist(items: list[ReviewItem], statuses: dict[str, str], display_n
     return by_digest[st.session_state["review_current"]]
 
 
-def render_earlier(store, session: str, shown: set[str], display_names: dict[str, str]) -> None:
-    """Scans this session reviewed earlier that are not uploaded now, read back from the history.
-
-    A closed expander whose title gives the count; only the reviewer opens it. When the page
-    opened it for an empty worklist and shut it for an upload, that animation (and the grid drawn
-    inside) was about half of the browser's work per upload (bench/page.py).
-    """
-    try:
-        identity = app_identity.current_identity()  # a blind reviewer sees their own read of each scan only
-        earlier = [app_review.viewer_row(row, identity) for row in store.current_state(session_id=session)
-                   if row["sha256"] not in shown]
-    except HistoryUnavailable as error:
-        app_support.history_unavailable(error, "Scans reviewed earlier in this session are not listed")
-        return
-    if not earlier:
-        return
-    title = f"Earlier in this session ({len(earlier)} {'scan' if len(earlier) == 1 else 'scans'}, from the history)"
-    with st.expander(title, expanded=False):
-        st.dataframe(
-            pd.DataFrame({
-                "File": [row["file_name"] for row in earlier],
-                "Model's class": [display_names.get(row["predicted_class"], row["predicted_class"]) for row in earlier],
-                "Status": [STATUS_LABELS.get(row["status"], row["status"]) for row in earlier],
-                "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in earlier],
-                "Final label": [display_names.get(row["final_label"], "") for row in earlier],
-                "Reviewer": [row["reviewer"] for row in earlier],
-                "Time (UTC)": [display_time(row["time"]) for row in earlier],
-            }),
-            hide_index=True, key="review_earlier",
-        )
-        st.caption("Upload a file again to see its picture and change its verdict.")
-
-
 def render() -> None:
     """Draw the Review page: uploader, worklist, the chosen scan's prediction and the verdict form."""
     st.title("Review scans")
@@ -235,20 +202,13 @@ def render() -> None:
         app_support.history_unavailable(error, "Saved verdicts are not shown, and a verdict is saved only once it "
                                         "is back")
         states = {}
-    render_earlier(store, session, {item.sha256 for item in items}, display_names)
+    app_review.render_earlier(store, session, {item.sha256 for item in items}, display_names)
     if not items:
         st.info("Upload one or more scans to start.", icon=":material/upload_file:")
         return
     statuses = app_review.reader_statuses(items, states, app_identity.current_identity())
     current = render_worklist(items, statuses, display_names) if len(items) > 1 else items[0]
-    # One click emptied the whole machine's list: the popover asks first and says what stays.
-    with st.popover("Clear worklist", icon=":material/clear_all:"):
-        st.markdown(f"Remove all {len(items)} {'scan' if len(items) == 1 else 'scans'} from this worklist? "
-                    "The history keeps every prediction and read, and each scan stays in the archive.")
-        st.button("Yes, clear the worklist", key="review_clear", on_click=app_review.clear_worklist,
-                  args=(store, owner))
-    if "review_clear_error" in st.session_state:
-        app_support.history_unavailable(st.session_state.pop("review_clear_error"), "The worklist was not cleared")
+    app_review.clear_worklist_control(store, owner, len(items))
     st.divider()
     render_scan(current, states.get(current.sha256), classifier, session,
                 app_review.source_bytes(store, archive, current, uploads))

@@ -142,7 +142,7 @@ def test_a_rejected_row_has_no_probabilities_and_an_unreadable_file_no_sha256(tm
     assert photo["status"] == "rejected" and len(photo["sha256"]) == 64
     assert all(photo[column] == "" for column in PREDICT_COLUMNS if column.startswith("p_"))
     assert photo["predicted_class"] == ""
-    assert locked["status"] == "rejected" and locked["sha256"] == "" and "could not be read" in locked["message"]
+    assert locked["status"] == "rejected" and locked["sha256"] == "" and "nothing exists at this path" in locked["message"]
 
 
 def test_evaluate_reports_files_the_model_was_trained_or_tuned_on(tmp_path, tiny_model_path, capsys):

@@ -27,6 +27,7 @@ from tests.postgres import fresh_postgres_history
 from tests.test_browser import (
     APP_TIMEOUT_MS,
     browser_page,
+    choose_verdict,
     chromium_path,
     enter_reviewer,
     streamlit_server,
@@ -142,6 +143,7 @@ def test_two_reviewers_on_two_replicas_share_one_history_through_a_kill_and_a_da
         enter_reviewer(page_a, "Dr A")
         upload(page_a, scan)
         wait_for_result(page_a)
+        choose_verdict(page_a, "Confirm")  # nothing is chosen for the reader
         page_a.get_by_role("button", name="Save verdict").click()
         page_a.get_by_text("Saved: confirmed.").wait_for()
 
