@@ -288,7 +288,7 @@ def _record_uploads(items: list[ReviewItem], store, session: str, owner: str,
                 session_id=session, owner=owner, reviewer=app_support.reviewer_name(), file_name=item.file_name,
                 sha256=item.sha256, model_version=item.model_version, predicted_class=item.label,
                 probabilities=item.probabilities, refusal_reason=None if item.status == "ok" else item.message,
-                archived=unrecorded[item.sha256], actor=app_support.actor())
+                archived=unrecorded[item.sha256], actor=app_support.actor(), detail=item.detail)
             del unrecorded[item.sha256]
         except HistoryUnavailable as error:
             app_support.history_unavailable(error, "Predictions are shown but not yet recorded; they are recorded "

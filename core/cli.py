@@ -401,6 +401,61 @@ def _command_audit_verify(arguments: argparse.Namespace) -> int:
     return 0 if report.intact else 1
 
 
+def _command_monitor(arguments: argparse.Namespace) -> int:
+    import hashlib
+    import io
+    import json
+    from datetime import date
+
+    from core.model.card import card_path_for
+    from core.review.export import SafeCsvWriter
+    from core.review.monitor import REPORT_COLUMNS, CardReference, monitor_history, report_rows, report_text
+    from core.review.store import open_existing_history
+
+    for name in ("since", "until"):
+        value = getattr(arguments, name)
+        if value is not None:
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                raise BrainScanError(f"--{name} {value!r} is not a date (YYYY-MM-DD)") from None
+    card = card_path_for(Path(arguments.model) if arguments.model else config.model_path())
+    try:  # Only the card's measured figures are needed, not the model itself.
+        reference = CardReference.from_card(json.loads(card.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"warning: no card figures to compare with ({card}: {type(error).__name__})", file=sys.stderr)
+        reference = None
+    store = open_existing_history(arguments.database)
+    report = monitor_history(store, low_confidence=config.low_confidence_threshold(), by=arguments.by,
+                             since=arguments.since, until=arguments.until, reference=reference)
+    print(report_text(report))
+    written = []
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps(report.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        written.append((arguments.json, "monitoring report (JSON)"))
+    if arguments.csv:
+        buffer = io.StringIO()
+        writer = SafeCsvWriter(buffer, REPORT_COLUMNS)
+        for row in report_rows(report):
+            writer.writerow(row)
+        Path(arguments.csv).write_text(buffer.getvalue(), encoding="utf-8", newline="")
+        written.append((arguments.csv, "monitoring report (CSV)"))
+    try:  # Who ran it, as far as the machine knows; the command line has no sign-in.
+        import getpass
+
+        who = f"{getpass.getuser()} (python -m core monitor)"
+    except (KeyError, OSError):
+        who = "python -m core monitor"
+    for path, description in written:  # An export of the history's figures is an event, as the CSV export is.
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        try:
+            store.record_export(session_id="cli", reviewer=who, file_name=Path(path).name,
+                                sha256=digest, description=description)
+        except BrainScanError as error:
+            print(f"warning: the export was not recorded in the history ({error})", file=sys.stderr)
+    return 1 if report.alerts else 0
+
+
 def _archive(url: str | None = None):
     """The archive the settings name, or the DICOMweb service at `url` with the settings' user and password."""
     from dataclasses import replace
@@ -678,6 +733,18 @@ def _add_history_commands(commands) -> None:
     verify.add_argument("--no-record", action="store_true",
                         help="do not record this verification in the history (the admin's view shows the last one)")
     verify.set_defaults(handler=_command_audit_verify)
+
+    monitor = commands.add_parser(
+        "monitor", help="real-world performance from the history: figures against the final labels, input drift, "
+        "reader use; exit 1 when any alert is raised")
+    monitor.add_argument("--since", metavar="YYYY-MM-DD", help="cases first predicted on or after this day")
+    monitor.add_argument("--until", metavar="YYYY-MM-DD", help="cases first predicted on or before this day")
+    monitor.add_argument("--by", choices=("week", "month"), default="month", help="period of each figure")
+    monitor.add_argument("--json", metavar="FILE", help="also write the whole report as JSON")
+    monitor.add_argument("--csv", metavar="FILE", help="also write every figure as one CSV table")
+    monitor.add_argument("--model", help="the model whose card gives the reference figures (default: the app's)")
+    monitor.add_argument("--database", help=database_help)
+    monitor.set_defaults(handler=_command_monitor)
 
     pacs = commands.add_parser("pacs", help="the hospital's archive over DICOMweb (BRAINSCAN_DICOMWEB_URL): find "
                                "studies, classify a series")

@@ -109,7 +109,7 @@ def test_metadata_panel_shows_only_the_allowed_fields():
     assert scan.metadata["Slice thickness (mm)"] == "5"
     assert scan.metadata["Pixel spacing (mm)"] == "0.45 x 0.45"
     allowed = {"Modality", "Body part", "Series", "Slice thickness (mm)", "Pixel spacing (mm)", "Rows", "Columns",
-               "Photometric interpretation", "Frames", "Transfer syntax"}
+               "Photometric interpretation", "Frames", "Transfer syntax", "Manufacturer", "Scanner model"}
     assert set(scan.metadata) <= allowed
 
 

@@ -71,3 +71,22 @@ def test_next_unreviewed_moves_forward_and_wraps_round():
     assert next_unreviewed(order, {**statuses, "a": "reviewed"}, "d") == "d"  # the current one is the last left
     done = {name: "reviewed" for name in order}
     assert first_unreviewed(order, done) is None and next_unreviewed(order, done, "b") is None
+
+
+def test_a_prediction_keeps_the_scanner_and_gate_score_for_monitoring_and_nothing_of_the_patient():
+    from core.review.worklist import PICTURE_UPLOAD, UNNAMED_SCANNER, monitoring_detail
+    from core.scans.intake import load_scan
+    from tests.test_dicom import identifying_dicom
+
+    scan = load_scan(identifying_dicom(Manufacturer="SIEMENS ", ManufacturerModelName="Skyra"), "scan.dcm")
+    result = ScanResult("scan.dcm", "ef" * 32, "ok", "", "glioma", {"glioma": 1.0}, scan=scan,
+                        not_mri_score=-8.123456)
+    assert monitoring_detail(result) == {"scanner": "SIEMENS Skyra", "gate_score": -8.123}
+    assert item_from_result(result, "2.1.0", 64).detail == monitoring_detail(result)
+    unnamed = ScanResult("scan.dcm", "ef" * 32, "rejected", "not MRI", None, {}, scan=load_scan(
+        identifying_dicom(), "scan.dcm"), not_mri_score=float("nan"))
+    assert monitoring_detail(unnamed) == {"scanner": UNNAMED_SCANNER}
+    picture = ScanResult("p.png", "ab" * 32, "ok", "", "glioma", {"glioma": 1.0}, scan=Scan(np.zeros((99, 99),
+                         np.uint8), "PNG"))
+    assert monitoring_detail(picture) == {"scanner": PICTURE_UPLOAD}
+    assert monitoring_detail(ScanResult("bad.png", "", "rejected", "damaged")) == {}

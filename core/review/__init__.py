@@ -7,7 +7,8 @@ modules that touch a database), the hash chain's canonical encoding (`chain`), t
 plain logic (`worklist`), the spreadsheet-safe CSV writer (`export`) that the app and the
 CLI share, who may do what (`identity`: ID-token claims and the roles file mapped to roles) and
 the double-reading rules (`reads`: each reader's read, second reads, adjudication, final label,
-agreement between readers).
+agreement between readers), and monitoring (`monitor`: performance against the final labels, input
+drift and reader figures over time, with alerts, from the store's SQL aggregates).
 
 It may import `core.pipeline` (a worklist holds pipeline results) and everything below it; never
 `core.training` or the CLI. Pages reach the store only through the app's glue (`app.support`).

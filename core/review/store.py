@@ -390,20 +390,22 @@ class HistoryStore:
     def record_upload(self, *, session_id: str, owner: str, reviewer: str, file_name: str, sha256: str,
                       model_version: str, predicted_class: str | None, probabilities: Mapping[str, float],
                       refusal_reason: str | None = None, archived: Mapping[str, str] | None = None,
-                      actor: Mapping[str, str] | None = None) -> None:
+                      actor: Mapping[str, str] | None = None, detail: Mapping | None = None) -> None:
         """Record an upload in one transaction: its archive event, its prediction (or refusal), its worklist entry.
 
         `archived` is the archive's reference (UIDs, the object's sha256) once the scan is stored
         there; None for a file with no picture to archive. The archive event is written once per
         scan, whoever uploads it again; the prediction or refusal once per session, as
         `record_prediction` does; the worklist entry unless the scan is on `owner`'s open worklist.
+        `detail` goes with the prediction or refusal (`core.review.worklist.monitoring_detail`: the
+        scanner and the gate's score, what monitoring groups and compares by).
         All or nothing: a failure leaves no part recorded.
         """
         kind = "refusal" if refusal_reason is not None else "prediction"
         outcome = _event_row(kind, session_id, reviewer, file_name, sha256, model_version,
                              None if refusal_reason is not None else predicted_class,
                              {} if refusal_reason is not None else probabilities,
-                             reason=_clean(refusal_reason or "")[:MAX_REASON_CHARS], actor=actor)
+                             reason=_clean(refusal_reason or "")[:MAX_REASON_CHARS], actor=actor, detail=detail)
         with self._append() as (connection, head):
             if archived is not None and self._archive_detail(connection, sha256) is None:
                 row = _event_row("archive", session_id, reviewer, file_name, sha256, "-", None, {}, actor=actor,
@@ -573,6 +575,170 @@ class HistoryStore:
         """How many events the history holds."""
         with self._read() as connection:
             return int(connection.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
+
+    # -- monitoring ---------------------------------------------------------------------------------
+
+    def monitoring_aggregates(self, low_confidence: float) -> dict[str, list[dict]]:
+        """What `core.review.monitor` computes its figures from: one SQL statement of aggregates per day.
+
+        A case is one scan under one model version, dated by its first prediction. Sections:
+        `outcomes`: cases per (day, model version, scanner, predicted class, final label), the final
+        label as `core.review.reads.case_state` gives it (the latest adjudication, else the class
+        every reader's latest read agrees on; none while a read flags or reads disagree), with the
+        sum of their calibrated confidence and how many are under `low_confidence`. `refusals`: files
+        refused (at intake, by the model-free checks or by the gate) per (day, model version). `gate`: files the gate scored per (day, unit bin
+        of the not-MRI log-odds). `readers`: per (day, reader) their latest read of each case counted
+        by verdict, against the model and against the final label. `latencies`: cases read per (day,
+        tenths of an hour from first prediction to first read, tenths of an hour from first flag to
+        first adjudication, None without both), each rounded down.
+
+        Everything comes from one statement, so the sections agree with each other, and the case
+        table is built once (a common table expression used by every section).
+        """
+        postgres = self.dialect == "postgresql"
+        text, integer, number = sa.Text, sa.BigInteger, sa.Float
+
+        def day_of(time):  # YYYY-MM-DD of the ISO text
+            return sa.func.substr(time, 1, 10)
+
+        def detail_text(key: str):
+            present = sa.func.nullif(events.c.detail, "")
+            if postgres:
+                return sa.func.json_extract_path_text(sa.cast(present, sa.JSON), key)
+            return sa.func.json_extract(present, f"$.{key}")
+
+        def hours(start, end):
+            if postgres:
+                span = sa.cast(end, sa.TIMESTAMP(timezone=True)) - sa.cast(start, sa.TIMESTAMP(timezone=True))
+                return sa.extract("epoch", span) / 3600.0
+            return (sa.func.julianday(end) - sa.func.julianday(start)) * 24.0
+
+        def floor_of(value):
+            # SQLite's CAST truncates towards zero; shifted, that is the floor for any score above -1000.
+            return sa.func.floor(value) if postgres else sa.cast(value + 1000, sa.Integer) - 1000
+
+        is_prediction, is_verdict = events.c.kind == "prediction", events.c.kind == "verdict"
+        confidence = sa.case(*((events.c.predicted_class == name, events.c[f"p_{name}"]) for name in CLASS_NAMES))
+        reader = sa.case((events.c.actor_subject != "",
+                          events.c.actor_issuer + sa.literal("\n") + events.c.actor_subject),
+                         else_=sa.literal("\n") + events.c.reviewer)
+        # Per case (scan, model version): its prediction's figures and the first time of each kind of event.
+        e = events.c
+        per_case = (sa.select(
+            e.sha256, e.model_version,
+            sa.func.min(sa.case((is_prediction, e.time))).label("first_time"),
+            sa.func.max(sa.case((is_prediction, e.predicted_class))).label("predicted"),
+            sa.func.max(sa.case((is_prediction, confidence))).label("confidence"),
+            sa.func.max(sa.case((is_prediction, detail_text("scanner")))).label("scanner"),
+            sa.func.min(sa.case((is_verdict, e.time))).label("first_read"),
+            sa.func.min(sa.case((e.verdict == "flag", e.time))).label("first_flag"),
+            sa.func.min(sa.case((e.kind == "adjudication", e.time))).label("first_adjudication"),
+            sa.func.max(sa.case((e.kind == "adjudication", e.id))).label("adjudication_id"))
+            .where(e.kind.in_(("prediction", "verdict", "adjudication")))
+            .group_by(e.sha256, e.model_version).subquery("per_case"))
+        # Each reader's latest read of each case.
+        reads = (sa.select(e.id, e.sha256, e.model_version, e.reviewer, reader.label("reader"))
+                 .where(is_verdict).subquery("reads"))
+        newest = (sa.select(reads.c.sha256, reads.c.model_version, reads.c.reader,
+                            sa.func.max(reads.c.id).label("read_id"), sa.func.max(reads.c.reviewer).label("name"))
+                  .group_by(reads.c.sha256, reads.c.model_version, reads.c.reader).subquery("newest"))
+        read = events.alias("read")
+        latest = (sa.select(newest, read.c.verdict, read.c.final_label)
+                  .select_from(newest.join(read, read.c.id == newest.c.read_id)).cte("latest"))
+        agreed = (sa.select(latest.c.sha256, latest.c.model_version,
+                            sa.func.sum(sa.case((latest.c.verdict == "flag", 1), else_=0)).label("flags"),
+                            sa.func.count(sa.distinct(latest.c.final_label)).label("labels"),
+                            sa.func.max(latest.c.final_label).label("label"))
+                  .group_by(latest.c.sha256, latest.c.model_version).subquery("agreed"))
+        adjudication = events.alias("adjudication")
+        final = sa.func.coalesce(adjudication.c.final_label,
+                                 sa.case((sa.and_(agreed.c.flags == 0, agreed.c.labels == 1), agreed.c.label)))
+        cases = (sa.select(per_case, day_of(per_case.c.first_time).label("day"), final.label("final_label"))
+                 .select_from(per_case
+                              .outerjoin(agreed, sa.and_(agreed.c.sha256 == per_case.c.sha256,
+                                                         agreed.c.model_version == per_case.c.model_version))
+                              .outerjoin(adjudication, adjudication.c.id == per_case.c.adjudication_id))
+                 .where(per_case.c.first_time.is_not(None)).cte("cases"))
+
+        columns = {"day": text, "model_version": text, "scanner": text, "predicted": text, "final_label": text,
+                   "reader": text, "name": text, **dict.fromkeys(("i1", "i2", "i3", "i4", "i5", "i6", "i7"), integer),
+                   "f1": number, "f2": number}
+
+        def section(label: str, source, *, where=None, group_by=(), **values):
+            def value_of(column: str, kind):
+                # PostgreSQL resolves a UNION's column types from its branches, so a missing value is a typed
+                # NULL; SQLite needs no cast, and a CAST around every value costs it a tenth of a second here.
+                if column in values:
+                    return values[column].label(column)
+                return (sa.cast(sa.null(), kind) if postgres else sa.null()).label(column)
+
+            select = sa.select(sa.literal(label, text).label("section"),
+                               *(value_of(column, kind) for column, kind in columns.items())).select_from(source)
+            if where is not None:
+                select = select.where(where)
+            return select.group_by(*group_by) if group_by else select
+
+        c = cases.c
+        ones = lambda condition: sa.func.sum(sa.case((condition, 1), else_=0))  # noqa: E731
+        outcomes = section("outcomes", cases, group_by=(c.day, c.model_version, c.scanner, c.predicted, c.final_label),
+                           day=c.day, model_version=c.model_version, scanner=c.scanner, predicted=c.predicted,
+                           final_label=c.final_label, i1=sa.func.count(), i2=ones(c.confidence < low_confidence),
+                           f1=sa.func.sum(c.confidence))
+        readers = section(
+            "readers", latest.join(cases, sa.and_(c.sha256 == latest.c.sha256, c.model_version == latest.c.model_version)),
+            group_by=(c.day, latest.c.reader),
+            day=c.day, reader=latest.c.reader, name=sa.func.max(latest.c.name), i1=sa.func.count(),
+            i2=ones(latest.c.verdict == "confirm"), i3=ones(latest.c.verdict == "override"),
+            i4=ones(latest.c.verdict == "flag"), i5=ones(c.final_label.is_not(None)),
+            i6=ones(latest.c.final_label == c.final_label),
+            i7=ones(sa.and_(latest.c.verdict == "confirm", c.final_label.is_not(None), c.final_label != c.predicted)))
+        # Hours to the first read and from the first flag to the first adjudication, counted per tenth of an hour.
+        waits = (sa.select(c.day, floor_of(hours(c.first_time, c.first_read) * 10).label("to_read"),
+                           sa.case((c.first_adjudication >= c.first_flag,
+                                    floor_of(hours(c.first_flag, c.first_adjudication) * 10))).label("to_adjudication"))
+                 .where(c.first_read.is_not(None)).subquery("waits"))
+        w = waits.c
+        latencies = section("latencies", waits, group_by=(w.day, w.to_read, w.to_adjudication), day=w.day,
+                            i1=sa.func.count(), i2=w.to_read, i3=w.to_adjudication)
+        # Files the model or the gate saw (predictions and refusals), in one scan: per day, kind and unit bin of the
+        # gate's not-MRI log-odds (None for a refusal at intake, or without a gate).
+        files = (sa.select(day_of(e.time).label("day"), e.kind, e.model_version,
+                           floor_of(sa.cast(detail_text("gate_score"), number)).label("bin"))
+                 .where(e.kind.in_(("prediction", "refusal"))).subquery("files"))
+        f = files.c
+        seen = section("files", files, group_by=(f.day, f.kind, f.model_version, f.bin), day=f.day,
+                       predicted=f.kind, model_version=f.model_version, i1=sa.func.count(), i2=f.bin)
+        statement = sa.union_all(outcomes, readers, latencies, seen)
+
+        found: dict[str, list[dict]] = {name: [] for name in ("outcomes", "readers", "latencies", "gate", "refusals")}
+        with self._read() as connection, connection.begin():
+            if postgres:
+                # One analytical statement: compiling it to machine code (JIT) costs more than it saves, and
+                # its sorts fit in memory with a little more than the default 4 MB. Both only for this transaction.
+                connection.execute(sa.text("SET LOCAL jit = off"))
+                connection.execute(sa.text("SET LOCAL work_mem = '64MB'"))
+            for row in connection.execute(statement).mappings():
+                name = row["section"]
+                if name == "outcomes":
+                    found[name].append({"day": row["day"], "model_version": row["model_version"],
+                                        "scanner": row["scanner"], "predicted": row["predicted"],
+                                        "final_label": row["final_label"], "n": row["i1"],
+                                        "low_confidence": row["i2"] or 0, "confidence_sum": row["f1"] or 0.0})
+                elif name == "readers":
+                    found[name].append({"day": row["day"], "reader": row["reader"], "name": row["name"],
+                                        **{key: row[column] or 0 for key, column in zip(
+                                            ("reads", "confirms", "overrides", "flags", "with_final", "agree_final",
+                                             "confirmed_otherwise"), ("i1", "i2", "i3", "i4", "i5", "i6", "i7"))}})
+                elif name == "latencies":
+                    found[name].append({"day": row["day"], "n": row["i1"], "to_read_tenths": row["i2"],
+                                        "flag_to_adjudication_tenths": row["i3"]})
+                else:  # "files": a refusal counts in `refusals`, a scored file in `gate`
+                    if row["predicted"] == "refusal":
+                        found["refusals"].append({"day": row["day"], "model_version": row["model_version"],
+                                                  "n": row["i1"]})
+                    if row["i2"] is not None:
+                        found["gate"].append({"day": row["day"], "bin": int(row["i2"]), "n": row["i1"]})
+        return found
 
 
 def open_existing_history(database: str | Path | None = None) -> HistoryStore:

@@ -29,6 +29,7 @@ from core.archive.objects import ArchiveReference, object_for_upload
 from core.archive.reading import scan_from_archive
 from core.errors import ArchivedScanMissing, ArchiveError, ScanRejected
 from core.pipeline import ScanResult, analyse_bytes, analyse_scan
+from core.review.worklist import monitoring_detail
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ def record_taken(store, taken: TakenUpload, *, session_id: str, owner: str, revi
         session_id=session_id, owner=owner, reviewer=reviewer, file_name=result.filename, sha256=result.sha256,
         model_version=model_version, predicted_class=result.label, probabilities=result.probabilities,
         refusal_reason=None if result.status == "ok" else result.message,
-        archived=taken.reference.to_detail() if taken.reference is not None else None, actor=actor)
+        archived=taken.reference.to_detail() if taken.reference is not None else None, actor=actor,
+        detail=monitoring_detail(result))
 
 
 def reference_for(store, sha256: str) -> ArchiveReference | None:

@@ -6,8 +6,9 @@ values, so it is tested without a browser and shared with any other front end.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -36,6 +37,8 @@ class ReviewItem:
     model_version: str
     thumbnail: np.ndarray | None  # uint8 greyscale, longest side at most THUMBNAIL_SIDE
     tensor: np.ndarray | None  # the model input (S, S, 1) float32, kept for the heat-map
+    # What the prediction's event keeps for monitoring (`monitoring_detail`): the scanner, the gate score.
+    detail: dict = field(default_factory=dict)
 
     @property
     def confidence(self) -> float:
@@ -57,6 +60,30 @@ def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
+PICTURE_UPLOAD = "picture upload"
+UNNAMED_SCANNER = "scanner not named"
+
+
+def monitoring_detail(result: ScanResult) -> dict:
+    """What a prediction or refusal event keeps for the Performance page: device attributes and the gate's score.
+
+    `scanner` is the DICOM header's Manufacturer and ManufacturerModelName (the device, never the
+    patient), `PICTURE_UPLOAD` for a PNG or JPEG (or its archived capture), `UNNAMED_SCANNER` for
+    a DICOM that names none; absent when the file was not decoded. `gate_score` is the gate's
+    not-MRI log-odds (3 decimals) when a gate scored the scan.
+    """
+    detail: dict = {}
+    if result.scan is not None:
+        if result.scan.source_format == "DICOM":
+            named = " ".join(result.scan.metadata.get(label, "").strip() for label in ("Manufacturer", "Scanner model"))
+            detail["scanner"] = " ".join(named.split()) or UNNAMED_SCANNER
+        else:
+            detail["scanner"] = PICTURE_UPLOAD
+    if result.not_mri_score is not None and math.isfinite(result.not_mri_score):
+        detail["gate_score"] = round(float(result.not_mri_score), 3)
+    return detail
+
+
 def item_from_result(result: ScanResult, model_version: str, image_size: int) -> ReviewItem:
     """Shrink a pipeline result to what a worklist keeps between reruns (a thumbnail, the model input)."""
     small = tensor = None
@@ -65,7 +92,7 @@ def item_from_result(result: ScanResult, model_version: str, image_size: int) ->
         if result.status == "ok":
             tensor = result.tensor if result.tensor is not None else prepare_image(result.scan.image, image_size)
     return ReviewItem(result.sha256, result.filename, result.status, result.message, result.label,
-                      dict(result.probabilities), model_version, small, tensor)
+                      dict(result.probabilities), model_version, small, tensor, monitoring_detail(result))
 
 
 def status_of(item: ReviewItem, states: Mapping[str, Mapping]) -> str:

@@ -34,6 +34,9 @@ METADATA_FIELDS = (
     ("Rows", "Rows"),
     ("Columns", "Columns"),
     ("PhotometricInterpretation", "Photometric interpretation"),
+    # The device, never the patient: what the Performance page groups a department's figures by.
+    ("Manufacturer", "Manufacturer"),
+    ("ManufacturerModelName", "Scanner model"),
 )
 _MAX_METADATA_LENGTH = 64
 _PLAUSIBLE_DICOM_KEYWORDS = ("SOPClassUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID", "Rows")
