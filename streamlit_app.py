@@ -3,10 +3,15 @@
 import streamlit as st
 
 from app import identity as app_identity
+from app import performance as app_performance
 from app import support as app_support
-from pages import history, model, review, second_reads, studies
+from pages import history, model, performance, review, second_reads, studies
 
 FAVICON = "🧠"
+
+
+def performance_page() -> st.Page:
+    return st.Page(performance.render, title="Performance", icon=":material/monitoring:", url_path="performance")
 
 
 def navigation(identity=None, position: str = "sidebar") -> st.Page:
@@ -19,6 +24,7 @@ def navigation(identity=None, position: str = "sidebar") -> st.Page:
         st.Page(review.render, title="Review", icon=":material/fact_check:", url_path="review", default=True),
         st.Page(studies.render, title="Studies", icon=":material/lan:", url_path="studies"),
         st.Page(history.render, title="History", icon=":material/history:", url_path="history"),
+        performance_page(),
     ]
     if identity is None or identity.adjudicates:
         pages.append(st.Page(second_reads.render, title="Second reads", icon=":material/group:",
@@ -55,6 +61,7 @@ def run() -> None:
     try:
         app_support.render_sidebar(app_support.model_status(), identity)
         page = navigation(identity)
+        app_performance.render_sidebar_alerts(identity, performance_page())
         # A page's material icon would become the tab's icon, fetched from fonts.gstatic.com; an emoji
         # icon is drawn in the browser, so the page makes no request outside the app's own origin.
         st.set_page_config(page_icon=FAVICON)

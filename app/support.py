@@ -6,6 +6,7 @@ confusion heat map both the History and Model pages draw. Who the user is comes 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import runpy
 import time
@@ -252,3 +253,14 @@ def confusion_heatmap(matrix: list[list[int]], names: list[str], rows: str, colu
     text = base.mark_text(fontSize=13).encode(
         text="Scans:Q", color=alt.condition(alt.datum.Scans > peak / 2, alt.value("white"), alt.value("#1a202c")))
     return (cells + text).properties(height=height)
+
+
+def record_export(file_name: str, data: bytes, description: str) -> None:
+    """Download callback: an export is an event too (who exported which file, of what, when)."""
+    try:
+        open_history().record_export(
+            session_id=session_id(), reviewer=reviewer_name() or "(local reviewer)",
+            file_name=file_name, sha256=hashlib.sha256(data).hexdigest(), description=description,
+            actor=actor())
+    except HistoryUnavailable as error:
+        st.session_state["history_export_error"] = str(error)

@@ -5,7 +5,6 @@ An admin sees every session and the tamper check; anyone else sees their own rea
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timezone
 
 import altair as alt
@@ -72,17 +71,6 @@ def chain_of_reads(row: dict, display_names: dict[str, str]) -> str:
         parts.append(f"adjudicated by {adjudication['reviewer']}: "
                      f"{display_names.get(adjudication['final_label'], adjudication['final_label'])}")
     return "; ".join(parts)
-
-
-def record_export(file_name: str, data: bytes, description: str) -> None:
-    """Download callback: an export is an event too (who exported which file, of what, when)."""
-    try:
-        app_support.open_history().record_export(
-            session_id=app_support.session_id(), reviewer=app_support.reviewer_name() or "(local reviewer)",
-            file_name=file_name, sha256=hashlib.sha256(data).hexdigest(), description=description,
-            actor=app_support.actor())
-    except HistoryUnavailable as error:
-        st.session_state["history_export_error"] = str(error)
 
 
 def render_reader_agreement(cases: list[dict]) -> None:
@@ -229,7 +217,7 @@ def render() -> None:
     scope_text = "all sessions" if everyone else "own session"
     st.download_button(
         "Export CSV", data=data, file_name=file_name, mime="text/csv", key="history_export",
-        on_click=record_export, args=(file_name, data, f"{VIEWS[view]}, {len(shown)} rows, {scope_text}"),
+        on_click=app_support.record_export, args=(file_name, data, f"{VIEWS[view]}, {len(shown)} rows, {scope_text}"),
         icon=":material/download:", type="primary",
         help="The rows shown above (recorded in the history as an export). Text that a spreadsheet would run as a "
              "formula is prefixed with '.",

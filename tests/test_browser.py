@@ -219,7 +219,7 @@ def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(brows
         assert sidebar.get_by_text("loaded").count() >= 1
         # Local mode's one reviewer holds every role, so the Second reads page is there too.
         assert [" ".join(link.split()[1:]) for link in sidebar.locator("[data-testid='stSidebarNav'] a")
-                .all_inner_texts()] == ["Review", "Studies", "History", "Second reads", "Model"]
+                .all_inner_texts()] == ["Review", "Studies", "History", "Performance", "Second reads", "Model"]
         assert page.get_by_text("Page not found").count() == 0
         if path == "history":
             # The first run was the pages-folder fallback; a name typed now must survive the reruns after it.

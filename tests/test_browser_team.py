@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_monitor import clock  # noqa: F401  (fixture)
 from tests.test_browser import (
     APP_TIMEOUT_MS,
     CHROMIUM_ARGS,
@@ -33,8 +34,8 @@ from tests.test_browser import (
     wait_until_idle,
 )
 
-ROLES = {"ann": ["reviewer"], "bob": ["reviewer"], "sam": ["second_reader"], "nora": []}
-NAMES = {"ann": "Ann Reader", "bob": "Bob Reader", "sam": "Sam Second", "nora": "Nora Nobody"}
+ROLES = {"ann": ["reviewer"], "bob": ["reviewer"], "sam": ["second_reader"], "nora": [], "ada": ["admin"]}
+NAMES = {"ann": "Ann Reader", "bob": "Bob Reader", "sam": "Sam Second", "nora": "Nora Nobody", "ada": "Ada Admin"}
 
 
 @pytest.fixture
@@ -197,6 +198,59 @@ def test_two_reviewers_a_second_reader_and_a_user_without_a_role(team_app, tmp_p
     nora.wait_for_url(f"{url}/**")
     nora.get_by_role("button", name="Sign in").wait_for()
     assert nora.get_by_role("heading", name="No access").count() == 0
+
+
+def test_the_performance_page_shows_an_admin_the_alert_and_chart_and_a_reviewer_only_their_own(team_app, clock):
+    from core.classes import CLASS_NAMES
+    from core.review.store import HistoryStore
+    from tests.test_app_performance import MODEL
+    from tests.test_monitor import probabilities
+
+    url, history, provider, browser = team_app
+    store = HistoryStore(history)
+    number = 0
+    for month, reader in (("2026-01", "ann"), ("2026-02", "ann"), ("2026-03", "ann"), ("2026-03", "bob")):
+        clock.at(f"{month}-05")  # the store's clock, in this process: the months are the events' own times
+        actor = {"issuer": provider, "subject": reader, "email": f"{reader}@example.org", "name": NAMES[reader],
+                 "role": "reviewer"}
+        for truth in CLASS_NAMES:
+            for _ in range(10 if reader == "bob" else 40):
+                number += 1  # In March the model calls no meningioma meningioma; the readers override it.
+                predicted = "glioma" if truth == "meningioma" and month == "2026-03" else truth
+                case = {"session_id": f"{number:032x}", "file_name": f"scan-{number}.png",
+                        "sha256": f"{number:064x}", "model_version": MODEL, "predicted_class": predicted,
+                        "probabilities": probabilities(predicted)}
+                store.record_upload(owner=reader, reviewer=NAMES[reader], actor=actor,
+                                    detail={"scanner": "SIEMENS Skyra", "gate_score": -9.0}, **case)
+                store.record_verdict(reviewer=NAMES[reader], actor=actor,
+                                     verdict="confirm" if predicted == truth else "override",
+                                     override_label=None if predicted == truth else truth,
+                                     reason="" if predicted == truth else "meningioma on review", **case)
+
+    ada = sign_in(browser, url, "ada")
+    sidebar = ada.locator("section[data-testid='stSidebar']")
+    sidebar.get_by_text("performance alert", exact=False).wait_for()
+    sidebar.get_by_role("link", name="Open Performance").click()
+    ada.get_by_role("heading", name="Performance").wait_for()
+    wait_until_idle(ada)
+    ada.get_by_text("meningioma sensitivity 0.0%", exact=False).first.wait_for()
+    ada.locator("[data-testid='stVegaLiteChart']").first.wait_for()
+    assert ada.get_by_text("520 cases, 520 with a final label", exact=False).count() == 1
+
+    ann = sign_in(browser, url, "ann")
+    assert ann.locator("section[data-testid='stSidebar']").get_by_text("performance alert", exact=False).count() == 0
+    ann.locator("section[data-testid='stSidebar']").get_by_role("link", name="Performance").click()
+    ann.get_by_text("Your own reads only", exact=False).wait_for()
+    wait_until_idle(ann)
+    assert ann.get_by_text("meningioma sensitivity", exact=False).count() == 0
+    assert ann.locator("[data-testid='stVegaLiteChart']").count() == 0
+    table = ann.locator("[data-testid='stDataFrame']")
+    table.first.wait_for()
+    with ann.expect_download() as download_info:
+        ann.get_by_role("button", name="Figures as CSV").click()
+    exported = Path(download_info.value.path()).read_bytes().decode("utf-8-sig")
+    readers = {row["reader"] for row in csv.DictReader(io.StringIO(exported)) if row["section"] == "readers"}
+    assert readers == {"Ann Reader"}, exported[:500]
 
 
 # ---------------------------------------------------------------- two replicas, PostgreSQL and Orthanc
