@@ -365,6 +365,33 @@ def _command_ood_eval(arguments: argparse.Namespace) -> int:
     return 0 if report["meets_floors"] else 1
 
 
+def _command_monitor_reference(arguments: argparse.Namespace) -> int:
+    from core.model.inference import Classifier
+    from core.training.dataset import read_not_mri_manifest
+    from core.training.gate_evaluation import gate_score_reference
+
+    classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
+    files = _labelled_files(arguments, classifier)
+    if not files:
+        raise BrainScanError("no MRI files to measure: check --data and --split")
+    reference = gate_score_reference(classifier, [(str(item.path), item.path.read_bytes) for item in files],
+                                     read_not_mri_manifest())
+    if not reference["n"]:
+        raise BrainScanError(f"no slice got a gate score: the gate of {classifier.version} has no modality head "
+                             "(python -m core calibrate --non-mri-train ... fits one)")
+    reference["data"] = _data_label(arguments)
+    command = _invoked_command()
+    bins = reference["gate_score_bins"]
+    text = (f"gate scores of {reference['n']} MRI slices ({', '.join(reference['data'])}; "
+            f"{reference['left_out_not_brain_mri']} not-brain-MRI files left out), per unit bin of the log-odds:\n"
+            + "\n".join(f"  [{edge}, {int(edge) + 1}): {count}" for edge, count in bins.items()))
+    _emit({**reference, "command": command}, text, arguments.json)
+    if arguments.write_card:
+        _record_in_card(classifier, ("monitoring", "reference"), reference, command,
+                        "the monitoring reference (the validation split's gate scores)")
+    return 0
+
+
 def _command_history_upgrade(arguments: argparse.Namespace) -> int:
     from core.review.store import database_url_of, display_url, upgrade_history
 
@@ -699,6 +726,18 @@ def build_parser() -> argparse.ArgumentParser:
     ood_eval.add_argument("--write-card", action="store_true",
                           help="record the result under ood.evaluation in the model card (the model file is unchanged)")
     ood_eval.set_defaults(handler=_command_ood_eval)
+    reference = commands.add_parser(
+        "monitor-reference", help="measure the gate's scores on a split (validation by default), the reference "
+        "that monitoring compares each period's with")
+    reference.add_argument("--data", action="append", required=True, help="an MRI collection folder (repeatable)")
+    reference.add_argument("--model", help="model file (default: the bundled one)")
+    reference.add_argument("--split", choices=("train", "validation", "test", "all"), default="validation",
+                           help="files of this split of the model's manifest (default: validation)")
+    reference.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
+    reference.add_argument("--json", help="write the reference JSON here")
+    reference.add_argument("--write-card", action="store_true",
+                           help="record it under monitoring.reference in the model card (the model file is unchanged)")
+    reference.set_defaults(handler=_command_monitor_reference)
     _add_history_commands(commands)
     return parser
 

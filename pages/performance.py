@@ -120,8 +120,9 @@ def render() -> None:
         "Value": f"{figure['value']:.2f}" if figure["measure"] == GATE_MEASURE and figure["value"] is not None
         else percent(figure["value"]),
         "Cases": figure["n"],
-        "Reference (earlier periods)": f"bound {figure['reference']:.2f}"
-        if figure["measure"] == GATE_MEASURE and figure["reference"] is not None else percent(figure["reference"]),
+        "Reference": f"bound {figure['reference']:.2f} (against the {figure['against']})"
+        if figure["measure"] == GATE_MEASURE and figure["reference"] is not None
+        else f"{percent(figure['reference'])} (earlier periods)" if figure["reference"] is not None else "",
         "Alert": "yes" if figure["alert"] else "",
     } for figure in report.inputs]), hide_index=True, key="performance_inputs")
     render_readers(report)

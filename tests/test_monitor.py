@@ -176,6 +176,40 @@ def test_a_shift_in_the_gate_score_raises_the_input_alert_without_any_final_labe
     assert sum(row["n"] for row in bins) == 80 and min(row["bin"] for row in bins) < -4 < max(row["bin"] for row in bins)
 
 
+def test_with_the_cards_validation_scores_each_period_is_compared_with_them(store, clock):
+    rng = random.Random(5)
+    validation: dict[int, int] = {}
+    for _ in range(800):
+        edge = math.floor(rng.gauss(-7.0, 1.5))
+        validation[edge] = validation.get(edge, 0) + 1
+    card = CardReference(model_version=MODEL, sensitivity=CARD.sensitivity, ppv=CARD.ppv, accuracy=0.9,
+                         source="test card", gate_bins=validation)
+    cases = Cases(store)
+    for month, centre in (("2026-01-05", -7.0), ("2026-02-05", -3.5), ("2026-03-05", -3.5)):
+        clock.at(month)
+        for number in range(60):  # From February the scans look less like the validation split, and stay so.
+            cases.scan(CLASS_NAMES[number % 4], gate_score=rng.gauss(centre, 1.5))
+
+    report = monitor_history(store, low_confidence=0.8, by="month", reference=card)
+
+    assert [(alert.measure, alert.period) for alert in report.alerts] == [
+        (GATE_MEASURE, "2026-02"), (GATE_MEASURE, "2026-03")], [alert.message for alert in report.alerts]
+    assert all("validation split" in alert.message for alert in report.alerts)
+    shifts = {figure["period"]: figure for figure in report.inputs if figure["measure"] == GATE_MEASURE}
+    assert shifts["2026-01"]["value"] < shifts["2026-01"]["reference"] and shifts["2026-01"]["n"] == 60
+    without = monitor_history(store, low_confidence=0.8, by="month", reference=CARD)  # no scores in this card
+    assert all("earlier periods" in alert.message for alert in without.alerts) and without.alerts
+
+
+def test_the_cards_monitoring_reference_is_read_from_the_card():
+    card = {"version": "2.1.0", "metrics": {"test": {"accuracy": 0.95, "per_class": {
+        "glioma": {"recall": 0.9, "precision": 0.92}}}},
+        "monitoring": {"reference": {"n": 3, "gate_score_bins": {"-8": 2, "-7": 1}}}}
+    reference = CardReference.from_card(card)
+    assert reference.gate_bins == {-8: 2, -7: 1} and reference.sensitivity == {"glioma": 0.9}
+    assert CardReference.from_card({"version": "1"}).gate_bins is None
+
+
 def test_the_ks_statistic_of_binned_samples_matches_scipy():
     scipy_stats = pytest.importorskip("scipy.stats")
     rng = random.Random(11)
@@ -324,3 +358,15 @@ def test_the_command_prints_the_alert_writes_json_and_csv_and_records_the_export
 def test_the_command_refuses_a_bad_date(tmp_path, capsys):
     assert main(["monitor", "--database", str(tmp_path / "none.sqlite3"), "--since", "March"]) == 2
     assert "not a date" in capsys.readouterr().err
+
+
+def test_the_reference_command_refuses_a_gate_that_gives_no_score(tmp_path, tiny_model_path, capsys):
+    from tests.synthetic import write_class_folders
+
+    data = write_class_folders(tmp_path / "data", per_class=1)
+    card = tiny_model_path.parent / f"{tiny_model_path.stem}.card.json"
+    before = card.read_bytes()
+    assert main(["monitor-reference", "--data", str(data), "--model", str(tiny_model_path), "--split", "all",
+                 "--write-card"]) == 2
+    assert "has no modality head" in capsys.readouterr().err
+    assert card.read_bytes() == before

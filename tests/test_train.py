@@ -160,6 +160,15 @@ def test_files_the_not_mri_manifest_lists_leave_the_mri_classes_and_teach_the_ga
     assert set(head["cross_validation"]["by_kind"]) == {"head_ct", "xray", "drawing"}
     classifier = Classifier.load(model_path)
     assert classifier.gate.head is not None and "mri" in classifier.gate.head.kinds
+    # The monitoring reference: every validation slice the gate scored, the listed ones left out.
+    from core.cli import main
+
+    assert main(["monitor-reference", "--data", str(data), "--model", str(model_path),
+                 "--json", str(tmp_path / "reference.json")]) == 0
+    reference = json.loads((tmp_path / "reference.json").read_text())
+    validation = sum(row["split"] == "validation" for row in rows)
+    assert reference["left_out_not_brain_mri"] == left_out["validation"]
+    assert reference["n"] == sum(reference["gate_score_bins"].values()) == validation - left_out["validation"]
     # Calibrating again fits a new gate and temperature: what the model answers changed, so a new version.
     calibrate(model_path, [data], non_mri_train=negatives)
     assert load_card(model_path).data["version"] == "1.1.0"

@@ -22,8 +22,10 @@ figure, each with the number of cases it rests on:
   intake, by the model-free checks or by the gate). Each is compared with its reference, the mean of up to `REFERENCE_PERIODS`
   earlier periods that hold at least `MIN_CASES` cases; an alert when a share moves further than
   `SHARE_BOUND` and three binomial standard errors, or the mean confidence drops by more than
-  `CONFIDENCE_BOUND`. The gate's not-MRI score distribution is compared with the pooled earlier
-  periods' by the Kolmogorov-Smirnov distance over unit bins of the log-odds (`ks_bound`).
+  `CONFIDENCE_BOUND`. The gate's not-MRI score distribution is compared with the validation
+  split's, where the card carries it (`python -m core monitor-reference --write-card`), else with
+  the pooled earlier periods', by the Kolmogorov-Smirnov distance over unit bins of the log-odds
+  (`ks_bound`).
 - **How readers use it** (`readers`): per reader and period, their latest read of each case counted
   as confirm / override / flag, their agreement with the model and with the final label, and how
   many of their confirms the final label later contradicted. Over the whole range, a reader with at
@@ -91,15 +93,19 @@ class CardReference:
     ppv: Mapping[str, float]
     accuracy: float | None
     source: str = "model card, held-out test split"
+    # The validation split's gate scores per unit bin (`python -m core monitor-reference --write-card`), if measured.
+    gate_bins: Mapping[int, int] | None = None
 
     @classmethod
     def from_card(cls, data: Mapping) -> CardReference:
         test = (data.get("metrics") or {}).get("test") or {}
         per_class = test.get("per_class") or {}
+        bins = (((data.get("monitoring") or {}).get("reference") or {}).get("gate_score_bins")) or None
         return cls(model_version=str(data.get("version", "")),
                    sensitivity={name: float(values["recall"]) for name, values in per_class.items()},
                    ppv={name: float(values["precision"]) for name, values in per_class.items()},
-                   accuracy=float(test["accuracy"]) if "accuracy" in test else None)
+                   accuracy=float(test["accuracy"]) if "accuracy" in test else None,
+                   gate_bins={int(edge): int(count) for edge, count in bins.items()} if bins else None)
 
 
 @dataclass
@@ -244,29 +250,36 @@ def ks_bound(n: int, m: int) -> float:
     return max(KS_BOUND, KS_CRITICAL * math.sqrt((n + m) / (n * m)))
 
 
-def _gate_figures(gate: Sequence[Mapping], by: str, alerts: list[Alert]) -> dict[str, dict]:
-    """Per period: the gate score's KS distance from the pooled earlier periods' (up to `REFERENCE_PERIODS`)."""
+def _gate_figures(gate: Sequence[Mapping], by: str, alerts: list[Alert],
+                  validation: Mapping[int, int] | None = None) -> dict[str, dict]:
+    """Per period: the gate score's KS distance from its reference, with the bound an alert needs.
+
+    The reference is the validation split's scores where the card carries them (`validation`),
+    else the pooled earlier periods (up to `REFERENCE_PERIODS` with at least `MIN_CASES` each).
+    """
     bins: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for row in gate:
         bins[period_of(row["day"], by)][int(row["bin"])] += int(row["n"])
     figures, earlier = {}, []
     for period in sorted(bins):
         current, n = bins[period], sum(bins[period].values())
-        usable = [entry for entry in earlier if sum(entry.values()) >= MIN_CASES][-REFERENCE_PERIODS:]
-        figure = {"measure": GATE_MEASURE, "period": period, "value": None, "n": n, "reference": None,
-                  "alert": False}
-        if usable and n >= MIN_CASES:
-            pooled: dict[int, int] = defaultdict(int)
-            for entry in usable:
+        if validation:
+            reference, against = dict(validation), "the validation split's"
+        else:
+            reference, against = defaultdict(int), "the earlier periods'"
+            for entry in [entry for entry in earlier if sum(entry.values()) >= MIN_CASES][-REFERENCE_PERIODS:]:
                 for edge, count in entry.items():
-                    pooled[edge] += count
-            m = sum(pooled.values())
-            figure["value"], figure["reference"] = ks_statistic(current, pooled), ks_bound(n, m)
+                    reference[edge] += count
+        m = sum(reference.values())
+        figure = {"measure": GATE_MEASURE, "period": period, "value": None, "n": n, "reference": None,
+                  "alert": False, "against": "validation split" if validation else "earlier periods"}
+        if m and n >= MIN_CASES:
+            figure["value"], figure["reference"] = ks_statistic(current, reference), ks_bound(n, m)
             if figure["value"] > figure["reference"]:
                 figure["alert"] = True
                 alerts.append(Alert(kind="input", measure=GATE_MEASURE, period=period, group="all scans",
                                     value=figure["value"], reference=figure["reference"], n=n,
-                                    message=(f"the gate's scores in {period} (n={n}) moved from the earlier periods' "
+                                    message=(f"the gate's scores in {period} (n={n}) moved from {against} "
                                              f"(n={m}): KS distance {figure['value']:.2f}, bound "
                                              f"{figure['reference']:.2f}")))
         figures[period] = figure
@@ -275,7 +288,7 @@ def _gate_figures(gate: Sequence[Mapping], by: str, alerts: list[Alert]) -> dict
 
 
 def _inputs(outcomes: Sequence[Mapping], refusals: Sequence[Mapping], gate: Sequence[Mapping], by: str,
-            alerts: list[Alert]) -> list[dict]:
+            alerts: list[Alert], reference: CardReference | None = None) -> list[dict]:
     """Per period: class shares, mean confidence, low-confidence and refusal shares, the gate score's shift."""
     periods: dict[str, dict] = defaultdict(lambda: {"cases": 0, "by_class": defaultdict(int), "confidence": 0.0,
                                                     "low": 0, "refused": 0})
@@ -287,7 +300,12 @@ def _inputs(outcomes: Sequence[Mapping], refusals: Sequence[Mapping], gate: Sequ
         entry["low"] += int(row["low_confidence"] or 0)
     for row in refusals:
         periods[period_of(row["day"], by)]["refused"] += int(row["n"])
-    gate_figures = _gate_figures(gate, by, alerts)
+    if reference is not None and reference.gate_bins:
+        # The validation split's scores are the card's model's: only its own scans are compared with them.
+        gate_figures = _gate_figures([row for row in gate if row.get("model_version") == reference.model_version],
+                                     by, alerts, reference.gate_bins)
+    else:
+        gate_figures = _gate_figures(gate, by, alerts)
     figures: list[dict] = []
     earlier: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for period in sorted(set(periods) | set(gate_figures)):
@@ -399,7 +417,8 @@ def monitor(aggregates: Mapping[str, Sequence[Mapping]], *, by: str = "month", s
     report.cases_with_final_label = sum(int(row["n"]) for row in outcomes if row["final_label"] is not None)
     report.performance = _performance(outcomes, by, reference, report.alerts)
     report.inputs = _inputs(outcomes, *([row for row in aggregates[name] if _in_range(row["day"], since, until)]
-                                        for name in ("refusals", "gate")), by, report.alerts)
+                                        for name in ("refusals", "gate")), by, report.alerts,
+                            reference)
     report.latency = _latency([row for row in aggregates["latencies"] if _in_range(row["day"], since, until)], by)
     return report
 

@@ -587,7 +587,7 @@ class HistoryStore:
         every reader's latest read agrees on; none while a read flags or reads disagree), with the
         sum of their calibrated confidence and how many are under `low_confidence`. `refusals`: files
         refused (at intake, by the model-free checks or by the gate) per (day, model version). `gate`: files the gate scored per (day, unit bin
-        of the not-MRI log-odds). `readers`: per (day, reader) their latest read of each case counted
+        of the not-MRI log-odds, model version). `readers`: per (day, reader) their latest read of each case counted
         by verdict, against the model and against the final label. `latencies`: cases read per (day,
         tenths of an hour from first prediction to first read, tenths of an hour from first flag to
         first adjudication, None without both), each rounded down.
@@ -737,7 +737,8 @@ class HistoryStore:
                         found["refusals"].append({"day": row["day"], "model_version": row["model_version"],
                                                   "n": row["i1"]})
                     if row["i2"] is not None:
-                        found["gate"].append({"day": row["day"], "bin": int(row["i2"]), "n": row["i1"]})
+                        found["gate"].append({"day": row["day"], "model_version": row["model_version"],
+                                              "bin": int(row["i2"]), "n": row["i1"]})
         return found
 
 

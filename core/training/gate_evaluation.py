@@ -202,3 +202,26 @@ def format_gate_report(report: dict) -> str:
 
 def _stages(counts: dict) -> str:
     return ", ".join(f"{stage} {counts.get(stage, 0)}" for stage in ("intake", "screen", "gate", "passed"))
+
+
+def gate_score_reference(classifier, mri_items, not_mri: dict | None = None) -> dict:
+    """The gate's not-MRI scores of MRI slices as served, counted per unit bin: what monitoring compares a period with.
+
+    Items are (name, reader) pairs, as `evaluate_gate` takes; files the not-brain-MRI manifest lists
+    are left out, as everywhere else. Bins are `floor(score)`, the unit bins the history's
+    aggregates use (`core.review.store.HistoryStore.monitoring_aggregates`). Only scored files count
+    (a file refused at intake or by the model-free checks has no score).
+    """
+    import math
+
+    not_mri = not_mri or {}
+    bins: Counter = Counter()
+    left_out = 0
+    for result in analyse_many(classifier, mri_items):
+        if result.sha256 in not_mri:
+            left_out += 1
+            continue
+        if result.not_mri_score is not None and math.isfinite(result.not_mri_score):
+            bins[math.floor(result.not_mri_score)] += 1
+    return {"n": sum(bins.values()), "gate_score_bins": {str(edge): bins[edge] for edge in sorted(bins)},
+            "left_out_not_brain_mri": left_out, "model": classifier.version}
