@@ -317,15 +317,19 @@ def select_first_unreviewed(order: list[str], statuses: dict[str, str]) -> None:
 
 
 def reader_statuses(items: list[ReviewItem], states: dict[str, dict], identity) -> dict[str, str]:
-    """Each worklist scan's status for this reader: refused, or new / reviewed / flagged by their own read.
+    """Each worklist scan's status for this reader: refused, or new / reviewed / flagged by their own read,
+    adjudicated once a second reader settled a scan they have read.
 
     Another reader's read does not make a scan reviewed for this one: every reader reads every scan.
     """
     statuses = {}
     for item in items:
         own, _ = own_and_other_reads(states.get(item.sha256), identity)
-        statuses[item.sha256] = (UNAVAILABLE if item.status == UNAVAILABLE else "rejected" if item.status != "ok"
-                                 else "new" if own is None else "flagged" if own["verdict"] == "flag" else "reviewed")
+        state = states.get(item.sha256) or {}
+        statuses[item.sha256] = (
+            UNAVAILABLE if item.status == UNAVAILABLE else "rejected" if item.status != "ok" else "new" if own is None
+            else "adjudicated" if state.get("status") == "adjudicated"
+            else "flagged" if own["verdict"] == "flag" else "reviewed")
     return statuses
 
 
@@ -474,7 +478,17 @@ def save_verdict(item: ReviewItem, session: str) -> None:
         flashes[item.sha256] = ("error", message)
     else:
         flashes[item.sha256] = ("success", f"Saved: {VERDICT_NAMES[verdict].lower()}.")
-        st.session_state["review_advance"] = item.sha256  # The worklist moves on to the next unreviewed scan.
+        # The worklist moves on to the next unreviewed scan; the reader sees there what was saved.
+        st.session_state["review_advance"] = item.sha256
+        st.session_state["review_saved_notice"] = (item.sha256, f"Saved {item.file_name}: "
+                                                   f"{VERDICT_NAMES[verdict].lower()}.")
+
+
+def show_saved_elsewhere(current: ReviewItem) -> None:
+    """Once, on the scan the page moved on to after a save: which scan was saved, and how."""
+    notice = st.session_state.pop("review_saved_notice", None)
+    if notice is not None and notice[0] != current.sha256:
+        st.success(app_support.escape_markdown(notice[1]), icon=":material/check_circle:")
 
 
 def take_flash(item: ReviewItem) -> tuple[str, str] | None:

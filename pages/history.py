@@ -16,7 +16,7 @@ from app import review as app_review
 from app import support as app_support
 from core.classes import CLASS_NAMES, DISPLAY_NAMES
 from core.errors import HistoryUnavailable
-from core.review.export import CASE_COLUMNS, EVENT_COLUMNS, csv_bytes
+from core.review.export import CASE_COLUMNS, EVENT_COLUMNS, NO_MODEL_VERSION, csv_bytes
 from core.review.reads import reader_agreement, reader_key
 from core.review.records import (
     PROBABILITY_COLUMNS,
@@ -49,14 +49,16 @@ def table(rows: list[dict], view: str, display_names: dict[str, str]) -> pd.Data
         "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in rows],
         "Final label": [name(row["final_label"]) for row in rows],
         **({"Reads": [chain_of_reads(row, display_names) for row in rows]} if view == "cases" else {}),
-        **{f"P({display_names.get(column[2:], column[2:])})": [row[column] for row in rows]
+        # Percent with one decimal, as everywhere else; a refused scan has no probability (an empty cell).
+        **{f"P({display_names.get(column[2:], column[2:])})": [
+            None if row[column] is None else round(row[column] * 100, 1) for row in rows]
            for column in PROBABILITY_COLUMNS},
         "Reason": [row["reason"] for row in rows],
         "Note": [row["note"] for row in rows],
         "Time (UTC)": [display_time(row["time"]) for row in rows],
         "Reviewer": [row["reviewer"] for row in rows],
         "sha256": [row["sha256"][:12] for row in rows],
-        "Model version": [row["model_version"] for row in rows],
+        "Model version": ["" if row["model_version"] == NO_MODEL_VERSION else row["model_version"] for row in rows],
     })
     return frame
 
@@ -184,15 +186,16 @@ def render() -> None:
     shown_cases = filter_rows(cases, **criteria)
     summary = summarise(shown_cases)
 
-    figures = st.columns(4)
+    figures = st.columns(5)
     refused = sum(1 for row in shown_cases if row.get("status") == "rejected")
     # The same scans as the cases table below counts, refused ones included, so the two never disagree.
     figures[0].metric("Scans", len(shown_cases), help=f"Every scan matching the filters, {refused} of them refused "
                       "at intake (no model class).")
-    figures[1].metric("Reviewed", summary["status_counts"]["reviewed"])
-    figures[2].metric("Flagged", summary["status_counts"]["flagged"], help="Awaiting a second read: flagged, or read "
-                      "differently by two readers, and not yet adjudicated.")
-    figures[3].metric("Model-reviewer agreement",
+    figures[1].metric(STATUS_LABELS["reviewed"], summary["status_counts"]["reviewed"])
+    figures[2].metric(STATUS_LABELS["flagged"], summary["status_counts"]["flagged"],
+                      help="Flagged, or read differently by two readers, and not yet adjudicated.")
+    figures[3].metric(STATUS_LABELS["adjudicated"], summary["status_counts"]["adjudicated"])
+    figures[4].metric("Model-reviewer agreement",
                       "-" if summary["agreement"] is None else f"{summary['agreement']:.0%}",
                       help=f"{summary['agreed']} of {summary['decided']} scans with a final label kept the "
                            "model's class.")
@@ -206,7 +209,7 @@ def render() -> None:
         render_reader_agreement(cases)
     st.subheader(f"{len(shown)} of {len(rows)} {'scans' if view == 'cases' else 'events'}", divider="gray")
     probability_columns = {f"P({display_names.get(column[2:], column[2:])})": st.column_config.NumberColumn(
-        format="percent") for column in PROBABILITY_COLUMNS}
+        format="%.1f%%") for column in PROBABILITY_COLUMNS}
     st.dataframe(table(shown, view, display_names), hide_index=True, key="history_table",
                  column_config=probability_columns)
     app_review.render_scan_opener(store, status.classifier, shown, display_names)

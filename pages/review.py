@@ -132,7 +132,7 @@ def render_scan(item: ReviewItem, state: dict | None, classifier, session: str, 
         render_image(item, classifier)
     with right:
         if item.status != "ok":
-            st.error(f"**Not classified**: {app_support.escape_markdown(item.message)}.", icon=":material/block:")
+            st.error(f"**Refused**: {app_support.escape_markdown(item.message)}.", icon=":material/block:")
             return
         render_prediction(item, classifier)
         render_verdict(item, state, classifier, session)
@@ -150,11 +150,12 @@ def render_worklist(items: list[ReviewItem], statuses: dict[str, str], display_n
             "File": [item.file_name for item in items],
             "Model's class": [display_names.get(item.label, "-") if item.label else f"Refused: {item.message}"
                               if item.status == "rejected" else "-" for item in items],
-            "Probability": [item.confidence if item.label else None for item in items],
+            "Probability": [round(item.confidence * 100, 1) if item.label else None for item in items],
             "Status": [STATUS_NAMES[statuses[item.sha256]] for item in items],
         }),
         hide_index=True, key="review_worklist",
-        column_config={"Probability": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)},
+        # One decimal, as the result panel gives it ("percent" would show two).
+        column_config={"Probability": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100)},
     )
     app_review.select_first_unreviewed(order, statuses)  # also moves on from a scan just saved
     chooser, back, forward, step = st.columns([5, 1, 1, 2], vertical_alignment="bottom")
@@ -209,6 +210,7 @@ def render() -> None:
     statuses = app_review.reader_statuses(items, states, app_identity.current_identity())
     current = render_worklist(items, statuses, display_names) if len(items) > 1 else items[0]
     app_review.clear_worklist_control(store, owner, len(items))
+    app_review.show_saved_elsewhere(current)
     st.divider()
     render_scan(current, states.get(current.sha256), classifier, session,
                 app_review.source_bytes(store, archive, current, uploads))

@@ -98,6 +98,10 @@ def test_a_verdict_saved_on_review_appears_in_history_and_in_the_csv(history_pat
     table = the_table(app)
     assert list(table["File"]) == ["=1+1.png"] and list(table["Verdict"]) == ["Confirmed"]
     assert table["sha256"][0] == hashlib.sha256(scan).hexdigest()[:12]
+    # Probabilities in percent with one decimal, as on Review; together they make 100.
+    shown = [table[column][0] for column in table.columns if column.startswith("P(")]
+    assert len(shown) == 4 and all(round(value, 1) == value for value in shown)
+    assert sum(shown) == pytest.approx(100, abs=0.2)
     assert [button.label for button in app.download_button] == ["Export CSV"]
     [row] = exported_rows(downloads)
     assert row["verdict"] == "confirm" and row["status"] == "reviewed" and row["final_label"] == row["predicted_class"]
@@ -111,7 +115,8 @@ def test_this_sessions_cases_by_default_all_sessions_on_request_and_filters(hist
     seed(history_path)
     app = history_page(OURS)
     assert sorted(the_table(app)["File"]) == ["scan-1.png", "scan-2.png"]
-    assert (metric(app, "Scans"), metric(app, "Reviewed"), metric(app, "Flagged")) == ("2", "1", "0")
+    assert (metric(app, "Scans"), metric(app, "Reviewed"), metric(app, "Awaiting second read"),
+            metric(app, "Adjudicated")) == ("2", "1", "0", "0")
     assert metric(app, "Model-reviewer agreement") == "0%"  # The one decided scan was overridden.
     assert len(exported_rows(downloads)) == 2
 

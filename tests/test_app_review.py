@@ -148,23 +148,26 @@ def test_a_batch_is_a_worklist_with_status_and_next_unreviewed(history_path):
     assert not app.exception, app.exception
     worklist = table_with(app, "Probability")
     assert list(worklist["File"]) == ["first.png", "second.png", "broken.png"]  # The copy is the same scan.
-    assert list(worklist["Status"]) == ["New", "New", "Rejected"]
+    assert list(worklist["Status"]) == ["New", "New", "Refused"]
     assert app.selectbox(key="review_current").value == hashlib.sha256(first).hexdigest()
 
     assert list(worklist["Model's class"])[2].startswith("Refused: ")  # the reason, not "-"
 
     app.radio(key=f"review_verdict_{key_of(first)}").set_value("confirm").run()
     app.button(key=f"review_save_{key_of(first)}").click().run()
-    assert list(table_with(app, "Probability")["Status"]) == ["Reviewed", "New", "Rejected"]
+    assert list(table_with(app, "Probability")["Status"]) == ["Reviewed", "New", "Refused"]
     # Saving moves on to the next unreviewed scan, and the selector shows the saved one's new status.
     selector = app.selectbox(key="review_current")
     assert selector.value == hashlib.sha256(second).hexdigest()
     assert "1. first.png (reviewed)" in selector.options
+    # ... and says so on the scan it lands on, once.
+    assert "Saved first.png: confirmed." in texts(app.success).replace("\\", "")
     app.button(key="review_next").click().run()
+    assert "Saved first.png" not in texts(app.success)
     assert app.selectbox(key="review_current").value == hashlib.sha256(second).hexdigest()
     app.selectbox(key="review_current").set_value(next(
         option for option in app.selectbox(key="review_current").options if "broken.png" in option)).run()
-    assert "Not classified" in texts(app.error)
+    assert "Refused" in texts(app.error)
     # Two archived scans and their predictions, the refused file (name, sha256, reason, who uploaded it; no
     # picture, so nothing archived) and one verdict.
     events = HistoryStore(history_path).events()

@@ -203,6 +203,10 @@ def test_after_an_adjudication_a_first_reader_who_sees_reads_is_told_the_final_l
     assert f"final label **{DISPLAY_NAMES['pituitary']}** (adjudicated)" in saved, saved
     assert "none yet" not in saved and "awaiting" not in saved
     assert any(expander.label == "Other reads of this scan (1) and its adjudication" for expander in bob.expander)
+    # In his worklist the scan he flagged is adjudicated now, not still "flagged".
+    upload(bob, "another.png", encode(synthetic_slice(34, 96)))
+    [frame] = [element.value for element in bob.dataframe if "Status" in element.value.columns]
+    assert dict(zip(frame["File"], frame["Status"])) == {"disputed.png": "Adjudicated", "another.png": "New"}
 
 
 def test_an_expired_id_token_signs_the_user_out_whatever_streamlits_cookie_says(signed_in, monkeypatch):

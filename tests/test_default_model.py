@@ -157,7 +157,7 @@ def test_the_review_page_says_a_head_ct_looks_like_a_ct_image(history_path, monk
     app.file_uploader(key="review_uploads_0").set_value((name, data, "image/png")).run()
     assert not app.exception, app.exception
     errors = " | ".join(str(element.value) for element in app.error)
-    assert "Not classified" in errors and f"it looks like {what}" in errors
+    assert "Refused" in errors and f"it looks like {what}" in errors
     assert not [element for element in app.get("html") if "Calibrated probability per class" in element.proto.body]
 
 

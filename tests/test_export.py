@@ -63,6 +63,16 @@ def test_columns_are_in_order_and_missing_values_are_empty():
     assert list(parse(csv_bytes([]))) == [] and csv_bytes([]).decode("utf-8-sig").strip() == ",".join(EVENT_COLUMNS)
 
 
+def test_an_export_or_archive_event_has_an_empty_model_version_not_a_quoted_dash(database_url):
+    store = HistoryStore(database_url)
+    store.record_export(session_id="s" * 32, reviewer="Ann", file_name="history.csv", sha256="e" * 64,
+                        description="history (CSV)")
+    [export] = store.events()
+    assert export["model_version"] == "-"  # what the history keeps, unchanged
+    [row] = parse(csv_bytes(store.events()))
+    assert row["kind"] == "export" and row["model_version"] == ""
+
+
 def test_low_confidence_is_its_own_column_derived_from_the_probabilities(monkeypatch):
     monkeypatch.setenv("BRAINSCAN_LOW_CONFIDENCE", "0.8")
     rows = [{"kind": "prediction", "p_glioma": 0.5, "p_meningioma": 0.3, "p_pituitary": 0.1, "p_no_tumor": 0.1},

@@ -58,7 +58,7 @@ def test_status_comes_from_the_history_unless_the_scan_was_refused():
 
 def test_counts_cover_every_status():
     assert status_counts({"a": "new", "b": "new", "c": "rejected", "d": "unavailable"}) == {
-        "new": 2, "reviewed": 0, "flagged": 0, "rejected": 1, "unavailable": 1}
+        "new": 2, "reviewed": 0, "flagged": 0, "adjudicated": 0, "rejected": 1, "unavailable": 1}
 
 
 def test_next_unreviewed_moves_forward_and_wraps_round():

@@ -23,6 +23,8 @@ from typing import TextIO
 
 from core.classes import CLASS_NAMES
 
+# The model_version the history stores on events no model acted in (exports, archive copies); empty in a CSV.
+NO_MODEL_VERSION = "-"
 FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 # One row per event of the append-only log.
 EVENT_COLUMNS: tuple[str, ...] = (
@@ -83,6 +85,8 @@ def csv_bytes(rows: Iterable[Mapping], columns: Sequence[str] = EVENT_COLUMNS) -
     writer = SafeCsvWriter(buffer, columns)
     threshold = low_confidence_threshold()
     for row in rows:
+        if row.get("model_version") == NO_MODEL_VERSION:  # an export or archive event: no model acted
+            row = {**row, "model_version": ""}
         if "low_confidence" in columns and row.get("low_confidence") is None:
             row = {**row, "low_confidence": low_confidence_mark(
                 (row.get(f"p_{name}") for name in CLASS_NAMES), threshold)}

@@ -14,13 +14,16 @@ import cv2
 import numpy as np
 
 from core.pipeline import ScanResult
+from core.review.records import STATUS_LABELS
 from core.scans.preprocess import prepare_image
 
 THUMBNAIL_SIDE = 512
 # An item whose archived scan could not be read back just now (the archive is down, or lost it).
 UNAVAILABLE = "unavailable"
-# A worklist scan's status: rejected at intake or by the gate, its picture unavailable, else from its history.
-STATUS_NAMES: dict[str, str] = {"new": "New", "reviewed": "Reviewed", "flagged": "Flagged", "rejected": "Rejected",
+# A worklist scan's status: rejected at intake or by the gate, its picture unavailable, else from its history;
+# each named as History names it (one word per state on every page).
+STATUS_NAMES: dict[str, str] = {**{status: STATUS_LABELS[status] for status in ("new", "reviewed", "flagged",
+                                                                             "adjudicated", "rejected")},
                                 UNAVAILABLE: "Picture unavailable"}
 
 
