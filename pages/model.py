@@ -119,8 +119,8 @@ def render_training(data: dict) -> None:
     shown = {"data", "split_manifest", "split_rule", "split_counts", "command"}
     rest = {key: value for key, value in training.items() if key not in shown}
     if rest:
-        with st.expander("Other training settings"):
-            st.json(rest)
+        st.markdown("**Other training settings**")
+        st.json(rest, expanded=False)
 
 
 def render_metrics(data: dict, card) -> None:
@@ -220,12 +220,16 @@ def render() -> None:
     data = card.data
     render_overview(data, card)
     render_summary(data, card)
-    render_contract(data, card)
-    render_training(data)
     render_metrics(data, card)
-    render_calibration(data)
     render_robustness(data)
-    with st.expander("The whole card (JSON)"):
+    # Function names, thresholds, commands and the raw card are for engineers and auditors: one closed
+    # expander, so what a clinician reads above stays in a clinician's words.
+    with st.expander("Engineering detail: input, training, calibration and the gate, the whole card",
+                     icon=":material/engineering:"):
+        render_contract(data, card)
+        render_training(data)
+        render_calibration(data)
+        _section("The whole card (JSON)")
         st.json(data, expanded=False)
 
 

@@ -52,6 +52,11 @@ def test_the_card_of_the_loaded_model_is_shown_with_its_metrics(tiny_model_path,
     assert len(app.get("vega_lite_chart")) == 1  # The confusion matrix heat map.
     calibration = next(frame for frame in frames if "Measure" in frame.columns)
     assert dict(zip(calibration["Measure"], calibration["Value"]))["Temperature"] == "1.500"
+    # The engineering detail (preprocessing, the gate's thresholds, commands) is in one closed expander.
+    [detail] = [expander for expander in app.expander if expander.label.startswith("Engineering detail")]
+    assert any("Temperature" in list(frame.value.get("Measure", [])) for frame in detail.dataframe)
+    assert all(not label.startswith("Engineering") for label in (expander.label for expander in app.expander
+                                                                if expander is not detail))
     assert "tiny" in " ".join(element.value for element in app.sidebar.markdown)
     assert "not a diagnostic device" in " ".join(element.value for element in app.sidebar.warning)
 
