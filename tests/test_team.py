@@ -104,6 +104,15 @@ def test_a_browser_is_given_a_routing_cookie_and_stays_on_its_replica(team):
     assert {replica_for(base, cookie)[1] for _ in range(2)} == {cookie}  # The same key is handed back.
     # Different browsers (different keys) are spread over both replicas.
     assert len({replica_for(base, f"reviewer-{number}")[0] for number in range(24)}) == 2
+    # New browser sessions (no cookie yet, each given a fresh key by nginx) spread over the replicas too:
+    # 40 of them land 20 +- 6 on each (a binomial share outside 8..32 has probability under 1e-4).
+    landed: dict[str, int] = {}
+    for _ in range(40):
+        replica, fresh = replica_for(base)
+        assert fresh and replica_for(base, fresh)[0] == replica  # and each then stays where it landed
+        landed[replica] = landed.get(replica, 0) + 1
+    print(f"40 new sessions per replica: {landed}")
+    assert len(landed) == 2 and min(landed.values()) >= 8, landed
 
 
 def test_uploads_over_the_apps_limit_stop_at_nginx(team):
