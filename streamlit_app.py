@@ -56,7 +56,8 @@ def run() -> None:
     if identity is None:
         navigation(position="hidden")  # no page links and no page run: the gate's page is all there is
         return
-    owner = app_support.session_id()
+    app_support.session_id()  # Local mode: this tab's history session, mirrored in the URL.
+    owner = app_support.workspace_owner()  # The worklist and the reader's name: the machine's, or the user's.
     app_identity.restore_workspace(owner)
     try:
         app_support.render_sidebar(app_support.model_status(), identity)

@@ -205,6 +205,16 @@ def worklist_owner() -> str:
     return LOCAL_WORKLIST
 
 
+def workspace_owner() -> str:
+    """Whose worklist and typed name a run takes up: the signed-in user's, else this install's (per history).
+
+    Local mode is one reviewer on one machine: a new tab, a bookmark or an address without the
+    session parameter finds the reader's name and worklist where they were left.
+    """
+    owner = worklist_owner()
+    return owner if owner != LOCAL_WORKLIST else f"{LOCAL_WORKLIST}@{config.database_url()}"
+
+
 def reviewer_name() -> str:
     """The reviewer recorded with an event: the signed-in user's name (team mode) or the typed name; empty until known."""
     identity = app_identity.current_identity()

@@ -150,7 +150,8 @@ def render() -> None:
     view = top[0].segmented_control("Show", list(VIEWS), format_func=VIEWS.get, default="cases", required=True,
                                     key="history_view") or "cases"
     # Only an admin sees (and exports) everyone's scans; a reviewer sees their own reads only.
-    everyone = admin and top[1].toggle("All sessions", value=False, key="history_all_sessions",
+    # Local mode is one reviewer's machine: everything it recorded, unless narrowed to this tab's session.
+    everyone = admin and top[1].toggle("All sessions", value=identity.local, key="history_all_sessions",
                                        help="Off: only the scans of this session. On: everything ever recorded.")
     scope = None if everyone else session
     try:

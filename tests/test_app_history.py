@@ -46,12 +46,15 @@ def exported_rows(downloads) -> list[dict]:
     return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline="")))
 
 
-def history_page(session: str) -> AppTest:
+def history_page(session: str, all_sessions: bool = False) -> AppTest:
+    """History in local mode with `session` in the URL, narrowed to that session unless `all_sessions`."""
     app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
     app.query_params["session"] = session
     app.run()
     open_page(app, "history")
     assert not app.exception, app.exception
+    if not all_sessions and app.toggle(key="history_all_sessions").value:
+        app.toggle(key="history_all_sessions").set_value(False).run()
     return app
 
 
@@ -111,8 +114,12 @@ def test_a_verdict_saved_on_review_appears_in_history_and_in_the_csv(history_pat
         pytest.approx(1.0)
 
 
-def test_this_sessions_cases_by_default_all_sessions_on_request_and_filters(history_path, downloads):
+def test_local_mode_shows_the_whole_machine_by_default_and_one_session_on_request(history_path, downloads):
     seed(history_path)
+    # Local mode is one reviewer's machine: a new tab shows everything it recorded.
+    everything = history_page(OURS, all_sessions=True)
+    assert everything.toggle(key="history_all_sessions").value is True
+    assert sorted(the_table(everything)["File"]) == ["old.png", "scan-1.png", "scan-2.png", "scan-3.png"]
     app = history_page(OURS)
     assert sorted(the_table(app)["File"]) == ["scan-1.png", "scan-2.png"]
     assert (metric(app, "Scans"), metric(app, "Reviewed"), metric(app, "Awaiting second read"),

@@ -178,6 +178,25 @@ def test_a_batch_is_a_worklist_with_status_and_next_unreviewed(history_path):
     assert refusal["sha256"] == hashlib.sha256(b"not an image").hexdigest() and refusal["reason"]
 
 
+def test_a_new_tab_or_a_bookmark_keeps_the_reader_their_worklist_and_their_reads(history_path):
+    first, second = encode(synthetic_slice(15, 96)), encode(synthetic_slice(16, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value([("first.png", first, "image/png"),
+                                               ("second.png", second, "image/png")]).run()
+    app.radio(key=f"review_verdict_{key_of(first)}").set_value("confirm").run()
+    app.button(key=f"review_save_{key_of(first)}").click().run()
+
+    tab = start(reviewer=None)  # the plain address: no session in the URL, nothing typed
+    assert tab.session_state["session_id"] != app.session_state["session_id"]
+    assert tab.text_input(key="reviewer_name").value == "Ann"
+    assert dict(zip(table_with(tab, "Status")["File"], table_with(tab, "Status")["Status"])) == {
+        "first.png": "Reviewed", "second.png": "New"}  # never "New" to the reader who read it
+    open_page(tab, "history")
+    assert not tab.exception, tab.exception
+    [frame] = [element.value for element in tab.dataframe if "Verdict" in element.value.columns]
+    assert dict(zip(frame["File"], frame["Verdict"])) == {"first.png": "Confirmed", "second.png": ""}
+
+
 def test_a_refresh_reads_the_saved_verdict_back_from_the_database(history_path):
     scan = encode(synthetic_slice(13, 96))
     app = start()
