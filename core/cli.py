@@ -666,15 +666,26 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--non-mri-train", help=NON_MRI_TRAIN_HELP)
     calibrate.set_defaults(handler=_command_calibrate)
 
-    def measuring(name: str, description: str, json_help: str) -> argparse.ArgumentParser:
-        """A command that measures a model on labelled folders, optionally one split of its manifest."""
+    def measuring(name: str, description: str, json_help: str, split_default: str | None = None,
+                  write_card: str | None = None) -> argparse.ArgumentParser:
+        """A command that measures a model on labelled folders, optionally one split of its manifest.
+
+        With `split_default` the command reads that split unless told another (or "all"); with
+        `write_card`, `--write-card` records the result in the card (its help says where).
+        """
         command = commands.add_parser(name, help=description)
         command.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
         command.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
         command.add_argument("--json", help=json_help)
-        command.add_argument("--split", choices=("train", "validation", "test"),
-                             help="only the files of this split of the model's manifest")
+        if split_default is None:
+            command.add_argument("--split", choices=("train", "validation", "test"),
+                                 help="only the files of this split of the model's manifest")
+        else:
+            command.add_argument("--split", choices=("train", "validation", "test", "all"), default=split_default,
+                                 help=f"files of this split of the model's manifest (default: {split_default})")
         command.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
+        if write_card is not None:
+            command.add_argument("--write-card", action="store_true", help=write_card)
         return command
 
     evaluate = measuring("evaluate", "measure a model on folders of class subfolders", "write the metrics JSON here")
@@ -709,34 +720,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--csv", help="write the CSV here instead of standard output")
     predict.set_defaults(handler=_command_predict)
 
-    ood_eval = commands.add_parser(
-        "ood-eval", help="measure the not-a-brain-MRI gate: share of MRI slices passed, share of non-MRI images "
-        "flagged; exits 1 when any is under its floor")
-    ood_eval.add_argument("--data", action="append", required=True, help="MRI dataset folder (repeatable)")
-    ood_eval.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
-    ood_eval.add_argument("--split", choices=("train", "validation", "test", "all"), default="test",
-                          help="MRI files of this split of the model's manifest (default: test)")
-    ood_eval.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
+    ood_eval = measuring(
+        "ood-eval", "measure the not-a-brain-MRI gate: share of MRI slices passed, share of non-MRI images "
+        "flagged; exits 1 when any is under its floor", "write the full report JSON here", split_default="test",
+        write_card="record the result under ood.evaluation in the model card (the model file is unchanged)")
     ood_eval.add_argument("--seed", type=int, default=EVALUATION_SEED,
                           help=f"seed of the non-MRI set (default {EVALUATION_SEED}, the evaluation seed; "
                           f"{DEVELOPMENT_SEED} is the development seed)")
     ood_eval.add_argument("--non-mri", help="also a folder of real non-MRI images in category subfolders (e.g. "
                           "../shared/datasets/non-mri); brain_mri_other_plane/ is reported as a pass rate")
-    ood_eval.add_argument("--json", help="write the full report JSON here")
-    ood_eval.add_argument("--write-card", action="store_true",
-                          help="record the result under ood.evaluation in the model card (the model file is unchanged)")
     ood_eval.set_defaults(handler=_command_ood_eval)
-    reference = commands.add_parser(
-        "monitor-reference", help="measure the gate's scores on a split (validation by default), the reference "
-        "that monitoring compares each period's with")
-    reference.add_argument("--data", action="append", required=True, help="an MRI collection folder (repeatable)")
-    reference.add_argument("--model", help="model file (default: the bundled one)")
-    reference.add_argument("--split", choices=("train", "validation", "test", "all"), default="validation",
-                           help="files of this split of the model's manifest (default: validation)")
-    reference.add_argument("--manifest", help="split manifest CSV (default: the one named in the model card)")
-    reference.add_argument("--json", help="write the reference JSON here")
-    reference.add_argument("--write-card", action="store_true",
-                           help="record it under monitoring.reference in the model card (the model file is unchanged)")
+    reference = measuring(
+        "monitor-reference", "measure the gate's scores on a split (validation by default), the reference that "
+        "monitoring compares each period's with", "write the reference JSON here", split_default="validation",
+        write_card="record it under monitoring.reference in the model card (the model file is unchanged)")
     reference.set_defaults(handler=_command_monitor_reference)
     _add_history_commands(commands)
     return parser
