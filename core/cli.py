@@ -530,37 +530,116 @@ def _command_pacs_find(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _command_pacs_pull(arguments: argparse.Namespace) -> int:
-    import sys
+# Without a reader to choose them, the key slices of a series' AI result are its most suspicious ones.
+PACS_KEY_SLICES = 3
 
+
+def _pacs_rows(classifier, archive, study_uid: str, series_uids: list[str] | None) -> list[tuple]:
+    """(series number, series UID, instances, taken uploads) for each chosen series of a study, in series order."""
     from core.archive.pacs import series_instances, study_series
-    from core.model.inference import Classifier
-    from core.review.export import SafeCsvWriter
     from core.review.uploads import take_pulled
+
+    listed = study_series(archive, study_uid)
+    if series_uids is not None:
+        unknown = [uid for uid in series_uids if uid not in {series.series_uid for series in listed}]
+        if unknown:
+            raise BrainScanError(f"the study {study_uid} has no series {unknown[0]}")
+        listed = [series for series in listed if series.series_uid in series_uids]
+    if not listed:
+        raise BrainScanError(f"the archive holds no series of the study {study_uid}")
+    found = []
+    for series in listed:
+        instances = series_instances(archive, study_uid, series.series_uid)
+        found.append((series.number, series.series_uid, instances,
+                      take_pulled(classifier, archive, instances, series.number)))
+    return found
+
+
+def _write_pacs_csv(path: str | None, classifier, found: list[tuple], *, by_uid: bool) -> tuple[int, int]:
+    """One CSV row per instance (no patient data: UIDs and sha256 only); (classified, refused)."""
+    from core.review.export import SafeCsvWriter
+
+    columns = (["file", "series_uid", "instance_uid"] if by_uid else ["file", "instance_uid"]) + \
+        ["sha256", "status", "predicted_class"] + [f"p_{name}" for name in classifier.classes] + ["message"]
+    handle = open(path, "w", newline="", encoding="utf-8") if path else sys.stdout
+    classified = refused = 0
+    try:
+        writer = SafeCsvWriter(handle, columns)
+        for _number, series_uid, instances, taken in found:
+            for instance, item in zip(instances, taken):
+                result = item.result
+                classified += result.status == "ok"
+                refused += result.status != "ok"
+                writer.writerow({
+                    "file": f"{series_uid}/{instance.instance_uid}" if by_uid else result.filename,
+                    "series_uid": series_uid, "instance_uid": instance.instance_uid, "sha256": result.sha256,
+                    "status": result.status, "predicted_class": result.label or "", "message": result.message,
+                    **({f"p_{name}": f"{value:.4f}" for name, value in result.probabilities.items()}
+                       if result.status == "ok" else {})})
+    finally:
+        if path:
+            handle.close()
+    return classified, refused
+
+
+def _command_pacs_pull(arguments: argparse.Namespace) -> int:
+    from core.model.inference import Classifier
 
     archive = _pacs()
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
-    instances = series_instances(archive, arguments.study, arguments.series)
-    number = next((series.number for series in study_series(archive, arguments.study)
-                   if series.series_uid == arguments.series), None)
-    taken = take_pulled(classifier, archive, instances, number)
-    columns = ["file", "instance_uid", "sha256", "status", "predicted_class"] + \
-        [f"p_{name}" for name in classifier.classes] + ["message"]
-    handle = open(arguments.csv, "w", newline="", encoding="utf-8") if arguments.csv else sys.stdout
-    try:
-        writer = SafeCsvWriter(handle, columns)
-        for instance, item in zip(instances, taken):
-            result = item.result
-            writer.writerow({"file": result.filename, "instance_uid": instance.instance_uid, "sha256": result.sha256,
-                             "status": result.status, "predicted_class": result.label or "", "message": result.message,
-                             **({f"p_{name}": f"{value:.4f}" for name, value in result.probabilities.items()}
-                                if result.status == "ok" else {})})
-    finally:
-        if arguments.csv:
-            handle.close()
-    refused = sum(item.result.status != "ok" for item in taken)
-    print(f"{counted(len(taken) - refused, 'instance')} classified, {refused} refused", file=sys.stderr)
+    found = _pacs_rows(classifier, archive, arguments.study, [arguments.series])
+    classified, refused = _write_pacs_csv(arguments.csv, classifier, found, by_uid=False)
+    print(f"{counted(classified, 'instance')} classified, {refused} refused", file=sys.stderr)
     return 1 if refused else 0
+
+
+def _command_pacs_predict(arguments: argparse.Namespace) -> int:
+    from core.model.inference import Classifier
+
+    archive = _pacs()
+    classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
+    found = _pacs_rows(classifier, archive, arguments.study, arguments.series)
+    classified, refused = _write_pacs_csv(arguments.csv, classifier, found, by_uid=True)
+    print(f"{counted(classified, 'instance')} classified, {refused} refused", file=sys.stderr)
+    if arguments.send_results:
+        for _number, series_uid, instances, taken in found:
+            print(_send_series_result(classifier, archive, arguments.database, series_uid, instances, taken),
+                  file=sys.stderr)
+    return 1 if refused else 0
+
+
+def _send_series_result(classifier, archive, database, series_uid: str, instances, taken) -> str:
+    """Store the model's UNVERIFIED SR on a series' most suspicious slices and the heat map of the first; say so."""
+    import getpass
+
+    import numpy as np
+
+    from core.archive.pacs import retrieve
+    from core.archive.results import KeySlice
+    from core.model import explain
+    from core.review.results import send_model_result
+    from core.review.series import most_suspicious, series_slices
+    from core.review.store import HistoryStore, database_url_of
+    from core.scans.preprocess import prepare_image
+
+    results = [item.result for item in taken]
+    key = most_suspicious(series_slices(results), PACS_KEY_SLICES)
+    if not key:
+        return f"series {series_uid}: nothing sent (no slice was classified)"
+    chosen = [results[item.position] for item in key]
+    slices = [KeySlice(retrieve(archive, instances[item.position]), item.label, item.probabilities) for item in key]
+    first = chosen[0]
+    tensor = first.tensor if first.tensor is not None else prepare_image(first.scan.image, classifier.image_size)
+    heat = explain.gradcam(classifier, tensor, classifier.classes.index(first.label))
+    picture = explain.overlay(first.scan.image, np.asarray(heat, np.float32))
+    try:
+        who = f"{getpass.getuser()} (python -m core pacs predict)"
+    except (KeyError, OSError):
+        who = "python -m core pacs predict"
+    sent = send_model_result(HistoryStore(database_url_of(database)), archive, classifier, series_uid, slices, picture,
+                             session_id="cli", reviewer=who)
+    return (f"series {series_uid}: stored the AI result (unverified SR on {counted(len(slices), 'key slice')}) and "
+            f"its heat map in the study, {len(sent)} objects, each recorded in the history")
 
 
 def _command_archive_verify(arguments: argparse.Namespace) -> int:
@@ -793,6 +872,18 @@ def _add_history_commands(commands) -> None:
     find.add_argument("--modality", default="MR", help="modality in the study (default MR; empty for any)")
     find.add_argument("--limit", type=int, default=50, help="most studies listed (default 50)")
     find.set_defaults(handler=_command_pacs_find)
+    predict = pacs_commands.add_parser(
+        "predict", help="classify a study's series (all, or --series); one CSV row per instance named by its UIDs, "
+        "exit 1 when any was refused; --send-results stores the unverified SR and heat map in the study")
+    predict.add_argument("study", help="StudyInstanceUID")
+    predict.add_argument("--series", action="append", metavar="UID", help="only this series (repeatable)")
+    predict.add_argument("--csv", help="write the CSV here instead of standard output")
+    predict.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    predict.add_argument("--send-results", action="store_true",
+                         help="store each series' AI result (TID 1500 SR, UNVERIFIED) and heat map in the study, "
+                         "recorded in the history")
+    predict.add_argument("--database", help="the history that records what was sent (default: the app's)")
+    predict.set_defaults(handler=_command_pacs_predict)
     pull = pacs_commands.add_parser("pull", help="read a series' instances (WADO-RS) and classify each; one CSV row "
                                     "per instance, exit 1 when any was refused")
     pull.add_argument("study", help="StudyInstanceUID")

@@ -13,7 +13,7 @@ import pytest
 from pydicom import uid
 
 from core.archive.dicomweb import DicomWebArchive
-from core.archive.objects import ArchiveObject, reference_of
+from core.archive.objects import ArchiveObject, ArchiveReference, reference_of
 from core.archive.pacs import find_studies, parse_date, series_instances, study_filters, study_series
 from core.review.uploads import take_pulled
 from tests.synthetic import synthetic_slice
@@ -203,3 +203,35 @@ def retrieve_bytes(archive, instance) -> bytes:
     from core.archive.pacs import retrieve
 
     return retrieve(archive, instance)
+
+
+def test_pacs_predict_classifies_a_study_and_sends_its_results_back(dicomweb_env, tiny_model_path, tmp_path, capsys):
+    from core.cli import main
+    from core.review.store import HistoryStore
+
+    archive = archive_of(dicomweb_env)
+    made = a_study(archive)
+    out, history = tmp_path / "study.csv", tmp_path / "history.sqlite3"
+    # The whole study: the axial series classified, the mixed one's CT, SR and so on refused: exit 1.
+    assert main(["pacs", "predict", made["study"], "--model", str(tiny_model_path), "--csv", str(out)]) == 1
+    rows = list(csv.DictReader(out.open()))
+    assert {row["series_uid"] for row in rows} == {made["axial"], made["mixed"]}
+    assert all(row["file"] == f"{row['series_uid']}/{row['instance_uid']}" for row in rows)
+    ct = [row for row in rows if row["series_uid"] == made["mixed"] and "CT" in row["message"]]
+    assert len(ct) == 1 and ct[0]["status"] == "rejected" and not ct[0]["predicted_class"]
+    text = out.read_text() + capsys.readouterr().err
+    assert "Doe" not in text and made["patient"] not in text
+    # One series, its results sent: an unverified SR and a heat map in the study, both in the history.
+    before = len(study_series(archive, made["study"]))
+    assert main(["pacs", "predict", made["study"], "--series", made["axial"], "--model", str(tiny_model_path),
+                 "--csv", str(out), "--send-results", "--database", str(history)]) == 0
+    assert "stored the AI result" in capsys.readouterr().err
+    numbers = [series.number for series in study_series(archive, made["study"])]
+    assert len(numbers) == before + 2 and numbers[-2:] == [9900, 9901]
+    sent = HistoryStore(history).results_sent(made["axial"])
+    assert [row["note"] for row in sent] == ["model report", "heat map"]
+    report = pydicom.dcmread(io.BytesIO(archive.fetch(ArchiveReference.from_detail(sent[0]["detail"]))))
+    assert report.VerificationFlag == "UNVERIFIED"
+    assert main(["pacs", "predict", made["study"], "--series", "1.2.3.4", "--model", str(tiny_model_path)]) == 2
+    assert "has no series 1.2.3.4" in capsys.readouterr().err
+
