@@ -196,6 +196,14 @@ def test_results_go_back_into_the_study_as_an_unverified_sr_a_heat_map_and_a_ver
     assert "dural tail" in _all_text(read) and "meningioma" in _all_text(read)
     roles = [row["note"] for row in store.results_sent(made["axial"])]
     assert roles == ["model report", "heat map", "reader report"]
+    # The same result again is the same object: refused, nothing stored or recorded twice.
+    from core.review.results import ResultAlreadySent
+
+    objects = len(study_series(archive, made["study"]))
+    with pytest.raises(ResultAlreadySent, match="already in the archive"):
+        send_model_result(store, archive, tiny_classifier, made["axial"], key_slices, heatmap,
+                          session_id="s3", reviewer="Ann")
+    assert len(store.results_sent(made["axial"])) == 3 and len(study_series(archive, made["study"])) == objects
     assert store.verify().intact
 
 

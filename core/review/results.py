@@ -3,7 +3,8 @@
 `send_model_result` stores the model's UNVERIFIED report on the key slices and a heat-map
 capture of the first key slice; `send_read_result` stores the VERIFIED report of the series'
 final read. Each object is stored first and recorded after (a `result` event naming its
-reference and role), so the history never names an object the archive does not hold.
+reference and role), so the history never names an object the archive does not hold; an
+object the history already records as sent is refused (`ResultAlreadySent`) before either.
 Building the objects is `core.archive.results`'; this module only orders the steps.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from core.archive.results import KeySlice, ModelIdentity, heatmap_capture, model_report, reader_report
+from core.review.records import VerdictRejected
 
 MODEL_REPORT, READER_REPORT, HEAT_MAP = "model report", "reader report", "heat map"
 
@@ -24,8 +26,18 @@ def model_identity(classifier) -> ModelIdentity:
     return ModelIdentity(card.name, str(card.data.get("version", "")), str(card.data.get("model_sha256", "")))
 
 
+class ResultAlreadySent(VerdictRejected):
+    """The archive already holds this result object (same SOP Instance UID), as the history records."""
+
+
 def _send(store, archive, archived, *, series_uid: str, description: str, role: str, session_id: str, reviewer: str,
           model_version: str, actor: Mapping[str, str] | None):
+    # A result's UIDs come from what it says (core.archive.results), so the same result sent again is the same
+    # object: refused before anything is stored or recorded twice.
+    instance = archived.reference.instance_uid
+    if any(row["detail"].get("instance_uid") == instance for row in store.results_sent(series_uid)):
+        raise ResultAlreadySent(f"this {role} is already in the archive (SOP Instance UID {instance}); it is not "
+                                "stored again")
     archive.store(archived)
     store.record_result(session_id=session_id, reviewer=reviewer, series_uid=series_uid, description=description,
                         model_version=model_version, reference=archived.reference.to_detail(), role=role, actor=actor)
