@@ -14,11 +14,14 @@ def performance_page() -> st.Page:
     return st.Page(performance.render, title="Performance", icon=":material/monitoring:", url_path="performance")
 
 
-def navigation(identity=None, position: str = "sidebar") -> st.Page:
+def navigation(identity=None, links: bool = False) -> st.Page:
     """Register the pages this user may open with `st.navigation`; return the one the URL asks for.
 
     The Second reads page is for second readers and admins; without an identity (before the
     gate, or when it refused) every page is registered, so any URL resolves, but none is run.
+    The menu is the app's own page links at the top of the sidebar (`links`): Streamlit's menu is
+    off (`client.showSidebarNavigation`), because until the first run reached `st.navigation` it
+    listed the files of pages/ ("streamlit app / history / ...") for seconds.
     """
     pages = [
         st.Page(review.render, title="Review", icon=":material/fact_check:", url_path="review", default=True),
@@ -30,7 +33,12 @@ def navigation(identity=None, position: str = "sidebar") -> st.Page:
         pages.append(st.Page(second_reads.render, title="Second reads", icon=":material/group:",
                              url_path="second-reads"))
     pages.append(st.Page(model.render, title="Model", icon=":material/description:", url_path="model"))
-    return st.navigation(pages, position=position)
+    page = st.navigation(pages, position="hidden")
+    if links:
+        with st.sidebar.container(key="page_links"):
+            for each in pages:
+                st.page_link(each)
+    return page
 
 
 def rerun_through_navigation() -> None:
@@ -54,14 +62,14 @@ def run() -> None:
     st.set_page_config(page_title="BrainScan Review", page_icon=FAVICON, layout="wide")
     identity = app_identity.gate()  # Team mode: a signed-in user with a role, else the sign-in page.
     if identity is None:
-        navigation(position="hidden")  # no page links and no page run: the gate's page is all there is
+        navigation()  # no page links and no page run: the gate's page is all there is
         return
     app_support.session_id()  # Local mode: this tab's history session, mirrored in the URL.
     owner = app_support.workspace_owner()  # The worklist and the reader's name: the machine's, or the user's.
     app_identity.restore_workspace(owner)
     try:
+        page = navigation(identity, links=True)
         app_support.render_sidebar(app_support.model_status(), identity)
-        page = navigation(identity)
         app_performance.render_sidebar_alerts(identity, performance_page())
         # A page's material icon would become the tab's icon, fetched from fonts.gstatic.com; an emoji
         # icon is drawn in the browser, so the page makes no request outside the app's own origin.

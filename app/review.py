@@ -21,10 +21,11 @@ import streamlit as st
 from app import identity as app_identity
 from app import support as app_support
 from core import config
+from core.classes import CLASS_NAMES
 from core.errors import ArchiveError, HistoryUnavailable, ScanRejected
 from core.pipeline import analyse_bytes
 from core.review.reads import split_reads
-from core.review.records import IDENTITY_COLUMNS, STATUS_LABELS, VERDICT_NAMES, VerdictRejected, display_time
+from core.review.records import IDENTITY_COLUMNS, STATUS_LABELS, VerdictRejected, display_time, verdict_name
 from core.review.uploads import archived_bytes, decode_archived, reopen, take_upload
 from core.review.worklist import (
     UNAVAILABLE,
@@ -39,6 +40,7 @@ from core.scans.intake import sniff_format
 DICOM_VIEWS_KEPT = 8  # re-classified DICOM frame/window choices (and their source bytes) kept per session
 ARCHIVED_VIEWS_KEPT = 256  # archived scans read back for second readers and History, kept per process
 HIGHLIGHT = "#2b6cb0"
+FLAT_HEAT = "The heat-map is flat: no part of this scan stands out for the model's class."
 MUTED = "#c3cad5"
 _WORKLIST_STATE = ("review_items", "review_digests", "review_unrecorded", "review_heatmaps", "review_current",
                    "review_dicom_headers", "review_sources", "review_restore_failed", "review_archive_refused")
@@ -205,7 +207,7 @@ def render_archived_scan(store, classifier, case: dict, key: str) -> None:
     if view.thumbnail is None:
         st.info(f"No picture: {app_support.escape_markdown(view.message)}.", icon=":material/hide_image:")
         return
-    picture, caption = view.thumbnail, name
+    picture, caption = shown_picture(view), name
     explain = explainer()
     if case["model_version"] != classifier.version:
         st.caption(f"No heat map: this scan was read with model {app_support.escape_markdown(case['model_version'])}"
@@ -216,8 +218,10 @@ def render_archived_scan(store, classifier, case: dict, key: str) -> None:
         heat = heatmap_for(view, classifier, explain)
         if isinstance(heat, str):
             st.caption(heat)
+        elif explain.heat_is_flat(heat):
+            st.caption(FLAT_HEAT)
         else:
-            picture = explain.overlay(view.thumbnail, heat, 0.45)
+            picture = overlaid(view, heat, 0.45, explain)
             caption = f"{name} - heat-map over the model's crop of the head"
     st.image(picture, caption=caption, width="stretch", clamp=True)
 
@@ -326,8 +330,10 @@ def reader_statuses(items: list[ReviewItem], states: dict[str, dict], identity) 
     for item in items:
         own, _ = own_and_other_reads(states.get(item.sha256), identity)
         state = states.get(item.sha256) or {}
+        # A refused scan stays "Refused" until this reader reads it; then it is a read like any other.
         statuses[item.sha256] = (
-            UNAVAILABLE if item.status == UNAVAILABLE else "rejected" if item.status != "ok" else "new" if own is None
+            UNAVAILABLE if item.status == UNAVAILABLE else ("rejected" if item.status != "ok" else "new")
+            if own is None
             else "adjudicated" if state.get("status") == "adjudicated"
             else "flagged" if own["verdict"] == "flag" else "reviewed")
     return statuses
@@ -362,7 +368,8 @@ def render_other_reads(others: list[dict], state: dict | None, identity, display
             label = display_names.get(read["final_label"], "-") if read["final_label"] else "no class (flagged)"
             st.markdown(f"**{app_support.escape_markdown(read['reviewer'])}**"
                         f"{' (' + read['actor_role'].replace('_', ' ') + ')' if read.get('actor_role') else ''}: "
-                        f"{VERDICT_NAMES[read['verdict']]} · {app_support.escape_markdown(label)} · "
+                        f"{verdict_name(read['verdict'], read['predicted_class'])} · "
+                        f"{app_support.escape_markdown(label)} · "
                         f"{display_time(read['time'])} UTC")
             detail = " · ".join(part for part in (f"Reason: {read['reason']}" if read["reason"] else "",
                                                   f"Note: {read['note']}" if read["note"] else "") if part)
@@ -382,7 +389,8 @@ def case_outcome(saved: dict, state: dict | None, identity, names: dict[str, str
     second read), so the line never contradicts the adjudication shown beside it; a blind reviewer is
     told only their own class.
     """
-    own = f"your class **{names.get(saved['final_label'], saved['final_label'])}**" if saved["final_label"] else \
+    said = "class" if saved["final_label"] in CLASS_NAMES else "read"
+    own = f"your {said} **{names.get(saved['final_label'], saved['final_label'])}**" if saved["final_label"] else \
         "no class given (flagged for a second read)"
     if not sees_other_reads(identity) or not state:
         return own
@@ -477,11 +485,11 @@ def save_verdict(item: ReviewItem, session: str) -> None:
         message = f"Not saved: the history is unavailable ({error}). Save again once it is back."
         flashes[item.sha256] = ("error", message)
     else:
-        flashes[item.sha256] = ("success", f"Saved: {VERDICT_NAMES[verdict].lower()}.")
+        said = verdict_name(verdict, item.label).lower()
+        flashes[item.sha256] = ("success", f"Saved: {said}.")
         # The worklist moves on to the next unreviewed scan; the reader sees there what was saved.
         st.session_state["review_advance"] = item.sha256
-        st.session_state["review_saved_notice"] = (item.sha256, f"Saved {item.file_name}: "
-                                                   f"{VERDICT_NAMES[verdict].lower()}.")
+        st.session_state["review_saved_notice"] = (item.sha256, f"Saved {item.file_name}: {said}.")
 
 
 def show_saved_elsewhere(current: ReviewItem) -> None:
@@ -516,6 +524,46 @@ def heatmap_for(item: ReviewItem, classifier, explain) -> np.ndarray | str:
         except Exception as error:  # An explanation failure must not hide the prediction.
             cache[item.sha256] = f"the heat-map could not be computed ({type(error).__name__}: {error})"
     return cache[item.sha256]
+
+
+def shown_picture(item: ReviewItem) -> np.ndarray | None:
+    """The picture a reader sees of a scan: in colour for a colour upload, else its greyscale thumbnail."""
+    return item.colour if item.colour is not None else item.thumbnail
+
+
+def overlaid(item: ReviewItem, heat: np.ndarray, opacity: float, explain) -> np.ndarray:
+    """The scan as shown (colour kept) with its heat map over the head box the model cropped from its greyscale."""
+    from core.scans.preprocess import content_box
+
+    return explain.overlay(shown_picture(item), heat, opacity, box=content_box(item.thumbnail))
+
+
+def original_picture(item: ReviewItem, data: bytes | None) -> tuple[np.ndarray, str]:
+    """(the scan's picture at its own resolution, alone, a caption): decoded from its archived copy.
+
+    A DICOM is shown at its file's own frame and window. Without the archived copy (the archive is
+    down and the upload is gone) it is the kept picture, and the caption says so.
+    """
+    if data is not None:
+        try:
+            scan = decode_archived(data)
+        except ScanRejected:
+            scan = None
+        if scan is not None:
+            picture = scan.colour if scan.colour is not None else scan.image
+            return picture, (f"{item.file_name}: {picture.shape[1]} x {picture.shape[0]} pixels, as stored, "
+                             "without the heat map")
+    picture = shown_picture(item)
+    return picture, (f"{item.file_name}: the archived copy cannot be read just now; this is the worklist's "
+                     f"{picture.shape[1]} x {picture.shape[0]} copy")
+
+
+@st.dialog("Original at full size", width="large")
+def show_original(item: ReviewItem, data: bytes | None) -> None:
+    """A dialog with the scan alone, at its own resolution (up to the dialog's width; the image's own
+    full-screen button goes beyond)."""
+    picture, caption = original_picture(item, data)
+    st.image(picture, caption=caption, width="content", clamp=True)
 
 
 def dicom_header(item: ReviewItem, data: bytes):
@@ -668,7 +716,7 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
                 "File": [row["file_name"] for row in earlier],
                 "Model's class": [display_names.get(row["predicted_class"], row["predicted_class"]) for row in earlier],
                 "Status": [STATUS_LABELS.get(row["status"], row["status"]) for row in earlier],
-                "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in earlier],
+                "Verdict": [verdict_name(row["verdict"], row["predicted_class"]) for row in earlier],
                 "Final label": [display_names.get(row["final_label"], "") for row in earlier],
                 "Reviewer": [row["reviewer"] for row in earlier],
                 "Time (UTC)": [display_time(row["time"]) for row in earlier],

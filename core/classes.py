@@ -15,6 +15,15 @@ DISPLAY_NAMES: dict[str, str] = {
     "no_tumor": "No tumour",
 }
 
+# A reader's answer that is none of the model's classes: for a scan the gate refused (or one it should have), or
+# a slice nobody can read. A final label, never a model output; stored as these stable values.
+NOT_BRAIN_MRI, NON_DIAGNOSTIC = "not_brain_mri", "non_diagnostic"
+NON_CLASS_LABELS: tuple[str, ...] = (NOT_BRAIN_MRI, NON_DIAGNOSTIC)
+NON_CLASS_NAMES: dict[str, str] = {NOT_BRAIN_MRI: "Not a brain MRI slice", NON_DIAGNOSTIC: "Non-diagnostic / unreadable"}
+# Every final label a read or an adjudication may give, in the order forms offer them.
+READ_LABELS: tuple[str, ...] = CLASS_NAMES + NON_CLASS_LABELS
+LABEL_NAMES: dict[str, str] = {**DISPLAY_NAMES, **NON_CLASS_NAMES}
+
 # Folder names seen in the public datasets (Sartaj: glioma_tumor ...; Nickparvar: glioma, notumor ...).
 _FOLDER_ALIASES: dict[str, str] = {
     "glioma": "glioma",

@@ -14,7 +14,7 @@ import streamlit as st
 from app import identity as app_identity
 from app import review as app_review
 from app import support as app_support
-from core.classes import CLASS_NAMES, DISPLAY_NAMES
+from core.classes import CLASS_NAMES, LABEL_NAMES, READ_LABELS
 from core.errors import HistoryUnavailable
 from core.review.export import CASE_COLUMNS, EVENT_COLUMNS, NO_MODEL_VERSION, csv_bytes
 from core.review.reads import reader_agreement, reader_key
@@ -27,6 +27,7 @@ from core.review.records import (
     filter_rows,
     row_date,
     summarise,
+    verdict_name,
 )
 
 VIEWS = {"cases": "Cases (latest state)", "events": "Every event"}
@@ -46,7 +47,7 @@ def table(rows: list[dict], view: str, display_names: dict[str, str]) -> pd.Data
         "Model's class": [name(row["predicted_class"]) for row in rows],
         **({"Status": [STATUS_LABELS.get(row["status"], row["status"]) for row in rows]} if view == "cases" else
            {"Event": [row["kind"] for row in rows]}),
-        "Verdict": [VERDICT_NAMES.get(row["verdict"], "") for row in rows],
+        "Verdict": [verdict_name(row["verdict"], row["predicted_class"]) for row in rows],
         "Final label": [name(row["final_label"]) for row in rows],
         **({"Reads": [chain_of_reads(row, display_names) for row in rows]} if view == "cases" else {}),
         # Percent with one decimal, as everywhere else; a refused scan has no probability (an empty cell).
@@ -65,7 +66,7 @@ def table(rows: list[dict], view: str, display_names: dict[str, str]) -> pd.Data
 
 def chain_of_reads(row: dict, display_names: dict[str, str]) -> str:
     """The case's reads in order (reader: verdict class), then its adjudication, as one line."""
-    parts = [f"{read['reviewer']}: {VERDICT_NAMES[read['verdict']].lower()}"
+    parts = [f"{read['reviewer']}: {verdict_name(read['verdict'], read['predicted_class']).lower()}"
              + (f" {display_names.get(read['final_label'], read['final_label'])}" if read["final_label"] else "")
              + (f" (amended {read['amended']}x)" if read.get("amended") else "") for read in row.get("reads") or []]
     adjudication = row.get("adjudication")
@@ -139,7 +140,7 @@ def render() -> None:
     st.title("History")
     session = app_support.session_id()
     status = app_support.model_status()
-    display_names = status.classifier.card.display_names if status.classifier is not None else dict(DISPLAY_NAMES)
+    display_names = status.classifier.card.label_names if status.classifier is not None else dict(LABEL_NAMES)
     store = app_support.history_store()
     if store is None:
         return
@@ -170,7 +171,7 @@ def render() -> None:
         return
 
     filters = st.columns(4)
-    classes = filters[0].multiselect("Class (model or final)", CLASS_NAMES, key="history_classes",
+    classes = filters[0].multiselect("Class (model or final)", READ_LABELS, key="history_classes",
                                      format_func=lambda name: display_names.get(name, name))
     verdicts = filters[1].multiselect("Verdict", [NO_VERDICT, *VERDICTS], key="history_verdicts",
                                       format_func=VERDICT_FILTER_NAMES.get)

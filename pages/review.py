@@ -17,19 +17,21 @@ from app import review as app_review
 from app import support as app_support
 from core import config
 from core.errors import HistoryUnavailable
-from core.review.records import VERDICT_NAMES, VERDICTS, display_time
+from core.classes import READ_LABELS
+from core.review.records import VERDICTS, display_time, verdict_name
 from core.review.worklist import STATUS_NAMES, UNAVAILABLE, ReviewItem, status_counts
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "gif", "tif", "tiff", "webp"]
 
 
-def render_image(item: ReviewItem, classifier) -> None:
-    """The scan, with the model's heat-map overlaid at the chosen opacity when available."""
+def render_image(item: ReviewItem, classifier, data: bytes | None = None) -> None:
+    """The scan (in colour for a colour upload), with the model's heat-map overlaid at the chosen opacity when
+    available, and the original alone at full size a click away."""
     name = app_support.escape_markdown(item.file_name)
     if item.thumbnail is None:
         st.info(f"No picture: {name} could not be decoded.", icon=":material/hide_image:")
         return
-    picture = item.thumbnail
+    picture = app_review.shown_picture(item)
     caption = name
     explain = app_review.explainer() if item.status == "ok" else None
     if item.status == "ok" and explain is None:
@@ -42,10 +44,19 @@ def render_image(item: ReviewItem, classifier) -> None:
             heat = app_review.heatmap_for(item, classifier, explain)
             if isinstance(heat, str):
                 st.caption(heat)
+            elif explain.heat_is_flat(heat):
+                st.caption(app_review.FLAT_HEAT)
             else:
-                picture = explain.overlay(item.thumbnail, heat, opacity)
+                picture = app_review.overlaid(item, heat, opacity, explain)
                 caption = f"{name} - heat-map over the model's crop of the head"
+    if item.colour is not None:
+        caption += " (shown in colour; the model reads it in greyscale)"
     st.image(picture, caption=caption, width="stretch", clamp=True)
+    st.button("Original at full size", icon=":material/open_in_full:", key=f"review_original_{item.widget_key}",
+              help="The scan alone, at its own resolution, without the heat map", on_click=st.session_state.update,
+              kwargs={"review_open_original": item.sha256})
+    if st.session_state.pop("review_open_original", None) == item.sha256:
+        app_review.show_original(item, data)
 
 
 def render_prediction(item: ReviewItem, classifier) -> None:
@@ -71,33 +82,44 @@ def render_prediction(item: ReviewItem, classifier) -> None:
 
 
 def render_verdict(item: ReviewItem, state: dict | None, classifier, session: str) -> None:
-    """This reader's verdict form: blank, or their own read to amend; other reads read-only, as the role allows."""
-    display_names = classifier.card.display_names
+    """This reader's verdict form: blank, or their own read to amend; other reads read-only, as the role allows.
+
+    A scan the model refused gets the same form without a class to confirm: the reader's own read
+    (a class, "not a brain MRI slice" or "non-diagnostic") with a reason, or a flag.
+    """
+    names = classifier.card.label_names
     key = item.widget_key
     identity = app_identity.current_identity()
     saved, others = app_review.own_and_other_reads(state, identity)
     st.subheader("Your read", divider="gray")
-    app_review.render_other_reads(others, state, identity, display_names)
+    app_review.render_other_reads(others, state, identity, names)
     if saved:
-        outcome = app_review.case_outcome(saved, state, identity, display_names)
-        st.info(f"Saved verdict: **{VERDICT_NAMES[saved['verdict']]}** · {outcome} · by {app_support.escape_markdown(saved['reviewer'])} at {display_time(saved['time'])} UTC. "
+        outcome = app_review.case_outcome(saved, state, identity, names)
+        st.info(f"Saved verdict: **{verdict_name(saved['verdict'], item.label)}** · {outcome} · by "
+                f"{app_support.escape_markdown(saved['reviewer'])} at {display_time(saved['time'])} UTC. "
                 "Saving again amends your read; the earlier one stays in the history.", icon=":material/task_alt:")
     # No verdict is chosen for the reader: one Ctrl+Enter must never confirm a scan nobody has looked at
     # (automation bias is the known failure of AI aids). A saved read starts from its own verdict.
+    verdicts = VERDICTS if item.label else ("override", "flag")
+    if not item.label:
+        st.caption("The model gave this scan no class. Record what you see, with a reason, or flag it for a "
+                   "second reader; the refusal stays in the history beside your read.")
     verdict = st.radio(
-        "Verdict", VERDICTS, index=VERDICTS.index(saved["verdict"]) if saved else None, horizontal=True,
-        format_func={"confirm": "Confirm", "override": "Override", "flag": "Flag for second read"}.get,
-        key=f"review_verdict_{key}",
+        "Verdict", verdicts, index=verdicts.index(saved["verdict"]) if saved and saved["verdict"] in verdicts
+        else None, horizontal=True, key=f"review_verdict_{key}",
+        format_func={"confirm": "Confirm", "override": "Override" if item.label else "Give my read",
+                     "flag": "Flag for second read"}.get,
     )
     if verdict == "override":
-        choices = [name for name in classifier.classes if name != item.label]
+        choices = [name for name in READ_LABELS if name != item.label]
         previous = saved["final_label"] if saved and saved["verdict"] == "override" else None
-        # No class is pre-selected: the reader must choose one.
-        st.selectbox("Correct class", choices, index=choices.index(previous) if previous in choices else None,
-                     placeholder="Choose the correct class", format_func=lambda name: display_names.get(name, name),
-                     key=f"review_override_{key}")
-        st.text_input("Reason for the override (required)", value=saved["reason"] if previous else "",
-                      max_chars=500, key=f"review_reason_{key}")
+        # No answer is pre-selected: the reader must choose one.
+        st.selectbox("Correct class" if item.label else "Your read", choices,
+                     index=choices.index(previous) if previous in choices else None,
+                     placeholder="Choose the correct class" if item.label else "Choose a class or another answer",
+                     format_func=lambda name: names.get(name, name), key=f"review_override_{key}")
+        st.text_input(f"Reason for {'the override' if item.label else 'your read'} (required)",
+                      value=saved["reason"] if previous else "", max_chars=500, key=f"review_reason_{key}")
     st.text_area("Note (optional)", value=saved["note"] if saved else "", max_chars=2000, height=80,
                  key=f"review_note_{key}")
     reviewer = app_support.reviewer_name()
@@ -129,12 +151,12 @@ def render_scan(item: ReviewItem, state: dict | None, classifier, session: str, 
     left, right = st.columns([5, 6], gap="large")
     with left:
         item = app_review.dicom_panel(item, data, classifier)
-        render_image(item, classifier)
+        render_image(item, classifier, data)
     with right:
         if item.status != "ok":
             st.error(f"**Refused**: {app_support.escape_markdown(item.message)}.", icon=":material/block:")
-            return
-        render_prediction(item, classifier)
+        else:
+            render_prediction(item, classifier)
         render_verdict(item, state, classifier, session)
 
 

@@ -3,8 +3,8 @@
 Visible to second readers and admins only (the front door does not register the page for others,
 and the page checks again). The second reader sees the scan as the archive holds it (on any
 replica, after any restart) with the model's heat map, the model's output, every read with its
-note, and records an adjudication: a final class and a required reason. The adjudication is the
-scan's final label.
+note, and records an adjudication: a final label (a class, "not a brain MRI slice" or
+"non-diagnostic") and a required reason. The adjudication is the scan's final label.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import streamlit as st
 from app import identity as app_identity
 from app import review as app_review
 from app import support as app_support
-from core.classes import CLASS_NAMES, DISPLAY_NAMES
+from core.classes import CLASS_NAMES, LABEL_NAMES, READ_LABELS
 from core.errors import HistoryUnavailable
 from core.review.reads import needs_second_read
 from core.review.records import PROBABILITY_COLUMNS, VerdictRejected
@@ -45,6 +45,15 @@ def probabilities_of(case: dict) -> dict[str, float]:
     return {name: case[column] for name, column in zip(CLASS_NAMES, PROBABILITY_COLUMNS) if case[column] is not None}
 
 
+def refusal_of(store, case: dict) -> str:
+    """Why the model gave a case no class, as its refusal event says (the refusal stays beside the reads)."""
+    try:
+        events = store.scan_events(case["sha256"], case["model_version"])
+    except HistoryUnavailable:
+        return "the reason cannot be read while the history is unavailable"
+    return next((event["reason"] for event in reversed(events) if event["kind"] == "refusal"), "") or "no reason recorded"
+
+
 def render() -> None:
     """Draw the queue, the chosen scan with its reads and the adjudication form."""
     st.title("Second reads")
@@ -53,7 +62,7 @@ def render() -> None:
         st.error("Second reads are for second readers and admins.", icon=":material/block:")
         return
     status = app_support.model_status()
-    display_names = status.classifier.card.display_names if status.classifier is not None else dict(DISPLAY_NAMES)
+    display_names = status.classifier.card.label_names if status.classifier is not None else dict(LABEL_NAMES)
     flash = st.session_state.pop("second_flash", None)
     if flash:
         (st.success if flash[0] == "success" else st.error)(flash[1])
@@ -81,15 +90,19 @@ def render() -> None:
     with left:
         app_review.render_archived_scan(store, status.classifier, case, key="second")
     with right:
-        model_class = display_names.get(case["predicted_class"], case["predicted_class"] or "-")
-        probability = probabilities_of(case).get(case["predicted_class"])
-        st.markdown(f"**Model** {app_support.escape_markdown(case['model_version'])}: **{model_class}**"
-                    + (f" ({probability:.1%})" if probability is not None else ""))
+        if case["predicted_class"]:
+            probability = probabilities_of(case).get(case["predicted_class"])
+            st.markdown(f"**Model** {app_support.escape_markdown(case['model_version'])}: "
+                        f"**{display_names.get(case['predicted_class'], case['predicted_class'])}**"
+                        + (f" ({probability:.1%})" if probability is not None else ""))
+        else:
+            st.markdown(f"**Model** {app_support.escape_markdown(case['model_version'])}: no class. "
+                        f"**Refused**: {app_support.escape_markdown(refusal_of(store, case))}.")
         if probabilities_of(case):
             st.html(app_review.probability_bars(probabilities_of(case), case["predicted_class"], display_names))
         app_review.render_other_reads(case["reads"], case, identity, display_names)
         st.subheader("Adjudication", divider="gray")
-        st.selectbox("Final class", CLASS_NAMES, index=None, placeholder="Choose the final class",
+        st.selectbox("Final label", READ_LABELS, index=None, placeholder="Choose a class or another answer",
                      format_func=lambda name: display_names.get(name, name), key=f"second_class_{key}")
         st.text_input("Reason (required)", max_chars=500, key=f"second_reason_{key}")
         st.text_area("Note (optional)", max_chars=2000, height=80, key=f"second_note_{key}")

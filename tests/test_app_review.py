@@ -178,6 +178,95 @@ def test_a_batch_is_a_worklist_with_status_and_next_unreviewed(history_path):
     assert refusal["sha256"] == hashlib.sha256(b"not an image").hexdigest() and refusal["reason"]
 
 
+def test_a_refused_scan_is_read_like_any_other_and_its_refusal_stays_beside_the_read(history_path):
+    from core.review.export import CASE_COLUMNS, csv_bytes
+
+    scan = encode(synthetic_slice(13, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value([("scan.png", scan, "image/png"),
+                                               ("broken.png", b"not an image", "image/png")]).run()
+    broken = key_of(b"not an image")
+    app.selectbox(key="review_current").set_value(hashlib.sha256(b"not an image").hexdigest()).run()
+    assert "Refused" in texts(app.error)
+    # The read form, without a class to confirm: the reader's own read or a flag, nothing chosen.
+    verdict = app.radio(key=f"review_verdict_{broken}")
+    assert list(verdict.options) == ["Give my read", "Flag for second read"] and verdict.value is None
+    verdict.set_value("override").run()
+    answers = app.selectbox(key=f"review_override_{broken}")
+    assert answers.value is None
+    assert list(answers.options)[-2:] == ["Not a brain MRI slice", "Non-diagnostic / unreadable"]
+    assert len(answers.options) == 6  # the four classes too
+    answers.set_value("non_diagnostic").run()
+    app.button(key=f"review_save_{broken}").click().run()
+    assert "a read of a scan the model refused needs a reason" in texts(app.error)
+    app.text_input(key=f"review_reason_{broken}").input("the file is damaged; ask for a re-export").run()
+    app.button(key=f"review_save_{broken}").click().run()
+    assert not app.exception, app.exception
+    assert "Saved broken.png: read (no model class)." in texts(app.success).replace("\\", "")
+    assert dict(zip(table_with(app, "Probability")["File"], table_with(app, "Probability")["Status"])) == {
+        "scan.png": "New", "broken.png": "Reviewed"}
+
+    store = HistoryStore(history_path)
+    events = store.events()
+    assert [event["kind"] for event in events] == ["archive", "prediction", "refusal", "verdict"]
+    read = events[-1]
+    assert (read["verdict"], read["predicted_class"], read["final_label"]) == ("override", None, "non_diagnostic")
+    [case] = [row for row in store.current_state() if row["sha256"] == read["sha256"]]
+    assert (case["status"], case["final_label"]) == ("reviewed", "non_diagnostic")
+    assert "refusal" in [event["kind"] for event in store.scan_events(read["sha256"], read["model_version"])]
+    exported = csv_bytes(store.current_state(), CASE_COLUMNS).decode("utf-8-sig").splitlines()
+    [line] = [line for line in exported if "broken.png" in line]
+    assert ",override,non_diagnostic,the file is damaged" in line
+
+    # Back on the refused scan, the saved read is shown as the reader's own, and the refusal beside it.
+    app.selectbox(key="review_current").set_value(hashlib.sha256(b"not an image").hexdigest()).run()
+    assert "Refused" in texts(app.error)
+    assert "Read (no model class)" in texts(app.info) and "Non-diagnostic / unreadable" in texts(app.info)
+    open_page(app, "history")
+    [frame] = [element.value for element in app.dataframe if "Verdict" in element.value.columns]
+    row = frame[frame["File"] == "broken.png"].iloc[0]
+    assert (row["Verdict"], row["Final label"], row["Status"]) == ("Read (no model class)",
+                                                                  "Non-diagnostic / unreadable", "Reviewed")
+
+
+def test_a_passed_scan_can_be_overridden_as_not_a_brain_mri_slice(history_path):
+    scan = encode(synthetic_slice(14, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value(("knee.png", scan, "image/png")).run()
+    key = key_of(scan)
+    app.radio(key=f"review_verdict_{key}").set_value("override").run()
+    choices = app.selectbox(key=f"review_override_{key}")
+    assert "Not a brain MRI slice" in choices.options and len(choices.options) == 5  # three other classes + two
+    choices.set_value("not_brain_mri").run()
+    app.text_input(key=f"review_reason_{key}").input("a knee, not a head").run()
+    app.button(key=f"review_save_{key}").click().run()
+    assert "Saved: overridden." in texts(app.success)
+    [case] = HistoryStore(history_path).current_state()
+    assert (case["status"], case["final_label"]) == ("reviewed", "not_brain_mri")
+
+
+def test_a_colour_upload_is_shown_in_colour_and_the_original_opens_alone_at_full_size(history_path):
+    import cv2
+    import numpy as np
+
+    grey = cv2.resize(synthetic_slice(17, 96), (600, 720), interpolation=cv2.INTER_LINEAR)  # wider than kept
+    colour = np.stack([grey, (grey * 0.6).astype(np.uint8), (grey * 0.3).astype(np.uint8)], axis=2)  # BGR
+    scan = encode(colour)
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value(("photo.png", scan, "image/png")).run()
+    assert not app.exception, app.exception
+    [item] = [value for value in app.session_state["review_items"].values()]
+    assert item.colour is not None and item.colour.shape == (*item.thumbnail.shape, 3)
+    assert max(item.thumbnail.shape) == 512  # the worklist keeps a smaller copy
+    assert (item.colour[:, :, 0] != item.colour[:, :, 2]).any()  # still colour, in RGB order
+    [shown] = [image.proto.imgs[0].caption for image in app.get("image")]
+    assert shown.endswith("(shown in colour; the model reads it in greyscale)")
+    app.button(key=f"review_original_{key_of(scan)}").click().run()
+    assert not app.exception, app.exception
+    captions = [image.proto.imgs[0].caption for image in app.get("image")]
+    assert any("photo.png: 600 x 720 pixels, as stored, without the heat map" in caption for caption in captions), captions
+
+
 def test_a_new_tab_or_a_bookmark_keeps_the_reader_their_worklist_and_their_reads(history_path):
     first, second = encode(synthetic_slice(15, 96)), encode(synthetic_slice(16, 96))
     app = start()

@@ -163,7 +163,7 @@ def test_a_second_reader_sees_every_read_and_adjudicates(signed_in, history_path
     page = everything(sam)
     assert "Ann Reader" in page and "Bob Reader" in page and "note by Ann Reader" in page
     sam.button(key=f"second_save_{key}").click().run()
-    assert "choose the final class" in texts(sam.error)
+    assert "choose the final label" in texts(sam.error)
     sam.selectbox(key=f"second_class_{key}").set_value("pituitary").run()
     sam.text_input(key=f"second_reason_{key}").input("consensus at review meeting").run()
     sam.button(key=f"second_save_{key}").click().run()
@@ -181,6 +181,32 @@ def test_a_second_reader_sees_every_read_and_adjudicates(signed_in, history_path
     assert list(frame["Status"]) == ["Adjudicated"]
     assert "Ann Reader: confirmed" in frame["Reads"][0] and "adjudicated by Sam Second" in frame["Reads"][0]
     assert "Tamper check" in everything(ada)
+
+
+def test_a_refused_scan_flagged_by_its_reader_is_adjudicated_with_a_non_class_answer(signed_in, history_path):
+    broken = b"not an image at all"
+    key = key_of(broken)
+    ann = as_user(signed_in, ANN)
+    upload(ann, "refused.png", broken)
+    assert "Refused" in texts(ann.error)
+    ann.radio(key=f"review_verdict_{key}").set_value("flag").run()
+    ann.button(key=f"review_save_{key}").click().run()
+    assert "Saved: flagged for second read." in texts(ann.success)
+
+    sam = as_user(signed_in, SAM)
+    open_page(sam, "second-reads")
+    assert not sam.exception, sam.exception
+    page = everything(sam)
+    assert "no class" in page and "Refused" in page  # the refusal stays beside the read
+    final = sam.selectbox(key=f"second_class_{key}")
+    assert "Not a brain MRI slice" in final.options and "Non-diagnostic / unreadable" in final.options
+    final.set_value("non_diagnostic").run()
+    sam.text_input(key=f"second_reason_{key}").input("damaged file; the PACS copy is read instead").run()
+    sam.button(key=f"second_save_{key}").click().run()
+    assert "Adjudicated" in texts(sam.success)
+    [case] = HistoryStore(history_path).current_state()
+    assert (case["status"], case["final_label"], case["predicted_class"]) == ("adjudicated", "non_diagnostic", None)
+    assert [event["kind"] for event in HistoryStore(history_path).events()] == ["refusal", "verdict", "adjudication"]
 
 
 def test_after_an_adjudication_a_first_reader_who_sees_reads_is_told_the_final_label(signed_in, history_path,

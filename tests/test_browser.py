@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -206,6 +207,13 @@ def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(brows
     # st.navigation first runs in the server process: the first request here goes straight to a page.
     url, page = browser_app
     sidebar = page.locator("section[data-testid='stSidebar']")
+    # Every link text the page ever shows, from its first paint: Streamlit's own menu once listed the files of
+    # pages/ ("streamlit app", "history", ...) for seconds before the app's menu replaced it.
+    page.add_init_script("""
+        window.linksSeen = new Set();
+        new MutationObserver(() => document.querySelectorAll("a").forEach(
+            (link) => window.linksSeen.add(link.innerText.trim()))).observe(document, {childList: true, subtree: true});
+    """)
     for path, heading in (("history", "History"), ("studies", "Studies"), ("model", "tiny · version"),
                           ("", "Review scans")):
         page.goto(f"{url}/{path}")
@@ -218,9 +226,11 @@ def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(brows
         assert sidebar.get_by_role("textbox", name="Reviewer name").count() == 1
         assert sidebar.get_by_text("loaded").count() >= 1
         # Local mode's one reviewer holds every role, so the Second reads page is there too.
-        assert [" ".join(link.split()[1:]) for link in sidebar.locator("[data-testid='stSidebarNav'] a")
+        assert [" ".join(link.split()[1:]) for link in sidebar.locator(".st-key-page_links a")
                 .all_inner_texts()] == ["Review", "Studies", "History", "Performance", "Second reads", "Model"]
         assert page.get_by_text("Page not found").count() == 0
+        seen = {" ".join(text.split()) for text in page.evaluate("[...window.linksSeen]")}
+        assert not seen & {"streamlit app", "history", "model", "review", "studies", "second reads"}, seen
         if path == "history":
             # The first run was the pages-folder fallback; a name typed now must survive the reruns after it.
             enter_reviewer(page, REVIEWER)
@@ -229,6 +239,112 @@ def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(brows
             page.get_by_role("heading", name="tiny · version").first.wait_for()
             wait_until_idle(page)
             assert sidebar.get_by_role("textbox", name="Reviewer name").input_value() == REVIEWER
+    assert page.errors == [], f"the browser logged errors: {page.errors}"
+
+
+def choose_option(page, box: str, option: str) -> None:
+    """Open the select box labelled `box` and pick the option whose text contains `option`."""
+    wait_until_idle(page)
+    field = page.get_by_role("combobox", name=box)
+    field.click()
+    if field.get_attribute("aria-expanded") != "true":
+        field.press("ArrowDown")  # a select box that holds a value opens from the keyboard, not on a click
+    page.get_by_role("option").filter(has_text=option).first.click()
+    wait_until_idle(page)
+
+
+def shows_scan(page, file_name: str) -> bool:
+    """Wait until the Review page's scan heading names `file_name`, then whether it is the only scan shown."""
+    headings = page.locator("[data-testid='stMarkdownContainer'] h4")
+    headings.filter(has_text=re.compile(f"^{re.escape(file_name)}$")).wait_for()
+    wait_until_idle(page)
+    return [text.strip() for text in headings.all_inner_texts()] == [file_name]
+
+
+def test_a_reader_walks_the_worklist_reads_a_refused_scan_adjudicates_and_finds_it_all_in_a_new_tab(browser_app,
+                                                                                                     tmp_path):
+    from tests.synthetic import encode, synthetic_slice
+
+    url, page = browser_app
+    files = {"walk-a.png": encode(synthetic_slice(51, 160)), "walk-b.png": encode(synthetic_slice(52, 160)),
+             "walk-broken.png": b"this is not a picture"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    page.goto(url)
+    page.get_by_text("Upload brain MRI slices").wait_for()
+    enter_reviewer(page, REVIEWER)
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(
+        [str(tmp_path / name) for name in files])
+    wait_for_result(page)
+    assert shows_scan(page, "walk-a.png")  # the first new scan
+
+    # Save: the page moves on to the next scan and says there what was saved.
+    choose_verdict(page, "Confirm")
+    page.get_by_role("button", name="Save verdict").click()
+    page.get_by_text("Saved walk-a.png: confirmed.").wait_for()
+    assert shows_scan(page, "walk-b.png")
+
+    # Next: the refused file gets the read form without a class, and its read is saved with a reason.
+    choose_option(page, "Scan", "walk-broken.png")
+    assert shows_scan(page, "walk-broken.png")
+    page.locator("[data-testid='stAlert']").filter(has_text="this is a text file, not an image").wait_for()
+    assert page.get_by_text("Confirm", exact=True).count() == 0
+    choose_verdict(page, "Give my read")
+    choose_option(page, "Your read", "Non-diagnostic / unreadable")
+    page.get_by_role("textbox", name="Reason for your read (required)").fill("damaged file")
+    page.get_by_role("textbox", name="Reason for your read (required)").blur()
+    wait_until_idle(page)
+    page.get_by_role("button", name="Save verdict").click()
+    page.get_by_text("Saved walk-broken.png: read (no model class).").wait_for()
+    assert shows_scan(page, "walk-b.png")
+
+    # A flag for a second read, adjudicated with an answer that is not a class.
+    choose_verdict(page, "Flag for second read")
+    page.get_by_role("button", name="Save verdict").click()
+    page.get_by_text("Saved: flagged for second read.").wait_for()
+    page.get_by_role("link", name="Second reads").click()
+    page.get_by_role("button", name="Record adjudication").wait_for()
+    wait_until_idle(page)
+    choose_option(page, "Final label", "Not a brain MRI slice")
+    page.get_by_role("textbox", name="Reason (required)").fill("a knee coil localiser")
+    page.get_by_role("textbox", name="Reason (required)").blur()
+    wait_until_idle(page)
+    page.get_by_role("button", name="Record adjudication").click()
+    page.get_by_text("Nothing awaits a second read.").wait_for()
+
+    # A new tab on the plain address: the reader, the worklist and their reads are all there.
+    tab = page.context.new_page()
+    tab.set_default_timeout(APP_TIMEOUT_MS)
+    tab.goto(url)
+    tab.get_by_text("Saved verdict:").wait_for()
+    wait_until_idle(tab)
+    assert tab.locator("section[data-testid='stSidebar']").get_by_role("textbox", name="Reviewer name") \
+        .input_value() == REVIEWER
+    tab.get_by_role("combobox", name="Scan").click()
+    options = [" ".join(text.split()) for text in tab.get_by_role("option").all_inner_texts()]
+    assert options == ["1. walk-a.png (reviewed)", "2. walk-b.png (adjudicated)", "3. walk-broken.png (reviewed)"], \
+        options
+    tab.keyboard.press("Escape")
+    wait_until_idle(tab)
+
+    # History counts what the table holds, and its export keeps the non-class answers as stable values.
+    tab.get_by_role("link", name="History").click()
+    tab.get_by_role("button", name="Export CSV").wait_for()
+    wait_until_idle(tab)
+    metrics = {tab.locator("[data-testid='stMetric']").nth(index).locator("[data-testid='stMetricLabel']")
+               .inner_text().strip(): tab.locator("[data-testid='stMetric']").nth(index)
+               .locator("[data-testid='stMetricValue']").inner_text().strip()
+               for index in range(tab.locator("[data-testid='stMetric']").count())}
+    assert (metrics["Scans"], metrics["Reviewed"], metrics["Awaiting second read"], metrics["Adjudicated"]) == (
+        "3", "2", "0", "1"), metrics
+    with tab.expect_download() as download_info:
+        tab.get_by_role("button", name="Export CSV").click()
+    rows = {row["file_name"]: row for row in csv.DictReader(io.StringIO(
+        Path(download_info.value.path()).read_bytes().decode("utf-8-sig")))}
+    assert (rows["walk-broken.png"]["status"], rows["walk-broken.png"]["verdict"],
+            rows["walk-broken.png"]["final_label"], rows["walk-broken.png"]["predicted_class"]) == (
+        "reviewed", "override", "non_diagnostic", "")
+    assert (rows["walk-b.png"]["status"], rows["walk-b.png"]["final_label"]) == ("adjudicated", "not_brain_mri")
     assert page.errors == [], f"the browser logged errors: {page.errors}"
 
 

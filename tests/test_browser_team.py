@@ -92,7 +92,7 @@ def sign_in(browser, url: str, subject: str):
     page.get_by_role("button", name="Sign in").wait_for()
     wait_until_idle(page)
     # The sign-in page shows nothing of the app: no page links, no model, no uploader.
-    assert page.locator("[data-testid='stSidebarNav'] a").count() == 0
+    assert page.locator(".st-key-page_links a, [data-testid='stSidebarNav'] a").count() == 0
     assert page.locator("[data-testid='stFileUploader']").count() == 0
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("button", name=subject, exact=True).click()  # the provider's one-click user
@@ -103,7 +103,7 @@ def sign_in(browser, url: str, subject: str):
 
 def adjudicate(page, reason: str) -> None:
     """On Second reads: the first class offered as the final one, with a reason; wait until the queue is empty."""
-    page.get_by_role("combobox", name="Final class").click()
+    page.get_by_role("combobox", name="Final label").click()
     page.get_by_role("option").first.click()
     page.get_by_role("textbox", name="Reason (required)").fill(reason)
     page.get_by_role("textbox", name="Reason (required)").blur()

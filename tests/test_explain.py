@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -178,11 +179,54 @@ def test_overlay_lines_up_with_the_head_box():
     heatmap[:SIZE // 4, -SIZE // 4:] = 1.0  # the top-right quarter of the model's view
     picture = overlay(grey, heatmap, opacity=0.6)
     assert picture.shape == (160, 240, 3) and picture.dtype == np.uint8
-    tinted = np.any(picture != grey[:, :, np.newaxis], axis=2)
-    rows, columns = np.nonzero(tinted)
-    assert rows.min() >= top and rows.max() < top + (bottom - top) // 2
-    assert columns.min() >= left + (right - left) // 2 and columns.max() < right
-    assert not tinted[:top].any() and not tinted[:, :left].any()
+    change = np.abs(picture.astype(int) - grey[:, :, np.newaxis]).sum(axis=2)
+    # Nothing outside the head's box; the tint's weight sits in the quarter the heat-map named.
+    outside = np.ones(grey.shape, bool)
+    outside[top:bottom, left:right] = False
+    assert not change[outside].any()
+    rows, columns = np.indices(grey.shape)
+    centre_row, centre_column = (rows * change).sum() / change.sum(), (columns * change).sum() / change.sum()
+    assert top <= centre_row < top + (bottom - top) / 2 and left + (right - left) / 2 <= centre_column < right
+    peak_row, peak_column = np.unravel_index(np.argmax(change), change.shape)
+    assert top <= peak_row < top + (bottom - top) / 2 and left + (right - left) / 2 <= peak_column < right
+
+
+def test_the_heat_is_smooth_and_fades_out_before_the_box_edge():
+    from core.model.explain import heat_over
+
+    grey = np.full((400, 400), 120, np.uint8)
+    box = (0, 400, 0, 400)
+    coarse = np.random.default_rng(3).random((5, 5)).astype(np.float32)  # a last-layer grid, as small as it gets
+    blocky = cv2.resize(coarse, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST)
+    heat = heat_over(grey.shape, blocky, box)
+    assert heat.max() > 0.5
+    # No step from one grid cell to the next: neighbouring pixels differ by far less than a cell's jump.
+    cell_jump = np.abs(np.diff(coarse, axis=0)).max()
+    assert np.abs(np.diff(heat, axis=0)).max() < cell_jump / 10 and np.abs(np.diff(heat, axis=1)).max() < cell_jump / 10
+    # The box's edge never shows as a line: the heat there is nothing.
+    assert heat[0].max() < 0.05 and heat[-1].max() < 0.05 and heat[:, 0].max() < 0.05 and heat[:, -1].max() < 0.05
+
+
+def test_a_flat_heat_map_is_no_heat_not_a_solid_square():
+    from core.model.explain import heat_is_flat
+
+    grey = _framed_scan()
+    nearly_even = np.full((SIZE, SIZE), 0.97, np.float32)
+    nearly_even[0, 0] = 1.0
+    assert heat_is_flat(nearly_even)
+    np.testing.assert_array_equal(overlay(grey, nearly_even), np.repeat(grey[:, :, np.newaxis], 3, axis=2))
+    assert not heat_is_flat(np.linspace(0, 1, SIZE * SIZE, dtype=np.float32).reshape(SIZE, SIZE))
+
+
+def test_a_colour_picture_keeps_its_colours_where_there_is_no_heat():
+    colour = np.zeros((160, 240, 3), np.uint8)
+    colour[40:120, 60:200] = (200, 40, 90)
+    heatmap = np.zeros((SIZE, SIZE), np.float32)
+    heatmap[SIZE // 2:, :SIZE // 4] = 1.0
+    picture = overlay(colour, heatmap, opacity=0.5)
+    assert picture.shape == colour.shape
+    np.testing.assert_array_equal(picture[45, 190], colour[45, 190])  # far from the heat: untouched, in colour
+    assert (picture[:40] == 0).all()
 
 
 def test_overlay_without_heat_is_the_plain_scan():

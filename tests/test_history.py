@@ -108,7 +108,10 @@ def test_saving_the_same_verdict_again_adds_no_row_but_another_reviewer_does(sto
     ({"kind": "override", "override_label": "meningioma"}, "needs a reason"),
     ({"kind": "override", "override_label": "glioma", "reason": "x"}, "confirm it instead"),
     ({"kind": "override", "reason": "x"}, "choose the class"),
-    ({"kind": "confirm", "label": None}, "no model prediction"),
+    ({"kind": "confirm", "label": None}, "no model class to confirm"),
+    ({"kind": "override", "label": None, "override_label": "non_diagnostic"}, "refused needs a reason"),
+    ({"kind": "override", "label": None, "reason": "x"}, "choose your read"),
+    ({"kind": "override", "override_label": "a guess", "reason": "x"}, "choose the class"),
     ({"kind": "maybe"}, "unknown verdict"),
     ({"note": "x" * 2001}, "note"),
 ])

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from core.classes import CLASS_NAMES
+from core.classes import CLASS_NAMES, READ_LABELS
 from core.cli import main
 from core.review import store as store_module
 from core.review.monitor import (ALL_PERIODS, ALL_SCANNERS, GATE_MEASURE, NOT_RECORDED, CardReference, ks_statistic,
@@ -296,6 +296,25 @@ def test_waits_to_a_read_and_to_an_adjudication_are_the_events_own_hours(store, 
         and adjudicated == 0.5
 
 
+def test_a_scan_read_as_not_a_brain_mri_counts_against_the_class_the_model_called(store, clock):
+    cases = Cases(store)
+    clock.at("2026-05-04")
+    for _ in range(8):
+        cases.read(cases.scan("glioma"), "Ann", "glioma")
+    cases.read(cases.scan("glioma"), "Ann", "not_brain_mri")  # a knee the gate let through
+    flagged = cases.scan("glioma")
+    cases.read(flagged, "Ann", verdict="flag")
+    cases.adjudicate(flagged, "Dan", "non_diagnostic")
+
+    report = monitor_history(store, low_confidence=0.8, by="month", reference=CARD)
+    figures = {(figure["measure"], figure["class"]): (figure["successes"], figure["n"]) for figure in report.performance
+               if figure["period"] == "2026-05" and figure["scanner"] == ALL_SCANNERS}
+    assert figures[("ppv", "glioma")] == (8, 10)
+    assert figures[("sensitivity", "glioma")] == (8, 8)
+    assert figures[("accuracy", "")] == (8, 10)
+    assert report.cases_with_final_label == 10
+
+
 def test_final_labels_in_sql_are_the_ones_the_reads_rules_give(store, clock):
     """A random history of reads, flags, amendments and adjudications: SQL's final labels equal `case_state`'s."""
     rng = random.Random(7)
@@ -309,9 +328,9 @@ def test_final_labels_in_sql_are_the_ones_the_reads_rules_give(store, clock):
                 if choice < 0.2:
                     cases.read(case, reviewer, verdict="flag")
                 else:
-                    cases.read(case, reviewer, rng.choice(CLASS_NAMES) if choice < 0.5 else case["predicted_class"])
+                    cases.read(case, reviewer, rng.choice(READ_LABELS) if choice < 0.5 else case["predicted_class"])
         if rng.random() < 0.2:
-            cases.adjudicate(case, "Dan", rng.choice(CLASS_NAMES))
+            cases.adjudicate(case, "Dan", rng.choice(READ_LABELS))
 
     expected: dict[tuple[str, str], int] = {}
     for row in store.current_state():

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.classes import CLASS_NAMES
+from core.classes import CLASS_NAMES, NON_CLASS_NAMES
 from core.errors import ModelContractError
 
 CARD_SUFFIX = ".card.json"
@@ -56,6 +56,11 @@ class ModelCard:
     @property
     def display_names(self) -> dict[str, str]:
         return dict(self.data["display_names"])
+
+    @property
+    def label_names(self) -> dict[str, str]:
+        """Display names of every final label a reader may give: the classes', then the non-class answers'."""
+        return {**self.display_names, **NON_CLASS_NAMES}
 
     @property
     def image_size(self) -> int:

@@ -9,7 +9,8 @@ With the OpenVINO runtime and the project's pooled dense head, the classifier gi
 directly (`Classifier.class_activation_maps`: the gradient of such a head is its kernel), so no
 TensorFlow is loaded; otherwise a traced TensorFlow gradient function, built once per classifier,
 computes them. `overlay` maps the heat-map back into the head's box on the original picture, the
-same box `core.scans.preprocess.prepare_image` cropped, so the colours sit on the anatomy they explain.
+same box `core.scans.preprocess.prepare_image` cropped, so the colours sit on the anatomy they explain;
+it is upsampled smoothly at the picture's own resolution and fades out before the box's edge.
 """
 
 from __future__ import annotations
@@ -62,26 +63,71 @@ def warm_up(classifier) -> None:
         _gradient_function(classifier)  # Loads TensorFlow and traces: seconds, once per classifier.
 
 
-def overlay(grey: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> np.ndarray:
-    """Greyscale uint8 (H, W) scan + heat-map (S, S) in [0, 1] -> RGB uint8 (H, W, 3) picture.
+# A heat-map whose values span less than this (after Grad-CAM's peak scaling) points nowhere in particular: it is
+# shown as no heat, not as one colour over the whole head.
+FLAT_SPAN = 0.05
+# The heat-map's smoothing (a Gaussian of this fraction of the head box's longer side) and its fade to nothing
+# over this fraction of the box at each edge, so neither the model's coarse grid nor the box's edge shows.
+SMOOTHING, FADE = 1 / 40, 0.06
 
-    The heat-map is stretched over the head's box (`content_box`, as in preprocessing), coloured
-    with the jet map and blended with a per-pixel weight of `opacity * heat`, so regions with no
-    heat keep the plain scan.
+
+def heat_is_flat(heatmap: np.ndarray) -> bool:
+    """True when a heat-map (S, S) in [0, 1] singles out no region: its values span less than `FLAT_SPAN`."""
+    values = np.clip(np.nan_to_num(np.asarray(heatmap, np.float32)), 0.0, 1.0)
+    return float(values.max() - values.min()) < FLAT_SPAN
+
+
+def _fade(length: int) -> np.ndarray:
+    """Weights (length,) rising smoothly from 0 at both ends to 1 inside a `FADE` margin."""
+    margin = max(1.0, FADE * length)
+    distance = np.minimum(np.arange(length) + 0.5, length - 0.5 - np.arange(length)) / margin
+    ramp = np.clip(distance, 0.0, 1.0)
+    return (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)  # smoothstep
+
+
+def heat_over(shape: tuple[int, int], heatmap: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Heat-map (S, S) -> float32 (H, W) weights in [0, 1] over a picture's head `box` (top, bottom, left, right).
+
+    The map is rescaled from its lowest to its highest value (as Grad-CAM implementations show it),
+    upsampled bicubically to the box at the picture's own resolution, smoothed and faded out
+    towards the box's edges; zero outside the box, and zero everywhere for a flat map.
     """
-    if grey.ndim != 2 or grey.dtype != np.uint8:
-        raise ValueError(f"overlay needs a 2-D uint8 image, got {grey.dtype} {grey.shape}")
+    height, width = shape
+    top, bottom, left, right = box
+    heat = np.zeros((height, width), np.float32)
+    values = np.clip(np.nan_to_num(np.asarray(heatmap, np.float32)), 0.0, 1.0)
+    if heat_is_flat(values) or bottom <= top or right <= left:
+        return heat
+    values = (values - values.min()) / (values.max() - values.min())
+    stretched = cv2.resize(values, (right - left, bottom - top), interpolation=cv2.INTER_CUBIC)
+    sigma = max(0.5, SMOOTHING * max(right - left, bottom - top))
+    stretched = cv2.GaussianBlur(stretched, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    stretched = np.clip(stretched, 0.0, 1.0) * _fade(bottom - top)[:, np.newaxis] * _fade(right - left)[np.newaxis]
+    heat[top:bottom, left:right] = stretched
+    return heat
+
+
+def overlay(picture: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45,
+            box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Greyscale (H, W) or RGB (H, W, 3) uint8 picture + heat-map (S, S) in [0, 1] -> RGB uint8 (H, W, 3) picture.
+
+    The heat-map is laid over the head's box (`box`, else `content_box` of the picture's grey, as in
+    preprocessing) by `heat_over`, coloured with the jet map and blended with a per-pixel weight of
+    `opacity * heat`, so regions with no heat keep the picture as it is, in its own colours.
+    """
+    if picture.dtype != np.uint8 or not (picture.ndim == 2 or (picture.ndim == 3 and picture.shape[2] == 3)):
+        raise ValueError(f"overlay needs a 2-D or RGB uint8 picture, got {picture.dtype} {picture.shape}")
     if heatmap.ndim != 2:
         raise ValueError(f"overlay needs a 2-D heat-map, got shape {heatmap.shape}")
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    top, bottom, left, right = content_box(grey)
-    heat = np.zeros(grey.shape, np.float32)
-    heat[top:bottom, left:right] = cv2.resize(np.clip(heatmap, 0.0, 1.0).astype(np.float32),
-                                              (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
+    rgb = np.repeat(picture[:, :, np.newaxis], 3, axis=2) if picture.ndim == 2 else picture
+    if box is None:
+        box = content_box(picture if picture.ndim == 2 else cv2.cvtColor(picture, cv2.COLOR_RGB2GRAY))
+    heat = heat_over(picture.shape[:2], heatmap, box)
     colours = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
     weight = (opacity * heat)[:, :, np.newaxis]
-    blended = grey[:, :, np.newaxis].astype(np.float32) * (1.0 - weight) + colours.astype(np.float32) * weight
+    blended = rgb.astype(np.float32) * (1.0 - weight) + colours.astype(np.float32) * weight
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 

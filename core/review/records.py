@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timezone
 
-from core.classes import CLASS_NAMES
+from core.classes import CLASS_NAMES, READ_LABELS
 from core.errors import BrainScanError
 
 # A prediction shown, a reviewer's read (verdict), a second reader's adjudication, a file refused at intake, an
@@ -20,6 +20,8 @@ EVENT_KINDS: tuple[str, ...] = ("prediction", "verdict", "adjudication", "refusa
 CASE_KINDS: tuple[str, ...] = ("prediction", "verdict", "adjudication", "refusal")
 VERDICTS: tuple[str, ...] = ("confirm", "override", "flag")
 VERDICT_NAMES: dict[str, str] = {"confirm": "Confirmed", "override": "Overridden", "flag": "Flagged for second read"}
+# A scan the model gave no class (refused) is read by an `override` with the reader's label and reason; shown so.
+READ_WITHOUT_CLASS = "Read (no model class)"
 # The status of a scan, derived from all its reads (core.review.reads.case_state); "flagged" means awaiting a second read.
 STATUSES: tuple[str, ...] = ("new", "reviewed", "flagged", "adjudicated", "rejected")
 STATUS_LABELS: dict[str, str] = {"new": "New", "reviewed": "Reviewed", "flagged": "Awaiting second read",
@@ -53,19 +55,34 @@ def check_length(what: str, text: str, limit: int) -> None:
         raise VerdictRejected(f"the {what} is {len(text)} characters long; keep it under {limit}")
 
 
-def final_label_of(verdict: str, predicted_class: str | None, override_label: str | None, reason: str) -> str | None:
-    """The final label a verdict gives a scan (None for a flag); raise `VerdictRejected` saying what to fix."""
+def verdict_name(verdict: str | None, predicted_class: str | None = None) -> str:
+    """A verdict as pages show it; an override of a scan the model gave no class is the reader's own read."""
+    if verdict == "override" and not predicted_class:
+        return READ_WITHOUT_CLASS
+    return VERDICT_NAMES.get(verdict or "", "")
+
+
+def final_label_of(verdict: str, predicted_class: str | None, override_label: str | None, reason: str,
+                   labels: tuple[str, ...] = READ_LABELS) -> str | None:
+    """The final label a verdict gives a scan (None for a flag); raise `VerdictRejected` saying what to fix.
+
+    A scan the model refused has no class to confirm: its read is an override with the reader's
+    label (a class, "not a brain MRI slice" or "non-diagnostic") and a reason. `labels` are the
+    answers allowed (a series read allows only the classes).
+    """
     if verdict == "confirm":
         if predicted_class not in CLASS_NAMES:
-            raise VerdictRejected("there is no model prediction to confirm; override or flag instead")
+            raise VerdictRejected("there is no model class to confirm; give your own read with a reason, or flag it")
         return predicted_class
     if verdict == "override":
-        if override_label not in CLASS_NAMES:
-            raise VerdictRejected("choose the class you override the prediction with")
+        if override_label not in labels:
+            raise VerdictRejected("choose your read" if not predicted_class
+                                  else "choose the class you override the prediction with")
         if override_label == predicted_class:
             raise VerdictRejected("the chosen class is the model's own prediction; confirm it instead")
         if not reason:
-            raise VerdictRejected("an override needs a reason")
+            raise VerdictRejected("a read of a scan the model refused needs a reason" if not predicted_class
+                                  else "an override needs a reason")
         return override_label
     if verdict == "flag":
         return None

@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from core import config
-from core.classes import CLASS_NAMES
+from core.classes import CLASS_NAMES, READ_LABELS
 from core.errors import HistoryUnavailable
 from core.review import migrations
 from core.review.chain import GENESIS_HASH, HASHED_COLUMNS, OPTIONAL_HASHED_COLUMNS, event_hash
@@ -272,8 +272,10 @@ class HistoryStore:
                        actor: Mapping[str, str] | None = None) -> int:
         """Append a verdict event once it is committed; return its id.
 
-        `confirm` takes the model's class as final label, `override` takes `override_label` and
-        needs a reason, `flag` leaves the final label empty for a second reader. Saving the same
+        `confirm` takes the model's class as final label, `override` takes `override_label` (a
+        class, or a non-class answer such as "not a brain MRI slice") and needs a reason, `flag`
+        leaves the final label empty for a second reader. A scan the model refused
+        (`predicted_class` None) is read by an override or a flag; the refusal stays beside it. Saving the same
         verdict, reviewer, reason and note as the scan's latest verdict adds nothing and returns
         that event's id. `actor` holds the signed-in identity (issuer, subject, email, name, role)
         where there is one. Raises `VerdictRejected` saying what to fix.
@@ -306,10 +308,13 @@ class HistoryStore:
                             model_version: str, predicted_class: str | None, probabilities: Mapping[str, float],
                             final_label: str, reason: str, note: str = "",
                             actor: Mapping[str, str] | None = None) -> int:
-        """Append a second reader's adjudication (final class and a required reason); return its id."""
+        """Append a second reader's adjudication (a final label and a required reason); return its id.
+
+        The final label is a class or one of the non-class answers (`core.classes.NON_CLASS_LABELS`).
+        """
         reason, note = _clean(reason), _clean(note)
-        if final_label not in CLASS_NAMES:
-            raise VerdictRejected("choose the final class")
+        if final_label not in READ_LABELS:
+            raise VerdictRejected("choose the final label")
         if not reason:
             raise VerdictRejected("an adjudication needs a reason")
         if not _clean(reviewer):
@@ -337,7 +342,7 @@ class HistoryStore:
         reviewer, reason, note = _clean(reviewer), _clean(reason), _clean(note)
         if not reviewer:
             raise VerdictRejected("enter your name as reviewer before saving a read")
-        final_label = final_label_of(verdict, predicted_class, override_label, reason)
+        final_label = final_label_of(verdict, predicted_class, override_label, reason, labels=CLASS_NAMES)
         if verdict != "flag" and not key_slices:
             raise VerdictRejected("choose the key slices that support the read")
         check_length("reason", reason, MAX_REASON_CHARS)

@@ -42,6 +42,9 @@ class ReviewItem:
     tensor: np.ndarray | None  # the model input (S, S, 1) float32, kept for the heat-map
     # What the prediction's event keeps for monitoring (`monitoring_detail`): the scanner, the gate score.
     detail: dict = field(default_factory=dict)
+    # A colour upload's picture as shown (RGB uint8, the thumbnail's size); None for greyscale. The model reads
+    # the greyscale `thumbnail`'s source, never this.
+    colour: np.ndarray | None = None
 
     @property
     def confidence(self) -> float:
@@ -55,8 +58,8 @@ class ReviewItem:
 
 
 def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
-    """A 2-D uint8 picture shrunk (never enlarged) so that its longer side is at most `side` pixels."""
-    scale = min(1.0, side / max(image.shape))
+    """A uint8 picture (H, W) or (H, W, 3) shrunk (never enlarged) so that its longer side is at most `side` pixels."""
+    scale = min(1.0, side / max(image.shape[:2]))
     if scale == 1.0:
         return image
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
@@ -89,13 +92,16 @@ def monitoring_detail(result: ScanResult) -> dict:
 
 def item_from_result(result: ScanResult, model_version: str, image_size: int) -> ReviewItem:
     """Shrink a pipeline result to what a worklist keeps between reruns (a thumbnail, the model input)."""
-    small = tensor = None
+    small = tensor = colour = None
     if result.scan is not None:
         small = thumbnail(result.scan.image)
+        if result.scan.colour is not None:
+            colour = cv2.resize(result.scan.colour, small.shape[::-1], interpolation=cv2.INTER_AREA) \
+                if result.scan.colour.shape[:2] != small.shape else result.scan.colour
         if result.status == "ok":
             tensor = result.tensor if result.tensor is not None else prepare_image(result.scan.image, image_size)
     return ReviewItem(result.sha256, result.filename, result.status, result.message, result.label,
-                      dict(result.probabilities), model_version, small, tensor, monitoring_detail(result))
+                      dict(result.probabilities), model_version, small, tensor, monitoring_detail(result), colour)
 
 
 def status_of(item: ReviewItem, states: Mapping[str, Mapping]) -> str:
