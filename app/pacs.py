@@ -18,6 +18,7 @@ from app import support as app_support
 from core.archive.dicomweb import DicomWebArchive
 from core.errors import ArchiveError, HistoryUnavailable
 from core.review.records import VerdictRejected
+from core.review.results import final_read
 from core.review.worklist import ReviewItem, item_from_result
 
 PULLED = "pacs_pulled"
@@ -136,11 +137,11 @@ def send_model_result(archive: DicomWebArchive, classifier, pulled: PulledSeries
 
 
 def send_read_result(archive: DicomWebArchive, classifier, pulled: PulledSeries, read: dict) -> None:
-    """Button callback: store the VERIFIED report of the series' read on its key slices."""
+    """Button callback: store the VERIFIED report of the series' final read (`core.review.results.final_read`)."""
     from core.review.results import send_read_result as send
 
     by_sha = {item.sha256: index + 1 for index, item in enumerate(pulled.items)}
-    positions = [by_sha[sha] for sha in read["detail"].get("key_slices") or [] if sha in by_sha]
+    positions = [by_sha[sha] for sha in read["key_slices"] if sha in by_sha]
     try:
         slices = key_slices_of(archive, pulled, positions)
         if not slices:
@@ -176,14 +177,30 @@ def find(archive: DicomWebArchive, patient_id: str, accession: str, date_from, d
     return None
 
 
-def latest_read(pulled: PulledSeries) -> dict | None:
-    """The series' latest read in the history, or None (also when the history is down, after saying so)."""
+def series_standing(pulled: PulledSeries, model_version: str) -> tuple[str, dict | None] | None:
+    """Where the series' case stands for this viewer (its status) and the final read a verified report would state.
+
+    None before a read this viewer may see (also when the history is down, after saying so). A
+    blind reviewer (`app.review.sees_other_reads`) sees their own read's status only, and is offered
+    the verified report only when the case's final read is their own.
+    """
+    from app import review as app_review
+
     store = app_support.history_store()
     if store is None:
         return None
     try:
-        reads = store.series_reads(pulled.series_uid)
+        case = store.series_case(pulled.series_uid, model_version)
     except HistoryUnavailable as error:
         app_support.history_unavailable(error, "The series' reads cannot be shown")
         return None
-    return reads[-1] if reads else None
+    if case is None:
+        return None
+    final = final_read(case)
+    identity = app_identity.current_identity()
+    if app_review.sees_other_reads(identity):
+        return case["status"], final
+    shown = app_review.viewer_row(case, identity)
+    if not shown["reads"]:
+        return None
+    return shown["status"], final if final is not None and final["reader"] == identity.key else None

@@ -703,7 +703,7 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
     try:
         identity = app_identity.current_identity()  # a blind reviewer sees their own read of each scan only
         earlier = [viewer_row(row, identity) for row in store.current_state(session_id=session)
-                   if row["sha256"] not in shown]
+                   if row["sha256"] not in shown and row["kind"] != "series_read"]  # series: the Studies page
     except HistoryUnavailable as error:
         app_support.history_unavailable(error, "Scans reviewed earlier in this session are not listed")
         return

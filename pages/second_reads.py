@@ -9,6 +9,8 @@ note, and records an adjudication: a final label (a class, "not a brain MRI slic
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
 from app import identity as app_identity
@@ -54,6 +56,23 @@ def refusal_of(store, case: dict) -> str:
     return next((event["reason"] for event in reversed(events) if event["kind"] == "refusal"), "") or "no reason recorded"
 
 
+def render_series_case(store, classifier, case: dict) -> None:
+    """A series awaiting a second read: what it is, and the first key slice a read names, from the archive."""
+    detail = json.loads(case["detail"]) if case.get("detail") else {}
+    key_slices = [slice_ for read in sorted(case["reads"], key=lambda read: -read["id"])
+                  for slice_ in (json.loads(read["detail"]).get("key_slices") if read.get("detail") else None) or []]
+    st.markdown(f"**Series** {app_support.escape_markdown(case['file_name'])} · {detail.get('slices', '?')} slices · "
+                f"series UID {app_support.escape_markdown(str(detail.get('series_uid', '')))}")
+    if not key_slices:
+        st.caption("No read names a key slice (a flag needs none): open the series on the Studies page to see it.")
+        return
+    st.caption(f"Key slice named by the latest read ({len(set(key_slices))} named in all); the whole series is on the "
+               "Studies page.")
+    app_review.render_archived_scan(store, classifier, {**case, "sha256": key_slices[0],
+                                                        "file_name": f"key slice of {case['file_name']}"},
+                                    key="second")
+
+
 def render() -> None:
     """Draw the queue, the chosen scan with its reads and the adjudication form."""
     st.title("Second reads")
@@ -78,19 +97,27 @@ def render() -> None:
         st.info("Nothing awaits a second read.", icon=":material/done_all:")
         return
     by_key = {f"{case['sha256']}|{case['model_version']}": case for case in queue}
-    st.caption(f"{len(queue)} {'scan awaits' if len(queue) == 1 else 'scans await'} a second read: flagged by a "
-               "reader, or read differently by two.")
+    st.caption(f"{len(queue)} {'case awaits' if len(queue) == 1 else 'cases await'} a second read (scans, and series "
+               "read on the Studies page): flagged by a reader, or read differently by two.")
     chosen = st.selectbox("Scan", list(by_key), key="second_current",
-                          format_func=lambda value: f"{by_key[value]['file_name']} · sha256 {value[:12]}… · "
+                          format_func=lambda value: f"{'Series ' if by_key[value]['kind'] == 'series_read' else ''}"
+                                                    f"{by_key[value]['file_name']} · sha256 {value[:12]}… · "
                                                     f"{len(by_key[value]['reads'])} "
                                                     f"{'read' if len(by_key[value]['reads']) == 1 else 'reads'}")
     case = by_key[chosen]
     key = case["sha256"][:16]
+    series = case["kind"] == "series_read"
     left, right = st.columns([5, 6], gap="large")
     with left:
-        app_review.render_archived_scan(store, status.classifier, case, key="second")
+        if series:
+            render_series_case(store, status.classifier, case)
+        else:
+            app_review.render_archived_scan(store, status.classifier, case, key="second")
     with right:
-        if case["predicted_class"]:
+        if series:
+            st.markdown(f"**Model** {app_support.escape_markdown(case['model_version'])}, series' class (its most "
+                        f"suspicious slice): **{display_names.get(case['predicted_class'], '-')}**")
+        elif case["predicted_class"]:
             probability = probabilities_of(case).get(case["predicted_class"])
             st.markdown(f"**Model** {app_support.escape_markdown(case['model_version'])}: "
                         f"**{display_names.get(case['predicted_class'], case['predicted_class'])}**"
@@ -102,7 +129,8 @@ def render() -> None:
             st.html(app_review.probability_bars(probabilities_of(case), case["predicted_class"], display_names))
         app_review.render_other_reads(case["reads"], case, identity, display_names)
         st.subheader("Adjudication", divider="gray")
-        st.selectbox("Final label", READ_LABELS, index=None, placeholder="Choose a class or another answer",
+        st.selectbox("Final label", CLASS_NAMES if series else READ_LABELS, index=None,
+                     placeholder="Choose the final class" if series else "Choose a class or another answer",
                      format_func=lambda name: display_names.get(name, name), key=f"second_class_{key}")
         st.text_input("Reason (required)", max_chars=500, key=f"second_reason_{key}")
         st.text_area("Note (optional)", max_chars=2000, height=80, key=f"second_note_{key}")

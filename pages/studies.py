@@ -15,7 +15,7 @@ from app import pacs as app_pacs
 from app import review as app_review
 from app import support as app_support
 from core.classes import CLASS_NAMES
-from core.review.records import VERDICT_NAMES, VERDICTS
+from core.review.records import STATUS_LABELS, VERDICT_NAMES, VERDICTS
 from core.review.series import most_suspicious, series_class, series_slices, strip_rows
 
 
@@ -119,12 +119,19 @@ def render_read_form(archive, classifier, pulled, slices, suspicious: list[int])
     chosen = list(st.session_state.get(pulled.key("key_slices")) or suspicious[:3])
     st.button("Send the AI result to the archive", key=pulled.key("send_model"), icon=":material/upload:",
               disabled=not chosen, on_click=app_pacs.send_model_result, args=(archive, classifier, pulled, chosen))
-    read = app_pacs.latest_read(pulled)
-    if read is not None and read["final_label"]:
-        st.caption(f"Latest read: {VERDICT_NAMES[read['verdict']]} by {read['reviewer']}, final class "
-                   f"{names.get(read['final_label'], read['final_label'])}.")
-        st.button("Send the read result to the archive (verified)", key=pulled.key("send_read"), icon=":material/verified:",
-                  on_click=app_pacs.send_read_result, args=(archive, classifier, pulled, read))
+    standing = app_pacs.series_standing(pulled, classifier.version)
+    if standing is None:
+        return
+    status, final = standing
+    if final is None:
+        st.caption(f"Series: {STATUS_LABELS[status]}; the verified result waits for a final class (reads "
+                   "that agree, or a second reader's adjudication on the Second reads page).")
+        return
+    said = "adjudicated" if final["verdict"] == "adjudicated" else VERDICT_NAMES[final["verdict"]].lower()
+    st.caption(f"Series: {STATUS_LABELS[status]}, final class "
+               f"{names.get(final['final_label'], final['final_label'])} ({said} by {final['reviewer']}).")
+    st.button("Send the read result to the archive (verified)", key=pulled.key("send_read"), icon=":material/verified:",
+              on_click=app_pacs.send_read_result, args=(archive, classifier, pulled, final))
 
 
 def _ask(flag: str) -> None:

@@ -58,6 +58,7 @@ def test_a_series_is_found_pulled_reviewed_read_and_its_results_sent_back(histor
     app.radio(key=series_key("verdict")).set_value("confirm").run()
     app.button(key=series_key("save_read")).click().run()
     assert "Saved the series read" in texts(app.success), texts(app.error)
+    assert "Series: Reviewed, final class" in texts(app.caption) and "(confirmed by Ann)" in texts(app.caption)
     store = HistoryStore(history_path)
     [read] = store.series_reads(made["mixed"])
     assert read["reviewer"] == "Ann" and read["verdict"] == "confirm" and read["detail"]["key_slices"]
@@ -78,3 +79,43 @@ def test_a_series_is_found_pulled_reviewed_read_and_its_results_sent_back(histor
             flags.add(str(dataset.VerificationFlag))
     assert flags == {"UNVERIFIED", "VERIFIED"}
     assert store.verify().intact
+
+
+def test_a_blind_reviewer_sees_only_their_own_series_read_and_verifies_only_a_final_read_of_their_own(
+        history_path, dicomweb_env, monkeypatch):
+    from app import identity as app_identity
+    from tests.test_app_team import ANN, BOB
+
+    archive = DicomWebArchive(dicomweb_env.url, dicomweb_env.user, dicomweb_env.password)
+    made = a_study(archive)
+    holder = {"claims": ANN}
+    monkeypatch.setattr(app_identity, "sign_in_state", lambda: app_identity.SignIn(team=True, claims=holder["claims"]))
+    app_identity._workspaces.clear()
+    series_key = lambda name: f"pacs_{name}_{made['mixed'].replace('.', '_')[-24:]}"  # noqa: E731
+
+    def pulled_as(claims):
+        holder["claims"] = claims
+        app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=90)
+        app.run()
+        open_page(app, "studies")
+        app.text_input(key="pacs_patient_id").input(made["patient"])
+        app.button(key="pacs_search").click().run()
+        app.selectbox(key="pacs_series").set_value(made["mixed"]).run()
+        app.button(key="pacs_pull").click().run()
+        assert not app.exception, app.exception
+        return app
+
+    ann = pulled_as(ANN)
+    ann.radio(key=series_key("verdict")).set_value("confirm").run()
+    ann.button(key=series_key("save_read")).click().run()
+    assert "(confirmed by Ann Reader)" in texts(ann.caption)
+
+    bob = pulled_as(BOB)  # blind double reading is on by default: Ann's read is not Bob's to see
+    assert "Series:" not in texts(bob.caption) and "Ann" not in texts(bob.caption)
+    assert not [button for button in bob.button if button.key == series_key("send_read")]
+    bob.radio(key=series_key("verdict")).set_value("confirm").run()
+    bob.button(key=series_key("save_read")).click().run()
+    # Both confirm: the final read is Bob's own latest, so he may verify it, and sees only his own name.
+    assert "(confirmed by Bob Reader)" in texts(bob.caption) and "Ann" not in texts(bob.caption)
+    assert [button for button in bob.button if button.key == series_key("send_read")]
+    app_identity._workspaces.clear()

@@ -209,6 +209,36 @@ def test_a_refused_scan_flagged_by_its_reader_is_adjudicated_with_a_non_class_an
     assert [event["kind"] for event in HistoryStore(history_path).events()] == ["refusal", "verdict", "adjudication"]
 
 
+def test_a_series_read_differently_by_two_readers_is_adjudicated_on_second_reads(signed_in, history_path,
+                                                                                  tiny_classifier):
+    from core.review.series import series_key
+
+    store = HistoryStore(history_path)
+    common = dict(session_id="s" * 32, series_name="S3 AX T1 post", study_uid="1.2.9", series_uid="1.2.9.3",
+                  model_version=tiny_classifier.version, predicted_class="glioma", slice_count=20)
+    store.record_series_read(**common, reviewer="Ann Reader", verdict="confirm", key_slices=["a" * 64])
+    store.record_series_read(**common, reviewer="Bob Reader", verdict="override", override_label="meningioma",
+                             reason="dural tail on slice 12", key_slices=["c" * 64])
+    key = series_key("1.2.9.3")[:16]
+
+    sam = as_user(signed_in, SAM)
+    open_page(sam, "second-reads")
+    assert not sam.exception, sam.exception
+    assert sam.selectbox(key="second_current").format_func(sam.selectbox(key="second_current").value) \
+        .startswith("Series S3 AX T1 post")
+    page = everything(sam)
+    assert "20 slices" in page and "dural tail on slice 12" in page and "Glioma" in page
+    final = sam.selectbox(key=f"second_class_{key}")
+    assert "Not a brain MRI slice" not in final.options  # a series' final label is a class
+    final.set_value("meningioma").run()
+    sam.text_input(key=f"second_reason_{key}").input("consensus").run()
+    sam.button(key=f"second_save_{key}").click().run()
+    assert "Adjudicated" in texts(sam.success), texts(sam.error)
+    case = store.series_case("1.2.9.3", tiny_classifier.version)
+    assert (case["status"], case["final_label"], case["adjudication"]["actor_subject"]) == (
+        "adjudicated", "meningioma", "sam-3")
+
+
 def test_after_an_adjudication_a_first_reader_who_sees_reads_is_told_the_final_label(signed_in, history_path,
                                                                                       monkeypatch):
     from core.classes import DISPLAY_NAMES

@@ -56,3 +56,40 @@ def test_a_series_read_is_a_chained_event_naming_the_series_and_its_key_slices(d
                                    "slices": 5}
     assert flagged["final_label"] is None
     assert store.verify().intact
+
+
+def test_a_series_read_differently_by_two_readers_awaits_a_second_read_and_its_adjudication_is_verified(database_url):
+    from core.review.reads import needs_second_read
+    from core.review.results import final_read
+
+    store = HistoryStore(database_url)
+    common = dict(session_id="s1", series_name="S3 AX T1 post", study_uid="1.2.9", series_uid="1.2.9.3",
+                  model_version="m 1", predicted_class="glioma", slice_count=20)
+    store.record_series_read(**common, reviewer="Ann", verdict="confirm", key_slices=["a" * 64])
+    case = store.series_case("1.2.9.3", "m 1")
+    assert (case["status"], case["final_label"]) == ("reviewed", "glioma")
+    assert final_read(case) == {"reviewer": "Ann", "reader": "\nAnn", "final_label": "glioma", "verdict": "confirm",
+                                "reason": "", "key_slices": ["a" * 64]}
+
+    store.record_series_read(**common, reviewer="Bob", verdict="override", override_label="meningioma",
+                             reason="dural tail on slice 12", key_slices=["c" * 64])
+    case = store.series_case("1.2.9.3", "m 1")
+    assert (case["status"], case["final_label"]) == ("flagged", None) and final_read(case) is None
+    assert [read["reviewer"] for read in case["reads"]] == ["Ann", "Bob"]
+    # On the second-read queue with the scans', as a case of its own.
+    [queued] = [row for row in store.current_state() if needs_second_read(row["status"])]
+    assert (queued["sha256"], queued["kind"], queued["file_name"]) == (series_key("1.2.9.3"), "series_read",
+                                                                       "S3 AX T1 post")
+
+    adjudication = dict(session_id="s2", reviewer="Sam", file_name="S3 AX T1 post", sha256=series_key("1.2.9.3"),
+                        model_version="m 1", predicted_class="glioma", probabilities={}, reason="consensus")
+    with pytest.raises(VerdictRejected, match="one of the classes"):
+        store.record_adjudication(**adjudication, final_label="not_brain_mri")
+    store.record_adjudication(**adjudication, final_label="meningioma")
+    case = store.series_case("1.2.9.3", "m 1")
+    assert (case["status"], case["final_label"]) == ("adjudicated", "meningioma")
+    assert final_read(case) == {"reviewer": "Sam", "reader": "\nSam", "final_label": "meningioma",
+                                "verdict": "adjudicated", "reason": "consensus", "key_slices": ["c" * 64]}
+    # A series is no scan: the archive check does not look for a copy of it.
+    assert series_key("1.2.9.3") not in store.scans_named()
+    assert store.verify().intact

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 
 from core.classes import CLASS_NAMES
+from core.review.records import READ_KINDS
 
 # A case's status: no read yet, reads agree, waiting for a second reader, settled by one, or refused at intake.
 NEW, REVIEWED, AWAITING, ADJUDICATED, REJECTED = "new", "reviewed", "flagged", "adjudicated", "rejected"
@@ -30,11 +31,11 @@ def reader_key(event: Mapping) -> str:
 
 
 def reads_of(events: Iterable[Mapping]) -> list[dict]:
-    """Each reader's latest verdict on one scan, in the order they first read it; `amended` counts earlier saves."""
+    """Each reader's latest read of one scan (or series), in the order they first read it; `amended` counts earlier saves."""
     latest: dict[str, dict] = {}
     saves: dict[str, int] = {}
     for event in sorted(events, key=lambda row: row["id"]):
-        if event.get("kind") != "verdict":
+        if event.get("kind") not in READ_KINDS:
             continue
         key = reader_key(event)
         saves[key] = saves.get(key, 0) + 1

@@ -16,8 +16,11 @@ from core.errors import BrainScanError
 # export, a scan stored in the archive, a reader's read of a whole series, a result object sent to the archive.
 EVENT_KINDS: tuple[str, ...] = ("prediction", "verdict", "adjudication", "refusal", "export", "archive",
                                 "series_read", "result")
-# The kinds that make up a scan's case (its status and final label); the others are about files and objects.
-CASE_KINDS: tuple[str, ...] = ("prediction", "verdict", "adjudication", "refusal")
+# The kinds that make up a case (its status and final label): a scan's, or a series' (its reads and adjudication,
+# filed under `core.review.series.series_key`); the others are about files and objects.
+CASE_KINDS: tuple[str, ...] = ("prediction", "verdict", "adjudication", "refusal", "series_read")
+# A reader's read: of one scan, or of a whole series.
+READ_KINDS: tuple[str, ...] = ("verdict", "series_read")
 VERDICTS: tuple[str, ...] = ("confirm", "override", "flag")
 VERDICT_NAMES: dict[str, str] = {"confirm": "Confirmed", "override": "Overridden", "flag": "Flagged for second read"}
 # A scan the model gave no class (refused) is read by an `override` with the reader's label and reason; shown so.

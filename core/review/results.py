@@ -10,11 +10,13 @@ Building the objects is `core.archive.results`'; this module only orders the ste
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from core.archive.results import KeySlice, ModelIdentity, heatmap_capture, model_report, reader_report
+from core.review.reads import reader_key
 from core.review.records import VerdictRejected
 
 MODEL_REPORT, READER_REPORT, HEAT_MAP = "model report", "reader report", "heat map"
@@ -24,6 +26,36 @@ def model_identity(classifier) -> ModelIdentity:
     """The loaded model as a result names it: card name, version, the weights' sha256."""
     card = classifier.card
     return ModelIdentity(card.name, str(card.data.get("version", "")), str(card.data.get("model_sha256", "")))
+
+
+def final_read(case: Mapping | None) -> dict | None:
+    """What a series' VERIFIED report states, from its case (`HistoryStore.series_case`); None without a final label.
+
+    An adjudicated series: the second reader as verifier, the adjudication's label and reason,
+    verdict "adjudicated". Reads that agree: the latest read's reader, verdict and reason. Either
+    way the key slices are the latest read's that names any, and `reader` is who verifies
+    (`core.review.reads.reader_key`). A flagged or disputed series has none.
+    """
+    if not case or case.get("status") not in ("reviewed", "adjudicated") or not case.get("final_label"):
+        return None
+    reads = sorted(case.get("reads") or [], key=lambda read: read["id"])
+    named = [read for read in reads if _key_slices(read)]
+    key_slices = _key_slices(named[-1]) if named else []
+    adjudication = case.get("adjudication")
+    if case["status"] == "adjudicated" and adjudication:
+        return {"reviewer": adjudication["reviewer"], "reader": reader_key(adjudication),
+                "final_label": adjudication["final_label"], "verdict": "adjudicated",
+                "reason": adjudication["reason"] or "", "key_slices": key_slices}
+    latest = reads[-1]
+    return {"reviewer": latest["reviewer"], "reader": reader_key(latest), "final_label": case["final_label"],
+            "verdict": latest["verdict"], "reason": latest["reason"] or "", "key_slices": key_slices}
+
+
+def _key_slices(read: Mapping) -> list[str]:
+    detail = read.get("detail") or {}
+    if isinstance(detail, str):
+        detail = json.loads(detail) if detail else {}
+    return list(detail.get("key_slices") or [])
 
 
 class ResultAlreadySent(VerdictRejected):

@@ -61,6 +61,7 @@ from core.review.series import series_key
 from core.review.records import (
     CASE_KINDS,
     COLUMNS,
+    READ_KINDS,
     IDENTITY_COLUMNS,
     MAX_FILE_NAME_CHARS,
     MAX_IDENTITY_CHARS,
@@ -310,11 +311,14 @@ class HistoryStore:
                             actor: Mapping[str, str] | None = None) -> int:
         """Append a second reader's adjudication (a final label and a required reason); return its id.
 
-        The final label is a class or one of the non-class answers (`core.classes.NON_CLASS_LABELS`).
+        The final label is a class or one of the non-class answers (`core.classes.NON_CLASS_LABELS`); a
+        series' case (`sha256` = `core.review.series.series_key`) takes a class only, as its reads do.
         """
         reason, note = _clean(reason), _clean(note)
         if final_label not in READ_LABELS:
             raise VerdictRejected("choose the final label")
+        if final_label not in CLASS_NAMES and self._is_series(sha256):
+            raise VerdictRejected("a series' final label is one of the classes")
         if not reason:
             raise VerdictRejected("an adjudication needs a reason")
         if not _clean(reviewer):
@@ -365,6 +369,17 @@ class HistoryStore:
     def results_sent(self, series_uid: str) -> list[dict]:
         """The result objects recorded as sent for a series, oldest first, with their references."""
         return self._series_events(series_uid, "result")
+
+    def _is_series(self, sha256: str) -> bool:
+        """Whether `sha256` files a series' case (its reads are series reads), not a scan's."""
+        with self._read() as connection:
+            return connection.execute(sa.select(events.c.id).where(
+                events.c.sha256 == sha256, events.c.kind == "series_read").limit(1)).first() is not None
+
+    def series_case(self, series_uid: str, model_version: str) -> dict | None:
+        """A series' case under one model version, as `current_state` gives scans': its latest read, status, final
+        label, reads and adjudication; None before its first read."""
+        return self.latest_by_sha256([series_key(series_uid)], model_version).get(series_key(series_uid))
 
     def series_reads(self, series_uid: str) -> list[dict]:
         """Every read recorded for a series, oldest first, with its detail decoded."""
@@ -446,9 +461,10 @@ class HistoryStore:
             return [{**dict(row), "detail": json.loads(row["detail"])} for row in connection.execute(query).mappings()]
 
     def scans_named(self) -> list[str]:
-        """The sha256 of every scan with a case event (prediction, read, ...), in the order first recorded."""
+        """The sha256 of every scan with a prediction, a refusal or a read, in the order first recorded (not series)."""
         query = (sa.select(events.c.sha256, sa.func.min(events.c.id).label("first"))
-                 .where(events.c.kind.in_(CASE_KINDS)).group_by(events.c.sha256).order_by(sa.text("first")))
+                 .where(events.c.kind.in_(("prediction", "verdict", "refusal"))).group_by(events.c.sha256)
+                 .order_by(sa.text("first")))
         with self._read() as connection:
             return [row[0] for row in connection.execute(query)]
 
@@ -841,7 +857,7 @@ def _current_state_query(session_id: str | None, sha256s: Sequence[str] | None, 
         sa.func.max(events.c.id).label("last_id"),
         sa.func.min(events.c.time).label("first_time"),
         sa.func.count().label("event_count"),
-        sa.func.max(sa.case((events.c.kind == "verdict", events.c.id))).label("verdict_id"),
+        sa.func.max(sa.case((events.c.kind.in_(READ_KINDS), events.c.id))).label("verdict_id"),
     ).where(events.c.kind.in_(CASE_KINDS)).group_by(events.c.sha256, events.c.model_version)
     if session_id is not None:
         # A case belongs to a session when the session touched the scan, whoever recorded its latest event.
@@ -909,8 +925,7 @@ def _apply_reads(connection: Connection, rows: list[dict]) -> None:
     for start in range(0, len(rows), SCANS_PER_QUERY):
         digests = list({row["sha256"] for row in rows[start:start + SCANS_PER_QUERY]})
         query = (sa.select(*(events.c[name] for name in COLUMNS))
-                 .where(events.c.sha256.in_(digests), events.c.kind.in_(("verdict", "adjudication", "refusal",
-                                                                         "prediction")))
+                 .where(events.c.sha256.in_(digests), events.c.kind.in_(CASE_KINDS))
                  .order_by(events.c.id))
         for event in connection.execute(query).mappings():
             by_case.setdefault((event["sha256"], event["model_version"]), []).append(dict(event))
