@@ -508,11 +508,16 @@ def _pacs():
 
 
 def _command_pacs_find(arguments: argparse.Namespace) -> int:
-    from core.archive.pacs import find_studies, parse_date
+    from core.archive.pacs import find_studies, parse_date, parse_date_range
 
     try:
-        low = parse_date(arguments.date_from) if arguments.date_from else None
-        high = parse_date(arguments.date_to) if arguments.date_to else None
+        if arguments.date and (arguments.date_from or arguments.date_to):
+            raise ValueError("give the dates either as --date D[-D] or as --from/--to, not both")
+        if arguments.date:
+            low, high = parse_date_range(arguments.date)
+        else:
+            low = parse_date(arguments.date_from) if arguments.date_from else None
+            high = parse_date(arguments.date_to) if arguments.date_to else None
         studies = find_studies(_pacs(), arguments.patient_id or "", arguments.accession or "", low, high,
                                arguments.modality, limit=arguments.limit)
     except ValueError as error:
@@ -520,13 +525,15 @@ def _command_pacs_find(arguments: argparse.Namespace) -> int:
     if not studies:
         print("no study matches")
         return 0
+    # The Study Instance UID first on each study's line (a script takes the first field); its series indented
+    # under it, Series Instance UID first. No patient name or ID: the terminal is no viewer.
     for study in studies:
-        print(f"{study.date or '(no date)'}  {study.description or '(no description)'}  accession "
-              f"{study.accession or '-'}  patient {study.patient_id or '-'}  study {study.study_uid}")
+        print(f"{study.study_uid}  {study.date or '(no date)'}  {study.description or '(no description)'}  "
+              f"accession {study.accession or '-'}")
         for series in study.series:
-            print(f"    series {series.number if series.number is not None else '?':>3}  {series.modality:<3} "
-                  f"{series.instances if series.instances is not None else '?':>4} instances  "
-                  f"{series.description or '(no description)'}  {series.series_uid}")
+            print(f"    {series.series_uid}  series {series.number if series.number is not None else '?'}  "
+                  f"{series.modality}  {series.instances if series.instances is not None else '?'} instances  "
+                  f"{series.description or '(no description)'}")
     return 0
 
 
@@ -867,6 +874,8 @@ def _add_history_commands(commands) -> None:
     find = pacs_commands.add_parser("find", help="search studies (QIDO-RS) and list each with its series")
     find.add_argument("--patient-id", help="the patient ID, as the archive holds it")
     find.add_argument("--accession", help="the accession number")
+    find.add_argument("--date", metavar="D[-D]", help="the study date or range, as DICOM writes ranges: D, D-D, D- "
+                      "or -D, each D as YYYY-MM-DD or YYYYMMDD")
     find.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="studies on or after this date")
     find.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="studies on or before this date")
     find.add_argument("--modality", default="MR", help="modality in the study (default MR; empty for any)")

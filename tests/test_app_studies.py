@@ -119,3 +119,30 @@ def test_a_blind_reviewer_sees_only_their_own_series_read_and_verifies_only_a_fi
     assert "(confirmed by Bob Reader)" in texts(bob.caption) and "Ann" not in texts(bob.caption)
     assert [button for button in bob.button if button.key == series_key("send_read")]
     app_identity._workspaces.clear()
+
+
+def test_a_pull_cut_off_halfway_or_of_a_study_gone_says_so_once_and_records_nothing(history_path, dicomweb_env,
+                                                                                     monkeypatch):
+    from tests.orthanc import cutting_proxy
+    from tests.test_pacs import delete_study
+
+    made = a_study(DicomWebArchive(dicomweb_env.url, dicomweb_env.user, dicomweb_env.password))
+    with cutting_proxy(dicomweb_env.url, cut_at_retrieve=2) as proxied:
+        monkeypatch.setenv("BRAINSCAN_DICOMWEB_URL", proxied)
+        app = start()
+        app.text_input(key="pacs_patient_id").input(made["patient"])
+        app.button(key="pacs_search").click().run()
+        app.selectbox(key="pacs_series").set_value(made["axial"]).run()
+        app.button(key="pacs_pull").click().run()
+        assert not app.exception, app.exception
+        [warning] = [text for text in (str(element.value) for element in app.warning) if "Scan archive" in text]
+        assert "could not be read whole" in warning and "The series was not pulled" in warning
+        assert HistoryStore(history_path).events() == [] and HistoryStore(history_path).worklist("local") == []
+        assert not [button for button in app.button if button.key.startswith("pacs_save_read")]
+
+        # The study is deleted from the archive after it was listed: the pull says so, and nothing is recorded.
+        delete_study(dicomweb_env, made["study"])
+        app.button(key="pacs_pull").click().run()
+        assert not app.exception, app.exception
+        assert any("no instance of the series" in str(element.value) for element in app.warning), texts(app.warning)
+        assert HistoryStore(history_path).events() == []

@@ -78,6 +78,18 @@ def test_search_filters_follow_qido_and_dates_are_checked():
         parse_date("30/11/2026")
 
 
+def test_a_date_range_is_read_as_dicom_writes_ranges():
+    from core.archive.pacs import parse_date_range
+
+    day, other = datetime.date(2026, 11, 1), datetime.date(2026, 11, 30)
+    assert parse_date_range("2026-11-01") == parse_date_range("20261101") == (day, day)
+    assert parse_date_range("2026-11-01-2026-11-30") == parse_date_range("20261101-20261130") == (day, other)
+    assert parse_date_range("2026-11-01-") == (day, None) and parse_date_range("-20261130") == (None, other)
+    for wrong in ("", "-", "2026-11", "20261101--20261130", "yesterday"):
+        with pytest.raises(ValueError, match="D-D"):
+            parse_date_range(wrong)
+
+
 def test_a_study_is_found_by_patient_accession_and_date_with_its_series(orthanc_server):
     archive = archive_of(orthanc_server)
     made = a_study(archive)
@@ -119,6 +131,58 @@ def test_a_series_is_pulled_in_slice_order_and_each_object_classified_or_refused
     assert all(item.reference is not None and item.reference.series_uid == made["mixed"] for item in mixed)
 
 
+def delete_study(server, study_uid: str) -> None:
+    """Remove a study from the test Orthanc through its REST API, as a PACS administrator would."""
+    import requests
+
+    root = server.url.removesuffix("/dicom-web")
+    auth = (server.user, server.password)
+    [orthanc_id] = [entry["ID"] for entry in requests.post(f"{root}/tools/lookup", data=study_uid, auth=auth,
+                                                           timeout=10).json()]
+    requests.delete(f"{root}/studies/{orthanc_id}", auth=auth, timeout=10).raise_for_status()
+
+
+def test_a_retrieve_cut_off_halfway_fails_the_whole_pull_with_one_message(orthanc_server, tiny_classifier):
+    from core.errors import ArchiveError
+    from tests.orthanc import cutting_proxy
+
+    made = a_study(archive_of(orthanc_server))
+    axial = series_instances(archive_of(orthanc_server), made["study"], made["axial"])
+    with cutting_proxy(orthanc_server.url, cut_at_retrieve=3) as proxied:
+        archive = DicomWebArchive(proxied, orthanc_server.user, orthanc_server.password, 10.0)
+        with pytest.raises(ArchiveError, match="could not be read whole") as raised:
+            take_pulled(tiny_classifier, archive, axial, 2)
+    assert "pull it again" in str(raised.value) and orthanc_server.password not in str(raised.value)
+    # The archive is whole again: the same pull goes through.
+    assert len(take_pulled(tiny_classifier, archive_of(orthanc_server), axial, 2)) == 5
+
+
+def test_a_pull_cut_off_or_of_a_study_gone_records_nothing_and_the_cli_says_so_in_one_line(
+        dicomweb_env, tiny_model_path, tmp_path, capsys, monkeypatch):
+    from core.cli import main
+    from tests.orthanc import cutting_proxy
+
+    made = a_study(archive_of(dicomweb_env))
+    history = tmp_path / "history.sqlite3"
+    out = tmp_path / "cut.csv"
+    with cutting_proxy(dicomweb_env.url, cut_at_retrieve=2) as proxied:
+        monkeypatch.setenv("BRAINSCAN_DICOMWEB_URL", proxied)
+        code = main(["pacs", "predict", made["study"], "--series", made["axial"], "--model", str(tiny_model_path),
+                     "--csv", str(out), "--send-results", "--database", str(history)])
+    monkeypatch.setenv("BRAINSCAN_DICOMWEB_URL", dicomweb_env.url)
+    error = capsys.readouterr().err
+    assert code == 2 and "could not be read whole" in error and "Traceback" not in error
+    assert len(error.strip().splitlines()) == 1, error
+    assert not out.exists() and (not history.exists() or HistoryStore(history).events() == [])
+    assert not [series for series in study_series(archive_of(dicomweb_env), made["study"]) if series.number == 9900]
+
+    delete_study(dicomweb_env, made["study"])
+    code = main(["pacs", "predict", made["study"], "--model", str(tiny_model_path), "--csv", str(out)])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error and len(error.strip().splitlines()) == 1, error
+    assert made["study"] in error and not out.exists()
+
+
 def test_pacs_find_and_pull_on_the_command_line(dicomweb_env, tiny_model_path, tmp_path, capsys):
     from core.cli import main
 
@@ -126,6 +190,17 @@ def test_pacs_find_and_pull_on_the_command_line(dicomweb_env, tiny_model_path, t
     assert main(["pacs", "find", "--patient-id", made["patient"]]) == 0
     printed = capsys.readouterr().out
     assert made["study"] in printed and "AX T2" in printed and "MIXED" in printed
+    # The Study Instance UID first on each study's line; nothing of the patient on the terminal.
+    studies = [line for line in printed.splitlines() if not line.startswith(" ")]
+    assert [line.split()[0] for line in studies] == [made["study"]]
+    assert {line.split()[0] for line in printed.splitlines() if line.startswith(" ")} == {made["axial"], made["mixed"]}
+    assert made["patient"] not in printed and "Doe" not in printed
+    assert main(["pacs", "find", "--patient-id", made["patient"], "--date", "2026-11-01-2026-11-30"]) == 0
+    assert made["study"] in capsys.readouterr().out
+    assert main(["pacs", "find", "--patient-id", made["patient"], "--date", "20261201-"]) == 0
+    assert capsys.readouterr().out.strip() == "no study matches"
+    assert main(["pacs", "find", "--date", "last week"]) == 2
+    assert "D-D" in capsys.readouterr().err
     out = tmp_path / "pulled.csv"
     assert main(["pacs", "pull", made["study"], made["axial"], "--model", str(tiny_model_path),
                  "--csv", str(out)]) == 0

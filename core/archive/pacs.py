@@ -14,6 +14,7 @@ missing), through `DicomWebArchive.translate`.
 from __future__ import annotations
 
 import datetime as _datetime
+import re
 from dataclasses import dataclass, field
 
 from core.archive.dicomweb import DicomWebArchive
@@ -72,6 +73,21 @@ def parse_date(text: str) -> _datetime.date:
         except ValueError:
             continue
     raise ValueError(f"{text!r} is not a date; write it as YYYY-MM-DD")
+
+
+_DATE = r"\d{4}-?\d{2}-?\d{2}"
+_RANGE = re.compile(rf"^(?P<low>{_DATE})?(?P<dash>-(?P<high>{_DATE})?)?$")
+
+
+def parse_date_range(text: str) -> tuple[_datetime.date | None, _datetime.date | None]:
+    """A study date or range as DICOM writes ranges: 'D', 'D-D', 'D-' (from) or '-D' (until), each D as
+    YYYY-MM-DD or YYYYMMDD -> (first day or None, last day or None); raises `ValueError` naming the forms."""
+    match = _RANGE.match(text.strip())
+    if not match or not (match["low"] or match["high"]):
+        raise ValueError(f"{text!r} is not a date or a date range; write D, D-D, D- or -D, each D as YYYY-MM-DD")
+    low = parse_date(match["low"]) if match["low"] else None
+    high = parse_date(match["high"]) if match["high"] else None
+    return low, (high if match["dash"] else low)
 
 
 def study_filters(patient_id: str = "", accession: str = "", date_from: _datetime.date | None = None,

@@ -71,26 +71,48 @@ def take_pulled(classifier, archive, instances, series_number: int | None = None
 
     Each instance is read with WADO-RS as stored and stays where it is: its reference is its own
     UIDs and the sha256 of the bytes read, so nothing is stored again, and a refused instance keeps
-    its reference too (the reader can see which it was). An instance that cannot be read, decoded
-    or classified (an SR, a PDF, a CT, a localizer) is a refusal with its own message; the others
-    go on; one that could not be read at all has no reference. `on_progress(done, total)` is called after each instance.
+    its reference too (the reader can see which it was). An instance that is read but cannot be
+    decoded or classified (an SR, a PDF, a CT, a localizer) is a refusal with its own message; the
+    others go on. An instance the archive does not give back (it went down, the retrieve was cut
+    off, the study is gone) fails the whole pull with one `ArchiveError`, so that nothing of a
+    half-read series is recorded and pulling it again starts clean. `on_progress(done, total)` is
+    called after each instance.
     """
+    from contextlib import closing
+
     from core.archive.pacs import retrieve
     from core.pipeline import analyse_many
 
     instances = list(instances)
-    items = [(pulled_name(instance, series_number), lambda instance=instance: retrieve(archive, instance))
-             for instance in instances]
+    failures: dict[int, ArchiveError] = {}
+
+    def reader(position: int, instance):
+        def read() -> bytes:
+            try:
+                return retrieve(archive, instance)
+            except ArchiveError as error:
+                failures[position] = error
+                raise
+        return read
+
+    items = [(pulled_name(instance, series_number), reader(position, instance))
+             for position, instance in enumerate(instances, start=1)]
     taken = []
-    for done, (instance, result) in enumerate(zip(instances, analyse_many(classifier, items, keep_scans=True)),
-                                              start=1):
-        reference = None
-        if result.sha256:  # Read from the archive: it is there, whatever the model made of it.
-            reference = ArchiveReference(instance.study_uid, instance.series_uid, instance.instance_uid,
-                                         result.sha256, instance.sop_class_uid or "")
-        taken.append(TakenUpload(result, reference))
-        if on_progress is not None:
-            on_progress(done, len(instances))
+    with closing(analyse_many(classifier, items, keep_scans=True)) as results:
+        for done, (instance, result) in enumerate(zip(instances, results), start=1):
+            if failures:
+                break
+            reference = None
+            if result.sha256:  # Read from the archive: it is there, whatever the model made of it.
+                reference = ArchiveReference(instance.study_uid, instance.series_uid, instance.instance_uid,
+                                             result.sha256, instance.sop_class_uid or "")
+            taken.append(TakenUpload(result, reference))
+            if on_progress is not None:
+                on_progress(done, len(instances))
+    if failures:
+        position = min(failures)
+        raise ArchiveError(f"the series could not be read whole: instance {position} of {len(instances)} did not "
+                           f"come back ({failures[position]}); nothing of it was recorded - pull it again")
     return taken
 
 
