@@ -82,6 +82,21 @@ def pull_series(archive: DicomWebArchive, classifier, study_uid: str, series) ->
     return pulled
 
 
+def step_slice(pulled: PulledSeries, step: int) -> None:
+    """Button callback: move the series' slice slider by `step`, staying within the series."""
+    key = pulled.key("slice")
+    position = int(st.session_state.get(key, 1)) + step
+    st.session_state[key] = min(max(position, 1), len(pulled.items))
+
+
+def next_suspicious(pulled: PulledSeries, ranked: list[int]) -> None:
+    """Button callback: show the short list's next slice after the one shown (most suspicious first, wrapping)."""
+    key = pulled.key("slice")
+    shown = int(st.session_state.get(key, 1))
+    following = ranked[(ranked.index(shown) + 1) % len(ranked)] if shown in ranked else ranked[0]
+    st.session_state[key] = following
+
+
 def record_series_read(pulled: PulledSeries, model_class: str | None, model_version: str) -> None:
     """Button callback: record the series read form's verdict, class, reason and key slices."""
     verdict = st.session_state.get(pulled.key("verdict"))

@@ -19,6 +19,9 @@ from core.review.records import STATUS_LABELS, VERDICT_NAMES, VERDICTS
 from core.review.series import most_suspicious, series_class, series_slices, strip_rows
 
 
+SLICE_BACK_KEY, SLICE_FORWARD_KEY, SUSPICIOUS_KEY = "Alt+Up", "Alt+Down", "Alt+S"
+
+
 def render_search(archive) -> None:
     """The search fields and button; the results stay in the session until the next search."""
     first, second, third, fourth, fifth = st.columns(5)
@@ -73,7 +76,24 @@ def render_series(archive, classifier, pulled) -> None:
     st.subheader(pulled.name, divider="gray")
     st.caption(f"{len(slices)} {'instance' if len(slices) == 1 else 'instances'}; "
                f"{refused} refused, each with its reason.")
-    position = st.slider("Slice", 1, max(len(slices), 1), 1, key=pulled.key("slice")) if len(slices) > 1 else 1
+    position = 1
+    if len(slices) > 1:
+        slider, back, forward, top = st.columns([6, 1, 1, 2], vertical_alignment="bottom")
+        position = slider.slider("Slice", 1, len(slices), 1, key=pulled.key("slice"),
+                                 help="Arrow keys move the slider once it has the focus")
+        # Moving through a stack without the mouse, as in a PACS viewer; each shortcut has a modifier, so typing a
+        # reason never moves the slice.
+        back.button("", icon=":material/arrow_upward:", key=pulled.key("slice_back"), width="stretch",
+                    shortcut=SLICE_BACK_KEY, help=f"Previous slice ({SLICE_BACK_KEY})", on_click=app_pacs.step_slice,
+                    args=(pulled, -1))
+        forward.button("", icon=":material/arrow_downward:", key=pulled.key("slice_forward"), width="stretch",
+                       shortcut=SLICE_FORWARD_KEY, help=f"Next slice ({SLICE_FORWARD_KEY})",
+                       on_click=app_pacs.step_slice, args=(pulled, 1))
+        ranked = [entry.position + 1 for entry in most_suspicious(slices)]
+        top.button("Next suspicious", icon=":material/priority_high:", key=pulled.key("slice_suspicious"),
+                   width="stretch", shortcut=SUSPICIOUS_KEY, disabled=not ranked,
+                   help=f"The next slice of the short list, most suspicious first ({SUSPICIOUS_KEY})",
+                   on_click=app_pacs.next_suspicious, args=(pulled, ranked))
     item = pulled.items[position - 1]
     left, right = st.columns([5, 6], gap="large")
     with left:

@@ -146,3 +146,26 @@ def test_a_pull_cut_off_halfway_or_of_a_study_gone_says_so_once_and_records_noth
         assert not app.exception, app.exception
         assert any("no instance of the series" in str(element.value) for element in app.warning), texts(app.warning)
         assert HistoryStore(history_path).events() == []
+
+
+def test_the_slices_move_from_the_keyboard_and_the_short_list_is_one_key_away(history_path, dicomweb_env):
+    made = a_study(DicomWebArchive(dicomweb_env.url, dicomweb_env.user, dicomweb_env.password))
+    app = start()
+    app.text_input(key="pacs_patient_id").input(made["patient"])
+    app.button(key="pacs_search").click().run()
+    app.selectbox(key="pacs_series").set_value(made["axial"]).run()
+    app.button(key="pacs_pull").click().run()
+    key = lambda name: f"pacs_{name}_{made['axial'].replace('.', '_')[-24:]}"  # noqa: E731
+    for name, shortcut in (("slice_back", "Alt+Up"), ("slice_forward", "Alt+Down"), ("slice_suspicious", "Alt+S")):
+        assert app.button(key=key(name)).proto.shortcut.lower() == shortcut.lower()
+    app.button(key=key("slice_back")).click().run()
+    assert app.slider(key=key("slice")).value == 1  # never before the first slice
+    app.button(key=key("slice_forward")).click().run()
+    app.button(key=key("slice_forward")).click().run()
+    assert app.slider(key=key("slice")).value == 3
+    [short_list] = [element.value for element in app.dataframe if "P(tumour)" in element.value.columns]
+    ranked = list(short_list["Slice"])
+    app.button(key=key("slice_suspicious")).click().run()
+    expected = ranked[(ranked.index(3) + 1) % len(ranked)] if 3 in ranked else ranked[0]
+    assert app.slider(key=key("slice")).value == expected
+    assert f"Slice {expected}:" in " ".join(str(element.value) for element in app.markdown)
