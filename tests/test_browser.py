@@ -348,6 +348,57 @@ def test_a_reader_walks_the_worklist_reads_a_refused_scan_adjudicates_and_finds_
     assert page.errors == [], f"the browser logged errors: {page.errors}"
 
 
+def test_a_series_is_pulled_from_the_pacs_read_and_its_verified_report_is_in_the_archive(tmp_path, tiny_model_path,
+                                                                                          orthanc_server):
+    import pydicom
+
+    from core.archive.dicomweb import DicomWebArchive
+    from core.archive.pacs import series_instances, study_series
+    from tests.test_pacs import a_study
+
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no Chromium at /usr/bin/chromium: install it with `make browser` (apt-get install chromium)")
+    archive = DicomWebArchive(orthanc_server.url, orthanc_server.user, orthanc_server.password, 10.0)
+    made = a_study(archive)
+    with streamlit_server(tiny_model_path, tmp_path / "history.sqlite3", tmp_path / "streamlit.log",
+                          extra_environment=orthanc_server.environment()) as url, browser_page(executable) as page:
+        page.goto(f"{url}/studies")
+        page.get_by_role("button", name="Search").wait_for()
+        enter_reviewer(page, REVIEWER)
+        page.get_by_role("textbox", name="Patient ID").fill(made["patient"])
+        page.get_by_role("textbox", name="Patient ID").press("Enter")
+        wait_until_idle(page)
+        page.get_by_role("button", name="Search").click()
+        page.get_by_role("button", name="Pull and classify this series").wait_for()
+        wait_until_idle(page)
+        page.get_by_role("button", name="Pull and classify this series").click()
+        page.get_by_text("5 instances; 0 refused").wait_for()
+        wait_until_idle(page)
+        page.get_by_text("Confirmed", exact=True).click()
+        wait_until_idle(page)
+        page.get_by_role("button", name="Save series read").click()
+        page.get_by_text("Saved the series read of Series 2 AX T2.").wait_for()
+        page.get_by_text("Series: Reviewed, final class").wait_for()
+        wait_until_idle(page)
+        page.get_by_role("button", name="Send the read result to the archive (verified)").click()
+        page.get_by_text("Sent to the archive: the verified result of the read.").wait_for()
+        wait_until_idle(page)
+        # The pulled slices are in the reader's worklist on the Review page.
+        page.get_by_role("link", name="Review").click()
+        page.get_by_role("combobox", name="Scan").wait_for()
+        wait_until_idle(page)
+        assert "S2-I0001.dcm" in page.get_by_role("combobox", name="Scan").input_value()
+        assert page.errors == [], f"the browser logged errors: {page.errors}"
+    # The verified report is in the source study, where a PACS viewer finds it.
+    [report_series] = [series for series in study_series(archive, made["study"]) if series.number == 9900]
+    [instance] = series_instances(archive, made["study"], report_series.series_uid)
+    report = pydicom.dcmread(io.BytesIO(archive.retrieve(made["study"], report_series.series_uid,
+                                                         instance.instance_uid)))
+    assert str(report.VerificationFlag) == "VERIFIED"
+    assert str(report.VerifyingObserverSequence[0].VerifyingObserverName) == "Browser^Dr"
+
+
 def listening_addresses(port: int) -> set[str]:
     """The local addresses on which something listens on TCP `port`."""
     import psutil
