@@ -48,7 +48,7 @@ def test_a_series_is_found_pulled_reviewed_read_and_its_results_sent_back(histor
     app.button(key="pacs_pull").click().run()
     series_key = lambda name: f"pacs_{name}_{made['mixed'].replace('.', '_')[-24:]}"  # noqa: E731
     assert not app.exception, app.exception
-    assert "4 instances; 2 refused" in texts(app.caption)
+    assert "5 instances; 3 refused" in texts(app.caption)
     app.slider(key=series_key("slice")).set_value(2).run()
     assert "Slice 2 not classified" in texts(app.error) and "CT" in texts(app.error)
     app.slider(key=series_key("slice")).set_value(1).run()

@@ -437,6 +437,14 @@ def test_a_dicom_file_that_says_it_is_not_an_mr_image_is_refused_naming_what_it_
         load_scan(make_dicom(synthetic_slice(1, 32), **elements), "other.dcm")
 
 
+def test_an_mr_localizer_is_refused_as_a_planning_view_and_other_image_types_are_read():
+    localizer = make_dicom(synthetic_slice(1, 32), ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    with pytest.raises(ScanRejected, match="a localizer \\(scout\\) image"):
+        load_scan(localizer, "scout.dcm")
+    for image_type in (["ORIGINAL", "PRIMARY", "M", "ND"], ["DERIVED", "SECONDARY", "MPR"], "ORIGINAL"):
+        assert load_scan(make_dicom(synthetic_slice(1, 32), ImageType=image_type), "t1.dcm").source_format == "DICOM"
+
+
 def test_an_mr_file_of_each_mr_image_class_and_one_that_says_nothing_are_read():
     for sop_class in (uid.MRImageStorage, uid.EnhancedMRImageStorage):
         assert load_scan(make_dicom(synthetic_slice(1, 32), SOPClassUID=sop_class), "mr.dcm").source_format == "DICOM"

@@ -38,7 +38,8 @@ def reshaped(data: bytes, **elements) -> bytes:
 
 
 def a_study(archive: DicomWebArchive) -> dict:
-    """One patient's MR study: a 5-slice axial series stored out of order, and a series of mixed objects."""
+    """One patient's MR study: a 5-slice axial series stored out of order, and a series of mixed objects (an MR
+    slice, a CT, a multi-frame MR, a text SR and an MR localizer)."""
     patient = f"PAT-{uuid.uuid4().hex[:10]}"
     study, axial, mixed = uid.generate_uid(), uid.generate_uid(), uid.generate_uid()
     common = dict(StudyInstanceUID=study, PatientID=patient, PatientName="Doe^Jane", StudyDate="20261115",
@@ -64,6 +65,9 @@ def a_study(archive: DicomWebArchive) -> dict:
     buffer = io.BytesIO()
     report.save_as(buffer, enforce_file_format=True)
     store(archive, buffer.getvalue())
+    localizer = make_dicom(synthetic_slice(11, 64), SeriesInstanceUID=mixed, SeriesNumber=7, InstanceNumber=5,
+                           **common)
+    store(archive, reshaped(localizer, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]))
     return {"patient": patient, "study": study, "axial": axial, "mixed": mixed, "accession": common["AccessionNumber"]}
 
 
@@ -97,7 +101,7 @@ def test_a_study_is_found_by_patient_accession_and_date_with_its_series(orthanc_
     assert study.study_uid == made["study"] and study.date == "2026-11-15" and study.description == "MRI HEAD"
     assert study.patient_name == "Doe, Jane" and study.accession == made["accession"]
     assert [(series.number, series.description, series.instances) for series in study.series] == [
-        (2, "AX T2", 5), (7, "MIXED", 4)]
+        (2, "AX T2", 5), (7, "MIXED", 5)]
     assert [item.study_uid for item in find_studies(archive, accession=made["accession"])] == [made["study"]]
     in_range = find_studies(archive, patient_id=made["patient"], date_from=datetime.date(2026, 11, 1),
                             date_to=datetime.date(2026, 11, 30))
@@ -127,6 +131,7 @@ def test_a_series_is_pulled_in_slice_order_and_each_object_classified_or_refused
     assert statuses[1][0] == "rejected" and "CT" in statuses[1][1]
     assert statuses[2][0] == "ok"  # multi-frame: one result for the instance
     assert statuses[3][0] == "rejected" and "structured report" in statuses[3][1]
+    assert statuses[4][0] == "rejected" and "localizer" in statuses[4][1]
     # Refused objects keep their reference: the reader can still see which instance it was.
     assert all(item.reference is not None and item.reference.series_uid == made["mixed"] for item in mixed)
 

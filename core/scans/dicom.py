@@ -109,8 +109,18 @@ def _check_modality(dataset) -> None:
         raise ScanRejected(f"a {name} object, not an MR image; this model reads MRI")
 
 
+def _check_image_kind(dataset) -> None:
+    """Refuse a localizer (scout): an MR image, but a planning view of the head, never a slice to read."""
+    image_type = dataset.get("ImageType") or []
+    values = [image_type] if isinstance(image_type, str) else list(image_type)  # one value, or a MultiValue
+    if "LOCALIZER" in {str(value).strip().upper() for value in values}:
+        raise ScanRejected("a localizer (scout) image, a planning view rather than a diagnostic slice (its "
+                           "ImageType says LOCALIZER); this model reads diagnostic brain slices")
+
+
 def _scan_from_dataset(dataset, frame: int | None, window: tuple[float, float] | None) -> Scan:
     _check_modality(dataset)  # Before any pixel is decoded: a CT is refused as a CT, not judged by the gate.
+    _check_image_kind(dataset)
     if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
         raise ScanRejected("the DICOM file has no pixel data (it may be a report, a structured document or a DICOMDIR)")
     rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
