@@ -169,3 +169,21 @@ def test_the_slices_move_from_the_keyboard_and_the_short_list_is_one_key_away(hi
     expected = ranked[(ranked.index(3) + 1) % len(ranked)] if 3 in ranked else ranked[0]
     assert app.slider(key=key("slice")).value == expected
     assert f"Slice {expected}:" in " ".join(str(element.value) for element in app.markdown)
+
+
+def test_with_the_archive_down_a_search_and_the_command_line_say_so_in_one_line(history_path, monkeypatch, capsys):
+    from core.cli import main
+    from tests.test_browser import free_port
+
+    monkeypatch.setenv("BRAINSCAN_DICOMWEB_URL", f"http://127.0.0.1:{free_port()}/dicom-web")  # nothing listens
+    app = start()
+    app.text_input(key="pacs_patient_id").input("PAT-1")
+    app.button(key="pacs_search").click().run()
+    assert not app.exception, app.exception
+    warnings = [str(element.value) for element in app.warning]
+    assert len([text for text in warnings if "Scan archive" in text]) == 1, warnings
+    assert "cannot be reached" in next(text for text in warnings if "Scan archive" in text)
+    assert HistoryStore(history_path).events() == []
+    assert main(["pacs", "find", "--patient-id", "PAT-1"]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "Traceback" not in error and error.startswith("error: ")
