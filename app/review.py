@@ -693,6 +693,24 @@ def dicom_panel(item: ReviewItem, data: bytes | None, classifier) -> ReviewItem:
     return chosen
 
 
+def _earlier_rows(store, session: str, shown: set[str]) -> list[dict]:
+    """This session's earlier cases as this viewer may see them, read again only when the history has changed.
+
+    Every rerun of the Review page draws this list, and reading a long session's cases each time
+    was the largest part of the page's own Python time per upload (bench/README.md); the newest
+    event's id (one indexed lookup) says whether anything was recorded since, by any replica.
+    """
+    identity = app_identity.current_identity()  # a blind reviewer sees their own read of each scan only
+    key = (session, store.head_id(), frozenset(shown), identity.key if identity is not None else None)
+    cached = st.session_state.get("review_earlier_rows")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    rows = [viewer_row(row, identity) for row in store.current_state(session_id=session)
+            if row["sha256"] not in shown and row["kind"] != "series_read"]  # series: the Studies page
+    st.session_state["review_earlier_rows"] = (key, rows)
+    return rows
+
+
 def render_earlier(store, session: str, shown: set[str], display_names: dict[str, str]) -> None:
     """Scans this session reviewed earlier that are not uploaded now, read back from the history.
 
@@ -701,9 +719,7 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
     inside) was about half of the browser's work per upload (bench/page.py).
     """
     try:
-        identity = app_identity.current_identity()  # a blind reviewer sees their own read of each scan only
-        earlier = [viewer_row(row, identity) for row in store.current_state(session_id=session)
-                   if row["sha256"] not in shown and row["kind"] != "series_read"]  # series: the Studies page
+        earlier = _earlier_rows(store, session, shown)
     except HistoryUnavailable as error:
         app_support.history_unavailable(error, "Scans reviewed earlier in this session are not listed")
         return

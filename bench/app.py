@@ -12,10 +12,13 @@ given model) and drives headless Chromium (Debian's, /usr/bin/chromium) with Pla
 3. latency, N concurrent sessions: the same in N browser contexts at once, started when all N
    pages are open and idle (N reviewers at work, not N page loads racing the uploads; the raw
    latencies per session go to --json); every answer is checked against `python -m core
-   predict` on the same file (class and calibrated probability shown);
-4. memory: N sessions each upload S scans at once (a worklist), clear, and do it again for R
-   rounds; the server's resident memory is sampled every 100 ms from /proc, and its growth from
-   the end of the first round to the end of the last is reported.
+   predict` on the same file (class and calibrated probability shown). As a team works: a second
+   server in team mode, signed in through a real OpenID Connect provider on loopback
+   (oidc-provider-mock), one reviewer per session with a worklist of their own (in local mode the
+   worklist is the machine's, so N sessions would clear each other's);
+4. memory: the N signed-in sessions each upload S scans at once (a worklist), clear, and do it
+   again for R rounds; the server's resident memory is sampled every 100 ms from /proc, and its
+   growth from the end of the first round to the end of the last is reported.
 Every wait is bounded; the server is stopped at the end. Exit status 1 if any answer was wrong.
 """
 
@@ -135,44 +138,80 @@ async def _bench(arguments, model_path: Path, files: list[Path], expected: dict,
                 figures["single_session"]["cpu_s_per_upload"] = _cpu_per_upload(cpu_before, server, len(latencies))
                 await context.close()
                 print(f"one session: median {figures['single_session']['median_s']:.2f} s", flush=True)
-
-                # 3. N sessions at once, each one scan at a time.
-                offset = 1 + arguments.single
-                chunks = [files[offset + index * arguments.per_session: offset + (index + 1) * arguments.per_session]
-                          for index in range(arguments.sessions)]
-                # The contexts are closed only after the CPU count: a closed context's renderer
-                # process is gone, and its CPU seconds with it.
-                contexts = [await browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in chunks]
-                pages = await asyncio.gather(*(_open_page(context, server.url) for context in contexts))
-                cpu_before = _cpu_seconds(server.process.pid)
-                results = await asyncio.gather(*(_session_latencies(page, chunk, expected)
-                                                 for page, chunk in zip(pages, chunks)))
-                concurrent = [latency for latencies, _ in results for latency in latencies]
-                figures["concurrent_sessions"] = _summary(concurrent)
-                figures["concurrent_sessions"]["latencies_s"] = [latencies for latencies, _ in results]
-                figures["concurrent_sessions"]["cpu_s_per_upload"] = _cpu_per_upload(cpu_before, server, len(concurrent))
-                for context in contexts:
-                    await context.close()
-                figures["wrong_answers"] += [wrong for _, wrongs in results for wrong in wrongs]
-                print(f"{arguments.sessions} sessions: p95 {figures['concurrent_sessions']['p95_s']:.2f} s", flush=True)
-
-                # 4. Memory: N sessions x S scans at once, cleared, R rounds; RSS sampled throughout.
-                figures["memory"] = await _memory_rounds(browser, server, arguments, files)
             finally:
                 figures["server_log_tail"] = server.stop()
+
+            # 3. N signed-in reviewers at once, each one scan at a time, on a team-mode server of their own.
+            with _provider(arguments.sessions) as provider:
+                server = _Server(model_path, scratch / "team", arguments.streamlit_option, provider=provider)
+                try:
+                    await asyncio.to_thread(server.wait_healthy)
+                    await _team_part(browser, server, arguments, files, expected, figures)
+                finally:
+                    figures["team_server_log_tail"] = server.stop()
         finally:
             await browser.close()
     return figures
 
 
-async def _open_page(context, url: str):
-    """A page of the app, loaded and idle: the concurrent uploads start once every session is open."""
+async def _team_part(browser, server, arguments, files: list[Path], expected: dict, figures: dict) -> None:
+    """Parts 3 and 4 on the team-mode server: N signed-in reviewers' latencies, then the memory rounds."""
+    offset = 1 + arguments.single
+    chunks = [files[offset + index * arguments.per_session: offset + (index + 1) * arguments.per_session]
+              for index in range(arguments.sessions)]
+    # The contexts are closed only after the CPU count: a closed context's renderer
+    # process is gone, and its CPU seconds with it.
+    contexts = [await browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in chunks]
+    pages = await asyncio.gather(*(_open_page(context, server.url, f"reader{index + 1}")
+                                   for index, context in enumerate(contexts)))
+    cpu_before = _cpu_seconds(server.process.pid)
+    results = await asyncio.gather(*(_session_latencies(page, chunk, expected)
+                                     for page, chunk in zip(pages, chunks)))
+    concurrent = [latency for latencies, _ in results for latency in latencies]
+    figures["concurrent_sessions"] = _summary(concurrent)
+    figures["concurrent_sessions"]["latencies_s"] = [latencies for latencies, _ in results]
+    figures["concurrent_sessions"]["cpu_s_per_upload"] = _cpu_per_upload(cpu_before, server, len(concurrent))
+    for context in contexts:
+        await context.close()
+    figures["wrong_answers"] += [wrong for _, wrongs in results for wrong in wrongs]
+    print(f"{arguments.sessions} sessions: p95 {figures['concurrent_sessions']['p95_s']:.2f} s", flush=True)
+
+    # 4. Memory: N sessions x S scans at once, cleared, R rounds; RSS sampled throughout.
+    figures["memory"] = await _memory_rounds(browser, server, arguments, files)
+
+
+async def _open_page(context, url: str, reader: str | None = None):
+    """A page of the app, loaded and idle (signed in as `reader` on a team-mode server): the concurrent
+    uploads start once every session is open."""
     page = await context.new_page()
     page.set_default_timeout(WAIT_MS)
     await page.goto(url)
+    if reader is not None:
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("button", name=reader, exact=True).click()  # the provider's one-click user
+        await page.wait_for_url(f"{url}/**")
     await page.get_by_text("Upload brain MRI slices").wait_for()
     await _wait_idle(page)
     return page
+
+
+class _provider:
+    """An OpenID Connect provider on loopback (oidc-provider-mock) whose users reader1..readerN are reviewers."""
+
+    def __init__(self, readers: int):
+        self.readers = readers
+
+    def __enter__(self) -> str:
+        import oidc_provider_mock as mock
+
+        users = [mock.User(sub=f"reader{index}", claims={"email": f"reader{index}@example.org", "email_verified": True,
+                                                          "name": f"Reader {index}", "roles": ["reviewer"]})
+                 for index in range(1, self.readers + 1)]
+        self._server = mock.run_server_in_thread(port=0, user_claims=users)
+        return f"http://localhost:{self._server.__enter__().server_port}"
+
+    def __exit__(self, *exc_info) -> None:
+        self._server.__exit__(*exc_info)
 
 
 async def _session_latencies(page, files: list[Path], expected: dict) -> tuple[list[float], list[str]]:
@@ -207,14 +246,11 @@ async def _memory_rounds(browser, server, arguments, files: list[Path]) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     contexts = [await browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(arguments.sessions)]
-    pages = [await context.new_page() for context in contexts]
     baseline = server.rss_mb()
     after_round = []
     try:
-        for page in pages:
-            page.set_default_timeout(WAIT_MS)
-        await asyncio.gather(*(page.goto(server.url) for page in pages))
-        await asyncio.gather(*(page.get_by_text("Upload brain MRI slices").wait_for() for page in pages))
+        pages = await asyncio.gather(*(_open_page(context, server.url, f"reader{index + 1}")
+                                       for index, context in enumerate(contexts)))
         for round_index in range(arguments.rounds):
             batches = [files[(index * arguments.scans) % len(files):][: arguments.scans] for index in range(len(pages))]
             await asyncio.gather(*(_upload_batch(page, batch) for page, batch in zip(pages, batches)))
@@ -245,9 +281,20 @@ async def _clear(page) -> None:
     clear = page.get_by_role("button", name="Clear worklist")
     if not await clear.count():
         return
+    await _wait_idle(page)
     await clear.click()  # opens the confirmation
-    await page.get_by_role("button", name="Yes, clear the worklist").click()
-    await page.locator(BARS).first.wait_for(state="detached")
+    # A click that lands while the page is still redrawing (a signed-in reader's restored worklist) is lost with
+    # the old widget; while the confirmation is still open, it is pressed again.
+    for attempt in range(3):
+        await page.get_by_role("button", name="Yes, clear the worklist").click()
+        try:
+            await page.locator(BARS).first.wait_for(state="detached", timeout=10_000 if attempt < 2 else WAIT_MS)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            if not await page.get_by_role("button", name="Yes, clear the worklist").count():
+                await clear.click()
     await page.locator("[data-testid='stFileUploaderFile']").first.wait_for(state="detached")
     deadline = time.monotonic() + WAIT_MS / 1000
     while await page.locator("[data-testid='stFileUploader'] input[type='file']").count() != 1:
@@ -295,12 +342,20 @@ async def _check_answer(page, path: Path, expected: dict) -> list[str]:
 class _Server:
     """`streamlit run streamlit_app.py` on a free loopback port, with a fresh history database."""
 
-    def __init__(self, model_path: Path, scratch: Path, options: list[str] = ()):
+    def __init__(self, model_path: Path, scratch: Path, options: list[str] = (), provider: str | None = None):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
+        scratch.mkdir(parents=True, exist_ok=True)
         self.log_path = scratch / "streamlit.log"
+        if provider is not None:  # team mode: sign-in through the provider, as docs/sign-in.md sets it up
+            secrets_file = scratch / "secrets.toml"
+            secrets_file.write_text(
+                f'[auth]\nredirect_uri = "{self.url}/oauth2callback"\ncookie_secret = "{os.urandom(32).hex()}"\n'
+                'client_id = "brainscan-bench"\nclient_secret = "not-a-secret"\n'
+                f'server_metadata_url = "{provider}/.well-known/openid-configuration"\n')
+            options = [*options, f"secrets.files={secrets_file}"]
         environment = dict(os.environ, BRAINSCAN_MODEL=str(model_path), PYTHONPATH=str(ROOT),
                            BRAINSCAN_HISTORY_DB=str(scratch / "history.sqlite3"), TF_CPP_MIN_LOG_LEVEL="3")
         command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
@@ -432,9 +487,9 @@ def _print(figures: dict) -> None:
     print(f"| cold start: `streamlit run` -> first prediction's bars visible | {cold['first_bars_s']:.1f} s "
           f"(server up {cold['server_healthy_s']:.1f} s, page ready {cold['page_ready_s']:.1f} s) | < 10 s |")
     print(f"| choose a file -> bars visible, 1 session, median (p95) of {single['n']} | "
-          f"{single['median_s']:.2f} s ({single['p95_s']:.2f} s) | median < 1.5 s |")
-    print(f"| same, {figures['sessions']} concurrent sessions, median (p95) of {concurrent['n']} | "
-          f"{concurrent['median_s']:.2f} s ({concurrent['p95_s']:.2f} s) | p95 < 4 s |")
+          f"{single['median_s']:.2f} s ({single['p95_s']:.2f} s) | median < 1 s |")
+    print(f"| same, {figures['sessions']} signed-in reviewers at once (team mode), median (p95) of {concurrent['n']} | "
+          f"{concurrent['median_s']:.2f} s ({concurrent['p95_s']:.2f} s) | median < 1 s, p95 < 3 s |")
     rounds = ", ".join(f"{value:.0f}" for value in memory["rss_after_each_round_mb"])
     print(f"| server peak RSS, {figures['sessions']} sessions x {figures['scans_per_session']} scans | "
           f"{memory['peak_rss_mb']:.0f} MB (VmHWM {memory['server_vm_hwm_mb']:.0f} MB) | < 1500 MB |")
@@ -444,7 +499,7 @@ def _print(figures: dict) -> None:
     checked = 1 + single["n"] + concurrent["n"]
     for name, figure in (("1 session", single), (f"{figures['sessions']} sessions", concurrent)):
         cpu = figure["cpu_s_per_upload"]
-        print(f"CPU per upload, {name}: server {cpu['server'] * 1000:.0f} ms, browser (at least) "
+        print(f"CPU per upload, {name}: server {cpu['server'] * 1000:.0f} ms (floor <= 60 ms), browser (at least) "
               f"{cpu['browser'] * 1000:.0f} ms")
     print(f"\ncorrectness: {checked - len(wrong)} of {checked} answers equal `python -m core predict` "
           f"(class and calibrated probability shown)")

@@ -383,6 +383,31 @@ def test_earlier_scans_stay_in_a_closed_expander_with_or_without_a_worklist(hist
     assert list(table_with(app, "Verdict")["File"]) == ["scan-21.png"]
 
 
+def test_earlier_scans_are_read_again_only_when_the_history_has_changed(history_path, monkeypatch):
+    first = encode(synthetic_slice(23, 96))
+    app = start()
+    app.file_uploader(key=UPLOADER).set_value(("scan-23.png", first, "image/png")).run()
+    app.radio(key=f"review_verdict_{key_of(first)}").set_value("confirm").run()
+    app.button(key=f"review_save_{key_of(first)}").click().run()
+    app.button(key="review_clear").click().run()
+    assert list(table_with(app, "Verdict")["Verdict"]) == ["Confirmed"]
+    reads = []
+    original = HistoryStore.current_state
+    monkeypatch.setattr(HistoryStore, "current_state",
+                        lambda self, *args, **kwargs: reads.append(kwargs) or original(self, *args, **kwargs))
+    app.run()
+    app.run()
+    assert not [call for call in reads if call.get("session_id")]  # nothing new: the rows are the kept ones
+    # Another replica records a read in this session: the next rerun shows it.
+    [case] = HistoryStore(history_path).current_state()
+    HistoryStore(history_path).record_verdict(
+        session_id=case["session_id"], reviewer="Ann", file_name="scan-23.png", sha256=case["sha256"],
+        model_version=case["model_version"], predicted_class=case["predicted_class"], probabilities={},
+        verdict="flag", note="second thoughts")
+    app.run()
+    assert list(table_with(app, "Verdict")["Verdict"]) == ["Flagged for second read"]
+
+
 def test_a_missing_model_gives_a_clear_page_and_uploads_are_refused_cleanly(history_path, tmp_path, monkeypatch):
     monkeypatch.setenv("BRAINSCAN_MODEL", str(tmp_path / "absent.keras"))
     app = start()

@@ -592,6 +592,11 @@ class HistoryStore:
         with self._read() as connection:
             connection.execute(sa.select(events.c.id).limit(1)).all()
 
+    def head_id(self) -> int:
+        """The id of the newest event (0 for an empty history): it changes with every event any replica appends."""
+        with self._read() as connection:
+            return int(connection.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0))).scalar_one())
+
     def event_count(self) -> int:
         """How many events the history holds."""
         with self._read() as connection:
