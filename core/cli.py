@@ -148,6 +148,18 @@ def _command_modality_audit(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _command_prepare_model(arguments: argparse.Namespace) -> int:
+    import time
+
+    from core.model.inference import Classifier
+
+    started = time.perf_counter()
+    classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
+    print(f"model {classifier.version} ready on {classifier.runtime} in {time.perf_counter() - started:.1f} s",
+          file=sys.stderr)
+    return 0
+
+
 def _command_calibrate(arguments: argparse.Namespace) -> int:
     from core.training.train import calibrate
 
@@ -742,6 +754,12 @@ def build_parser() -> argparse.ArgumentParser:
     modality.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
     modality.add_argument("--out", default="runs/modality-audit", help="folder for the ranking and contact sheet")
     modality.set_defaults(handler=_command_modality_audit)
+
+    prepare = commands.add_parser(
+        "prepare-model", help="load the model once: convert it for the fast runtime (OpenVINO) and check it against "
+        "TensorFlow, cached by its sha256, so the app's first page does not wait for it (make run does this first)")
+    prepare.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    prepare.set_defaults(handler=_command_prepare_model)
 
     calibrate = commands.add_parser(
         "calibrate", help="re-fit temperature and gate and re-measure a trained model from its split manifest")

@@ -69,6 +69,20 @@ def test_cli_errors_are_one_line_messages_not_tracebacks(tmp_path):
     assert "does not exist" in completed.stderr
 
 
+def test_prepare_model_converts_the_model_into_the_runtime_cache_before_the_app_needs_it(tmp_path, tiny_model_path,
+                                                                                         capsys, monkeypatch):
+    from core.cli import main
+
+    monkeypatch.setenv("BRAINSCAN_RUNTIME_CACHE", str(tmp_path / "cache"))
+    assert main(["prepare-model", "--model", str(tiny_model_path)]) == 0
+    said = capsys.readouterr().err
+    assert "ready on" in said
+    if "ready on openvino" in said:  # where OpenVINO is installed, the converted network is cached for the app
+        assert any((tmp_path / "cache").iterdir())
+    assert main(["prepare-model", "--model", str(tmp_path / "none.keras")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_evaluate_rejects_unknown_class_folder(tmp_path, tiny_model_path, capsys):
     write_class_folders(tmp_path / "data", names=("glioma", "ependymoma"), per_class=1)
     assert main(["evaluate", "--data", str(tmp_path / "data"), "--model", str(tiny_model_path)]) == 2
