@@ -51,7 +51,7 @@ def render_image(item: ReviewItem, classifier, data: bytes | None = None) -> Non
                 caption = f"{name} - heat-map over the model's crop of the head"
     if item.colour is not None:
         caption += " (shown in colour; the model reads it in greyscale)"
-    st.image(picture, caption=caption, width="stretch", clamp=True)
+    st.image(app_review.png_bytes(picture), caption=caption, width="stretch", output_format="PNG")
     st.button("Original at full size", icon=":material/open_in_full:", key=f"review_original_{item.widget_key}",
               help="The scan alone, at its own resolution, without the heat map", on_click=st.session_state.update,
               kwargs={"review_open_original": item.sha256})

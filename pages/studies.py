@@ -98,7 +98,8 @@ def render_series(archive, classifier, pulled) -> None:
     left, right = st.columns([5, 6], gap="large")
     with left:
         if item.thumbnail is not None:
-            st.image(item.thumbnail, caption=f"Slice {position}: {item.file_name}", width="stretch", clamp=True)
+            st.image(app_review.png_bytes(item.thumbnail), caption=f"Slice {position}: {item.file_name}",
+                     width="stretch", output_format="PNG")
     with right:
         if item.status == "ok":
             st.markdown(f"**Slice {position}: {names.get(item.label, item.label)}** ({item.confidence:.1%})")

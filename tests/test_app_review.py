@@ -259,8 +259,10 @@ def test_a_colour_upload_is_shown_in_colour_and_the_original_opens_alone_at_full
     assert item.colour is not None and item.colour.shape == (*item.thumbnail.shape, 3)
     assert max(item.thumbnail.shape) == 512  # the worklist keeps a smaller copy
     assert (item.colour[:, :, 0] != item.colour[:, :, 2]).any()  # still colour, in RGB order
-    [shown] = [image.proto.imgs[0].caption for image in app.get("image")]
-    assert shown.endswith("(shown in colour; the model reads it in greyscale)")
+    [image] = app.get("image")
+    assert image.proto.imgs[0].caption.endswith("(shown in colour; the model reads it in greyscale)")
+    # Sent losslessly: a PNG, never Streamlit's default JPEG for a picture without transparency.
+    assert image.proto.imgs[0].url.endswith(".png"), image.proto.imgs[0].url
     app.button(key=f"review_original_{key_of(scan)}").click().run()
     assert not app.exception, app.exception
     captions = [image.proto.imgs[0].caption for image in app.get("image")]
@@ -537,3 +539,17 @@ def test_the_worklist_moves_and_confirms_from_the_keyboard(history_path):
     app.button(key="review_previous").click().run()
     app.button(key="review_previous").click().run()  # From the first scan round to the last.
     assert app.selectbox(key="review_current").value == hashlib.sha256(scans[2]).hexdigest()
+
+
+def test_the_shown_picture_is_sent_losslessly_in_its_own_colours():
+    import cv2
+    import numpy as np
+
+    from app.review import png_bytes
+
+    rng = np.random.default_rng(1)
+    for picture in ((rng.random((40, 60)) * 255).astype(np.uint8), (rng.random((40, 60, 3)) * 255).astype(np.uint8)):
+        data = png_bytes(picture)
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(back if back.ndim == 2 else back[:, :, ::-1], picture)  # RGB, not BGR
