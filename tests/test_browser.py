@@ -253,6 +253,16 @@ def choose_option(page, box: str, option: str) -> None:
     wait_until_idle(page)
 
 
+def answer_with_reason(page, box: str, option: str, reason_box: str, reason: str, button: str) -> None:
+    """Pick `option` in the select box `box`, type `reason` in the text box `reason_box`, and press `button`."""
+    choose_option(page, box, option)
+    field = page.get_by_role("textbox", name=reason_box)
+    field.fill(reason)
+    field.blur()
+    wait_until_idle(page)
+    page.get_by_role("button", name=button).click()
+
+
 def shows_scan(page, file_name: str) -> bool:
     """Wait until the Review page's scan heading names `file_name`, then whether it is the only scan shown."""
     headings = page.locator("[data-testid='stMarkdownContainer'] h4")
@@ -290,11 +300,8 @@ def test_a_reader_walks_the_worklist_reads_a_refused_scan_adjudicates_and_finds_
     page.locator("[data-testid='stAlert']").filter(has_text="this is a text file, not an image").wait_for()
     assert page.get_by_text("Confirm", exact=True).count() == 0
     choose_verdict(page, "Give my read")
-    choose_option(page, "Your read", "Non-diagnostic / unreadable")
-    page.get_by_role("textbox", name="Reason for your read (required)").fill("damaged file")
-    page.get_by_role("textbox", name="Reason for your read (required)").blur()
-    wait_until_idle(page)
-    page.get_by_role("button", name="Save verdict").click()
+    answer_with_reason(page, "Your read", "Non-diagnostic / unreadable", "Reason for your read (required)",
+                       "damaged file", "Save verdict")
     page.get_by_text("Saved walk-broken.png: read (no model class).").wait_for()
     assert shows_scan(page, "walk-b.png")
 
@@ -305,11 +312,8 @@ def test_a_reader_walks_the_worklist_reads_a_refused_scan_adjudicates_and_finds_
     page.get_by_role("link", name="Second reads").click()
     page.get_by_role("button", name="Record adjudication").wait_for()
     wait_until_idle(page)
-    choose_option(page, "Final label", "Not a brain MRI slice")
-    page.get_by_role("textbox", name="Reason (required)").fill("a knee coil localiser")
-    page.get_by_role("textbox", name="Reason (required)").blur()
-    wait_until_idle(page)
-    page.get_by_role("button", name="Record adjudication").click()
+    answer_with_reason(page, "Final label", "Not a brain MRI slice", "Reason (required)", "a knee coil localiser",
+                       "Record adjudication")
     page.get_by_text("Nothing awaits a second read.").wait_for()
 
     # A new tab on the plain address: the reader, the worklist and their reads are all there.
