@@ -172,6 +172,13 @@ def test_a_shift_in_the_gate_score_raises_the_input_alert_without_any_final_labe
     assert shifts["2026-01"]["value"] is None  # nothing earlier to compare with
     assert shifts["2026-03"]["value"] < shifts["2026-03"]["reference"]
     assert shifts["2026-04"]["value"] > 0.8 and shifts["2026-04"]["n"] == 80
+    # The KS distance is printed as the number it is (0 to 1), not as a percentage.
+    from core.review.monitor import report_html, report_text
+
+    [line] = [line for line in report_text(report).splitlines() if line.strip().startswith("2026-04")
+              and GATE_MEASURE in line]
+    assert f"{GATE_MEASURE:<24} {shifts['2026-04']['value']:.2f} n=80" in line and "%" not in line.split("n=")[0]
+    assert f"<td>{shifts['2026-04']['value']:.2f}</td>" in report_html(report)
     bins = [row for row in store.monitoring_aggregates(0.8)["gate"] if row["day"] == "2026-04-05"]
     assert sum(row["n"] for row in bins) == 80 and min(row["bin"] for row in bins) < -4 < max(row["bin"] for row in bins)
 

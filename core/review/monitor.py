@@ -461,6 +461,14 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _input_value(figure: Mapping, key: str) -> str:
+    """An input figure as reports print it: the gate's KS distance as a number (0 to 1), the shares as percents."""
+    value = figure.get(key)
+    if figure["measure"] == GATE_MEASURE:
+        return "-" if value is None else f"{float(value):.2f}"
+    return _percent(value)
+
+
 def report_text(report: MonitorReport) -> str:
     """The report as plain text for a terminal: alerts first, then each kind of figure."""
     lines = [f"{report.cases} cases, {report.cases_with_final_label} with a final label"
@@ -480,8 +488,8 @@ def report_text(report: MonitorReport) -> str:
     lines.append("\nwithout ground truth (reference: mean of earlier periods)")
     for figure in report.inputs:
         mark = "  ALERT" if figure["alert"] else ""
-        lines.append(f"  {figure['period']:<9} {figure['measure']:<24} {_percent(figure['value'])} n={figure['n']}; "
-                     f"reference {_percent(figure['reference'])}{mark}")
+        lines.append(f"  {figure['period']:<9} {figure['measure']:<24} {_input_value(figure, 'value')} "
+                     f"n={figure['n']}; reference {_input_value(figure, 'reference')}{mark}")
     lines.append("\nreaders (latest read per case)")
     for figure in report.readers:
         mark = "  CONFIRMS NEARLY EVERYTHING, some later adjudicated otherwise" if figure["rubber_stamp"] else ""
@@ -523,8 +531,8 @@ def report_html(report: MonitorReport, title: str = "BrainScan Review - model pe
          _percent(figure["value"]), interval(figure), figure["n"], _percent(figure["reference"]))
         for figure in report.performance if figure["n"]])
     inputs = table(("Period", "Measure", "Value", "n", "Reference", "Alert"), [
-        (figure["period"], figure["measure"], _percent(figure["value"]), figure["n"], _percent(figure["reference"]),
-         "yes" if figure["alert"] else "") for figure in report.inputs])
+        (figure["period"], figure["measure"], _input_value(figure, "value"), figure["n"],
+         _input_value(figure, "reference"), "yes" if figure["alert"] else "") for figure in report.inputs])
     readers = table(("Reader", "Period", "Reads", "Override", "Flag", "Agrees with model", "Agrees with final",
                      "Confirmed, then adjudicated otherwise", "Confirms nearly everything"), [
         (figure["reader"], figure["period"], figure["reads"], _percent(figure["override_rate"]),
