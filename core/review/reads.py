@@ -31,7 +31,10 @@ def reader_key(event: Mapping) -> str:
 
 
 def reads_of(events: Iterable[Mapping]) -> list[dict]:
-    """Each reader's latest read of one scan (or series), in the order they first read it; `amended` counts earlier saves."""
+    """Each reader's latest read of one scan (or series), in the order they first read it.
+
+    `amended` counts each reader's earlier saves.
+    """
     latest: dict[str, dict] = {}
     saves: dict[str, int] = {}
     for event in sorted(events, key=lambda row: row["id"]):

@@ -61,7 +61,6 @@ from core.review.series import series_key
 from core.review.records import (
     CASE_KINDS,
     COLUMNS,
-    READ_KINDS,
     IDENTITY_COLUMNS,
     MAX_FILE_NAME_CHARS,
     MAX_IDENTITY_CHARS,
@@ -69,6 +68,7 @@ from core.review.records import (
     MAX_REASON_CHARS,
     MAX_REVIEWER_CHARS,
     PROBABILITY_COLUMNS,
+    READ_KINDS,
     VerdictRejected,
     check_length,
     final_label_of,
@@ -276,8 +276,8 @@ class HistoryStore:
         `confirm` takes the model's class as final label, `override` takes `override_label` (a
         class, or a non-class answer such as "not a brain MRI slice") and needs a reason, `flag`
         leaves the final label empty for a second reader. A scan the model refused
-        (`predicted_class` None) is read by an override or a flag; the refusal stays beside it. Saving the same
-        verdict, reviewer, reason and note as the scan's latest verdict adds nothing and returns
+        (`predicted_class` None) is read by an override or a flag; the refusal stays beside it.
+        Saving the same verdict, reviewer, reason and note as the scan's latest verdict adds nothing and returns
         that event's id. `actor` holds the signed-in identity (issuer, subject, email, name, role)
         where there is one. Raises `VerdictRejected` saying what to fix.
         """
