@@ -14,6 +14,7 @@ import numpy as np
 import streamlit as st
 
 from app import identity as app_identity
+from app import review as app_review
 from app import support as app_support
 from core.archive.dicomweb import DicomWebArchive
 from core.errors import ArchiveError, HistoryUnavailable
@@ -199,8 +200,6 @@ def series_standing(pulled: PulledSeries, model_version: str) -> tuple[str, dict
     blind reviewer (`app.review.sees_other_reads`) sees their own read's status only, and is offered
     the verified report only when the case's final read is their own.
     """
-    from app import review as app_review
-
     store = app_support.history_store()
     if store is None:
         return None

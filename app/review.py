@@ -150,9 +150,8 @@ def restore_item(store, archive, classifier, entry: dict) -> ReviewItem:
     try:
         result = reopen(classifier, archive, store, sha256, file_name)
         if result is None:  # A file with no picture (it could not be decoded): its recorded refusal.
-            refusal = next((event for event in reversed(store.scan_events(sha256, entry["model_version"]))
-                            if event["kind"] == "refusal"), None)
-            message = refusal["reason"] if refusal else "the scan has no copy in the archive"
+            reason = store.refusal_reason(sha256, entry["model_version"])
+            message = reason if reason is not None else "the scan has no copy in the archive"
             return ReviewItem(sha256, file_name, "rejected", message, None, {}, classifier.version, None, None)
     except (ArchiveError, HistoryUnavailable) as error:
         return ReviewItem(sha256, file_name, UNAVAILABLE, f"the picture cannot be shown just now: {error}", None, {},

@@ -20,6 +20,7 @@ from core.classes import CLASS_NAMES, LABEL_NAMES, READ_LABELS
 from core.errors import HistoryUnavailable
 from core.review.reads import needs_second_read
 from core.review.records import PROBABILITY_COLUMNS, VerdictRejected
+from core.review.results import key_slices_of
 
 
 def adjudicate(case: dict) -> None:
@@ -50,17 +51,17 @@ def probabilities_of(case: dict) -> dict[str, float]:
 def refusal_of(store, case: dict) -> str:
     """Why the model gave a case no class, as its refusal event says (the refusal stays beside the reads)."""
     try:
-        events = store.scan_events(case["sha256"], case["model_version"])
+        reason = store.refusal_reason(case["sha256"], case["model_version"])
     except HistoryUnavailable:
         return "the reason cannot be read while the history is unavailable"
-    return next((event["reason"] for event in reversed(events) if event["kind"] == "refusal"), "") or "no reason recorded"
+    return reason or "no reason recorded"
 
 
 def render_series_case(store, classifier, case: dict) -> None:
     """A series awaiting a second read: what it is, and the first key slice a read names, from the archive."""
     detail = json.loads(case["detail"]) if case.get("detail") else {}
     key_slices = [slice_ for read in sorted(case["reads"], key=lambda read: -read["id"])
-                  for slice_ in (json.loads(read["detail"]).get("key_slices") if read.get("detail") else None) or []]
+                  for slice_ in key_slices_of(read)]
     st.markdown(f"**Series** {app_support.escape_markdown(case['file_name'])} · {detail.get('slices', '?')} slices · "
                 f"series UID {app_support.escape_markdown(str(detail.get('series_uid', '')))}")
     if not key_slices:

@@ -39,8 +39,8 @@ def final_read(case: Mapping | None) -> dict | None:
     if not case or case.get("status") not in ("reviewed", "adjudicated") or not case.get("final_label"):
         return None
     reads = sorted(case.get("reads") or [], key=lambda read: read["id"])
-    named = [read for read in reads if _key_slices(read)]
-    key_slices = _key_slices(named[-1]) if named else []
+    named = [read for read in reads if key_slices_of(read)]
+    key_slices = key_slices_of(named[-1]) if named else []
     adjudication = case.get("adjudication")
     if case["status"] == "adjudicated" and adjudication:
         return {"reviewer": adjudication["reviewer"], "reader": reader_key(adjudication),
@@ -51,7 +51,8 @@ def final_read(case: Mapping | None) -> dict | None:
             "verdict": latest["verdict"], "reason": latest["reason"] or "", "key_slices": key_slices}
 
 
-def _key_slices(read: Mapping) -> list[str]:
+def key_slices_of(read: Mapping) -> list[str]:
+    """The key slices' sha256 a series read names (its detail as stored, or already decoded)."""
     detail = read.get("detail") or {}
     if isinstance(detail, str):
         detail = json.loads(detail) if detail else {}

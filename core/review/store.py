@@ -550,6 +550,11 @@ class HistoryStore:
         with self._read() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
 
+    def refusal_reason(self, sha256: str, model_version: str) -> str | None:
+        """Why the scan was refused under this model version, as its latest refusal event says; None if never."""
+        refusals = [event for event in self.scan_events(sha256, model_version) if event["kind"] == "refusal"]
+        return refusals[-1]["reason"] if refusals else None
+
     def latest_by_sha256(self, sha256s: Sequence[str], model_version: str) -> dict[str, dict]:
         """Current-state rows of these scans under one model version, keyed by sha256 (absent: never recorded)."""
         return {row["sha256"]: row for row in self.current_state(sha256s=sha256s, model_version=model_version)}

@@ -96,8 +96,7 @@ def item_from_result(result: ScanResult, model_version: str, image_size: int) ->
     if result.scan is not None:
         small = thumbnail(result.scan.image)
         if result.scan.colour is not None:
-            colour = cv2.resize(result.scan.colour, small.shape[::-1], interpolation=cv2.INTER_AREA) \
-                if result.scan.colour.shape[:2] != small.shape else result.scan.colour
+            colour = thumbnail(result.scan.colour)
         if result.status == "ok":
             tensor = result.tensor if result.tensor is not None else prepare_image(result.scan.image, image_size)
     return ReviewItem(result.sha256, result.filename, result.status, result.message, result.label,
