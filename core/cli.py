@@ -171,6 +171,16 @@ def _command_calibrate(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _command_ensemble(arguments: argparse.Namespace) -> int:
+    from core.training.ensemble import build_ensemble
+
+    model_path = build_ensemble([Path(path) for path in arguments.member], [Path(path) for path in arguments.data],
+                                Path(arguments.out), arguments.name, arguments.version, arguments.mirror,
+                                Path(arguments.non_mri_train) if arguments.non_mri_train else None, _invoked_command())
+    print(f"wrote {model_path} and its card")
+    return 0
+
+
 def _data_label(arguments: argparse.Namespace) -> list[str]:
     """What a report was measured on, for its JSON and the card: the --data folders and the --split."""
     return [str(path) for path in arguments.data] + ([f"split={arguments.split}"] if arguments.split else [])
@@ -769,6 +779,19 @@ def build_parser() -> argparse.ArgumentParser:
                            help="serve logits averaged with the left-right mirror (twice the inference time)")
     calibrate.add_argument("--non-mri-train", help=NON_MRI_TRAIN_HELP)
     calibrate.set_defaults(handler=_command_calibrate)
+
+    ensemble = commands.add_parser(
+        "ensemble", help="join carded models trained on the same split into one model (the mean of their logits), "
+        "fit its temperature and gate and measure it like a trained model")
+    ensemble.add_argument("--member", action="append", required=True, help="member model file (repeatable, 2 or more)")
+    ensemble.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
+    ensemble.add_argument("--out", required=True, help="output folder for the ensemble's model, card, gate and manifest")
+    ensemble.add_argument("--name", default="brainscan-default", help="model file stem")
+    ensemble.add_argument("--version", default="3.0.0", help="the ensemble's version (default 3.0.0)")
+    ensemble.add_argument("--mirror", action="store_true",
+                          help="serve logits averaged with the left-right mirror (twice the inference time)")
+    ensemble.add_argument("--non-mri-train", help=NON_MRI_TRAIN_HELP)
+    ensemble.set_defaults(handler=_command_ensemble)
 
     def measuring(name: str, description: str, json_help: str, split_default: str | None = None,
                   write_card: str | None = None) -> argparse.ArgumentParser:

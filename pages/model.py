@@ -17,6 +17,7 @@ from core.model.summary import (
     describe_source,
     gate_facts,
     is_count_matrix,
+    member_rows,
     plain_summary,
     training_commands,
 )
@@ -41,6 +42,12 @@ def render_overview(data: dict, card) -> None:
     st.title(f"{card.name} · version {card.version}")
     st.caption(f"Model file {data.get('model_file', card.model_path.name)} · "
                f"sha256 {str(data.get('model_sha256', ''))[:12]}…")
+    members = member_rows(data)
+    if members:
+        _section("The networks in this model")
+        st.caption("An ensemble: every scan is read by each network below, and the model's answer (and its heat "
+                   "map) is the mean of theirs. Each network's accuracy alone was measured on the same splits.")
+        st.dataframe(pd.DataFrame(members), hide_index=True, key="model_members")
     _section("Intended use")
     st.markdown(_text(data["intended_use"]) if data.get("intended_use") else NOT_RECORDED)
     _section("Limitations")

@@ -152,3 +152,16 @@ def test_robustness_figures_written_to_the_card_are_shown(tiny_model_path, tmp_p
     table = next(element.value for element in app.dataframe if "Condition" in element.value.columns)
     assert list(table["Condition"]) == ["as exported"] + list(robustness.PERTURBATIONS)
     assert table["Accuracy"].iloc[0] == f"{card['robustness']['clean_accuracy']:.1%}"
+
+
+def test_an_ensemble_lists_its_networks_at_the_top(tiny_model_path, tmp_path, monkeypatch):
+    model = copy_model(tiny_model_path, tmp_path / "ensemble")
+    card = json.loads(card_path_for(model).read_text())
+    card["architecture"] = {"name": "ensemble", "type": "ensemble of 2", "members": [
+        {"version": "2.2.0", "type": "EfficientNet-Lite0", "image_size": 160, "sha256": "ab" * 32},
+        {"version": "1.2.0", "type": "residual CNN", "image_size": 128, "sha256": "cd" * 32}]}
+    card_path_for(model).write_text(json.dumps(card))
+    app = model_page(model, tmp_path / "history.sqlite3", monkeypatch)
+    members = next(element.value for element in app.dataframe if "Network" in element.value.columns)
+    assert list(members["Version"]) == ["2.2.0", "1.2.0"] and list(members["sha256"]) == ["ab" * 6, "cd" * 6]
+    assert "The networks in this model" in page_text(app)

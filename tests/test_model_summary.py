@@ -89,3 +89,22 @@ def test_what_it_refuses_names_the_kinds_and_the_head_ct_the_collections_file_as
 
 def test_a_card_without_gate_figures_says_nothing_about_refusals():
     assert "What it refuses" not in summary({})
+
+
+def test_an_ensemble_card_names_its_networks_and_each_ones_figures_alone():
+    from core.model.summary import member_rows
+
+    card = dict(CARD, architecture={"name": "ensemble", "members": [
+        {"version": "2.2.0", "type": "EfficientNet-Lite0", "image_size": 160, "sha256": "ab" * 32,
+         "alone": {"validation": {"accuracy": 0.975}, "test": {"accuracy": 0.96}}},
+        {"version": "1.2.0", "type": "residual CNN from scratch", "image_size": 128, "sha256": "cd" * 32,
+         "alone": {"validation": {"accuracy": 0.97}}},
+        "not a member"]})
+    rows = member_rows(card)
+    assert [row["Version"] for row in rows] == ["2.2.0", "1.2.0"]
+    assert rows[0]["Input"] == "160 px" and rows[0]["sha256"] == "ab" * 6
+    assert (rows[0]["Test accuracy alone"], rows[1]["Test accuracy alone"]) == ("96%", "-")
+    assert summary(card)["What it is"][-1] == (
+        "It is an ensemble of 2 networks that each read the slice; its answer is the mean of theirs: "
+        "2.2.0 (EfficientNet-Lite0, 160 px); 1.2.0 (residual CNN from scratch, 128 px).")
+    assert member_rows(CARD) == [] and not any("ensemble" in line for line in summary()["What it is"])

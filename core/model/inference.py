@@ -60,7 +60,8 @@ RUNTIMES = ("auto", "openvino", "tensorflow")
 # relative, harmless for the gate and the heat-map: for it they may differ by DEEP_NETWORK_TOLERANCE.
 TOLERANCE = 1e-4
 DEEP_NETWORK_TOLERANCE = 1e-3
-DEEP_NETWORKS = ("efficientnet-lite0",)
+# An ensemble (core.training.ensemble) holds deep members.
+DEEP_NETWORKS = ("efficientnet-lite0", "ensemble")
 
 
 def activation_tolerance(card) -> float:

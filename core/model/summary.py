@@ -46,6 +46,11 @@ def plain_summary(data: Mapping, display_names: Mapping[str, str], classes: tupl
         what.append(f"It learnt from {int(images):,} labelled slices" + (f" of public collections ({folders})"
                     if folders else "") + "; the slices it is measured on below were kept apart from training, "
                     "near-duplicates included.")
+    members = member_rows(data)
+    if members:
+        what.append(f"It is an ensemble of {len(members)} networks that each read the slice; its answer is the "
+                    "mean of theirs: " + "; ".join(f"{row['Version']} ({row['Network']}, {row['Input']})"
+                                                   for row in members) + ".")
     sections["What it is"] = what
 
     test = (data.get("metrics") or {}).get("test") or {}
@@ -158,6 +163,28 @@ def training_commands(training: Mapping) -> list[str]:
             commands.append(str(run["command"]))
         run, seen = run.get("continued_from"), seen + 1
     return commands[::-1]
+
+
+def member_rows(data: Mapping) -> list[dict[str, str]]:
+    """An ensemble card's members, one row each (version, network, input side, sha256, figures alone); [] otherwise."""
+    architecture = data.get("architecture")
+    members = architecture.get("members") if isinstance(architecture, Mapping) else None
+    rows = []
+    for member in members if isinstance(members, list) else []:
+        if not isinstance(member, Mapping):
+            continue
+        alone = member.get("alone") if isinstance(member.get("alone"), Mapping) else {}
+        figures = {split: (alone.get(split) or {}).get("accuracy") for split in ("validation", "test")}
+        size = member.get("image_size")
+        rows.append({
+            "Version": str(member.get("version", "-")),
+            "Network": str(member.get("type") or member.get("architecture") or "-"),
+            "Input": f"{size} px" if _is_number(size) else "-",
+            "sha256": str(member.get("sha256") or "-")[:12],
+            "Validation accuracy alone": _percent(figures["validation"]) if _is_number(figures["validation"]) else "-",
+            "Test accuracy alone": _percent(figures["test"]) if _is_number(figures["test"]) else "-",
+        })
+    return rows
 
 
 def describe_architecture(value) -> str:

@@ -525,19 +525,10 @@ def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = Non
 
     import keras
 
-    from core.errors import DatasetError
-    from core.training.split import read_manifest
-
     model_path = Path(model_path)
     card = json.loads(card_path_for(model_path).read_text(encoding="utf-8"))
-    rows = {row.path: row for row in read_manifest(model_path.parent / card["training"]["split_manifest"])}
-    files = [item for data_dir in data_dirs for item in find_labelled_files(Path(data_dir)) if item.relative_path in rows]
-    if len(files) != len(rows):
-        raise DatasetError(f"found {len(files)} of the manifest's {len(rows)} files under {', '.join(map(str, data_dirs))}")
-    tensors, digests, physical = load_prepared(files, int(card["input"]["image_size"]), with_physical=True)
-    data = PreparedData(tensors, physical, np.array([class_index(item.label) for item in files]),
-                        np.array([rows[item.relative_path].split for item in files]),
-                        np.array([rows[item.relative_path].group for item in files]), not_mri_kinds(digests))
+    data = calibration_data(model_path.parent / card["training"]["split_manifest"], data_dirs,
+                            int(card["input"]["image_size"]))
     model = keras.models.load_model(model_path, compile=False)
     card.update(_calibrate_and_measure(model, data, model_path.parent, model_path.stem, mirror, non_mri_train))
     card["version"] = _next_minor(card["version"])
@@ -545,6 +536,21 @@ def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = Non
     card["calibration_command"] = command or "python -m core calibrate " + " ".join(f"--data {d}" for d in data_dirs)
     write_card(model_path, card)
     return model_path
+
+
+def calibration_data(manifest_path: Path, data_dirs: list[Path], image_size: int) -> PreparedData:
+    """Every file of a split manifest, found under `data_dirs`, prepared at `image_size` with its split and group."""
+    from core.errors import DatasetError
+    from core.training.split import read_manifest
+
+    rows = {row.path: row for row in read_manifest(Path(manifest_path))}
+    files = [item for data_dir in data_dirs for item in find_labelled_files(Path(data_dir)) if item.relative_path in rows]
+    if len(files) != len(rows):
+        raise DatasetError(f"found {len(files)} of the manifest's {len(rows)} files under {', '.join(map(str, data_dirs))}")
+    tensors, digests, physical = load_prepared(files, image_size, with_physical=True)
+    return PreparedData(tensors, physical, np.array([class_index(item.label) for item in files]),
+                        np.array([rows[item.relative_path].split for item in files]),
+                        np.array([rows[item.relative_path].group for item in files]), not_mri_kinds(digests))
 
 
 def _check_training_packages() -> None:
@@ -613,6 +619,9 @@ def train(
     if previous is not None:
         width = previous["architecture"].get("width", width)
         continued = previous["architecture"].get("name", RESIDUAL_CNN)
+        if continued not in ARCHITECTURE_NAMES:
+            raise DatasetError(f"{init_from} is an {continued}, not one trained network: train or continue its "
+                               "members, then join them again (python -m core ensemble)")
         if architecture not in (RESIDUAL_CNN, continued) or pretrained is not None:
             raise DatasetError(f"{init_from} is a {continued}; a continued run keeps its network and weights "
                                "(leave out --architecture and --pretrained)")

@@ -1,0 +1,202 @@
+"""An ensemble of carded models as one Keras network: the mean of the members' logits, one card.
+
+`build_ensemble` loads two or more models that were trained on the same split manifest (so no
+member ever learnt from a slice another one is measured on) and joins them into a single network
+with the serving contract of any other model here:
+
+    scan (S, S, 1) -> per member: resized to its own input side (bilinear) -> its last convolutional
+    activations -> nearest-neighbour upsampling to a common grid (G = the least common multiple of
+    the members' grids) -> concatenated ("last_conv") -> global average pooling ("features") ->
+    one dense layer ("logits")
+
+The dense layer holds every member's own dense weights, each divided by the number of members,
+so its logits are exactly the mean of the members' logits: nearest-neighbour upsampling by a
+whole factor leaves a map's average unchanged. Because the head is still "last convolution ->
+average pooling -> dense", everything downstream works unchanged: OpenVINO serves it as one
+network, the heat map is the class activation map of the ensemble's own logit (the members'
+maps, each weighted by its share of that logit), and the not-a-brain-MRI gate is fitted on the
+concatenated pooled features. S is the largest member's side, so no member sees a slice at less
+than its own resolution than it would alone.
+
+Temperature, gate and metrics are then fitted and measured exactly as for a trained model
+(`core.training.train.calibrate`'s steps), on the manifest's validation and test splits.
+"""
+
+from __future__ import annotations
+
+import datetime as _datetime
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from core.classes import CLASS_NAMES
+from core.errors import DatasetError
+from core.model.card import card_path_for, file_sha256, load_card, write_card
+
+ENSEMBLE = "ensemble"
+ENSEMBLE_TYPE = "mean of the members' logits (one network; each member sees the slice at its own input side)"
+
+
+def _member_head(model) -> tuple[np.ndarray, np.ndarray]:
+    """The member's dense head (kernel (K, C), bias (C,)); refuse a member whose head is not pooling -> dense."""
+    from core.model.inference import dense_head_kernel
+
+    kernel = dense_head_kernel(model)
+    if kernel is None:
+        raise DatasetError(f"{model.name}: only networks that end in global average pooling and one dense layer "
+                           "can be joined (the ensemble's heat map needs that head)")
+    dense = model.outputs[0]._keras_history.operation
+    return kernel, np.asarray(dense.bias.numpy(), dtype=np.float32)
+
+
+def ensemble_network(models: list, image_size: int):
+    """One Keras network whose logits are the mean of `models`' logits, on (image_size, image_size, 1) input."""
+    import keras
+    from keras import layers
+
+    from core.model.network import FEATURES_LAYER, LAST_CONV_LAYER, LOGITS_LAYER
+
+    grids = [int(model.get_layer(LAST_CONV_LAYER).output.shape[1]) for model in models]
+    grid = math.lcm(*grids)
+    scan = keras.Input((image_size, image_size, 1), name="scan")
+    maps = []
+    for index, (model, side) in enumerate(zip(models, grids), start=1):
+        member_size = int(model.inputs[0].shape[1])
+        seen = scan if member_size == image_size else layers.Resizing(
+            member_size, member_size, interpolation="bilinear", name=f"member_{index}_input")(scan)
+        body = keras.Model(model.inputs[0], model.get_layer(LAST_CONV_LAYER).output, name=f"member_{index}")
+        # Always inference: a nested model called without it would run its batch norm and dropout as in training.
+        activations = body(seen, training=False)
+        if side != grid:
+            activations = layers.UpSampling2D(grid // side, interpolation="nearest", name=f"member_{index}_grid")(activations)
+        maps.append(activations)
+    joined = layers.Concatenate(name=LAST_CONV_LAYER)(maps) if len(maps) > 1 else maps[0]
+    pooled = layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(joined)
+    heads = [_member_head(model) for model in models]
+    logits = layers.Dense(len(CLASS_NAMES), name=LOGITS_LAYER)(pooled)
+    network = keras.Model(scan, logits, name="ensemble")
+    kernel = np.concatenate([member_kernel for member_kernel, _ in heads]) / len(models)
+    bias = np.mean([member_bias for _, member_bias in heads], axis=0)
+    network.get_layer(LOGITS_LAYER).set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return network
+
+
+def _member_record(card) -> dict:
+    data = card.data
+    test = (data.get("metrics") or {}).get("test") or {}
+    validation = (data.get("metrics") or {}).get("validation") or {}
+    architecture = data.get("architecture") or {}
+    return {
+        "name": data.get("name"), "version": data.get("version"), "file": card.model_path.name,
+        "sha256": data.get("model_sha256"), "architecture": architecture.get("name") or architecture.get("type"),
+        "type": architecture.get("type"), "parameters": architecture.get("parameters"),
+        "image_size": card.image_size, "created": data.get("created"),
+        "training_command": (data.get("training") or {}).get("command"),
+        "training": data.get("training"),
+        "alone": {split: {key: figures.get(key) for key in ("accuracy", "macro_f1", "ece", "n")}
+                  for split, figures in (("validation", validation), ("test", test)) if figures},
+    }
+
+
+def build_ensemble(member_paths: list[Path], data_dirs: list[Path], out_dir: Path, name: str = "brainscan-default",
+                   version: str = "3.0.0", mirror: bool = False, non_mri_train: Path | None = None,
+                   command: str | None = None) -> Path:
+    """Join carded models into one ensemble model, fit its temperature and gate, measure it; write model and card.
+
+    Refuses members with different classes or split manifests. `mirror` asks the card for
+    test-time mirror averaging (the mean of the slice's and its mirror's logits).
+    """
+    import keras
+
+    from core.model.inference import _load_keras_model
+    from core.training.train import _calibrate_and_measure, calibration_data
+
+    if len(member_paths) < 2:
+        raise DatasetError("an ensemble needs at least two member models")
+    cards = [load_card(Path(path)) for path in member_paths]
+    manifests = {card.data["training"]["split_manifest_sha256"] for card in cards}
+    if len(manifests) != 1:
+        raise DatasetError("the members were trained on different splits (their manifest digests differ): one "
+                           "member's held-out slices would be another's training slices")
+    if any(tuple(card.classes) != tuple(CLASS_NAMES) for card in cards):
+        raise DatasetError(f"every member must answer the classes {', '.join(CLASS_NAMES)} in that order")
+    started = time.time()
+    models = [_load_keras_model(card.model_path) for card in cards]
+    image_size = max(card.image_size for card in cards)
+    network = ensemble_network(models, image_size)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first = cards[0]
+    manifest_name = first.data["training"]["split_manifest"]
+    manifest_source = first.model_path.parent / manifest_name
+    data = calibration_data(manifest_source, data_dirs, image_size)
+    work_dir = Path(out_dir) / f".{name}.building"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir()
+    model_path = work_dir / f"{name}.keras"
+    network.save(model_path)
+    # Measured on the network as saved and loaded again, as it will be served.
+    network = keras.models.load_model(model_path, compile=False)
+    shutil.copyfile(manifest_source, work_dir / f"{name}.split.csv")
+    training = dict(first.data["training"])
+    for key in ("command", "duration_seconds", "continued_from", "epochs_max", "epochs_run", "batch_size",
+                "peak_learning_rate", "precision", "mixup_alpha", "scanner_augment", "freeze_epochs",
+                "weight_averaging", "machine"):
+        training.pop(key, None)
+    training.update({
+        "split_manifest": f"{name}.split.csv",
+        "members": "each member's own training is in architecture.members",
+        "command": command or "python -m core ensemble " + " ".join(f"--member {path}" for path in member_paths),
+        "duration_seconds": None,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+    })
+    card = {
+        "name": name,
+        "version": version,
+        "created": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
+        "classes": list(CLASS_NAMES),
+        "display_names": dict(first.data.get("display_names") or {}),
+        "input": dict(first.data["input"], image_size=image_size),
+        "output": "logits (the mean of the members' logits); probabilities = softmax(logits / temperature), logits "
+                  "averaged with the mirror image's when test_time_augmentation says so",
+        "architecture": {
+            "name": ENSEMBLE, "type": f"ensemble of {len(cards)}: " + ENSEMBLE_TYPE,
+            "parameters": int(network.count_params()),
+            "members": [_member_record(card) for card in cards],
+            "activation_grid": int(network.get_layer("last_conv").output.shape[1]),
+        },
+        "training": training,
+        "intended_use": first.data.get("intended_use"),
+        "limitations": first.data.get("limitations"),
+    }
+    card.update(_calibrate_and_measure(network, data, work_dir, name, mirror, non_mri_train))
+    card["training"]["duration_seconds"] = round(time.time() - started)
+    write_card(model_path, card)
+    for produced in (model_path, card_path_for(model_path), work_dir / card["ood"]["file"], work_dir / f"{name}.split.csv"):
+        shutil.move(str(produced), out_dir / produced.name)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return out_dir / model_path.name
+
+
+def members_of(card_data: dict) -> list[dict]:
+    """The members an ensemble card lists ([] for a single model)."""
+    architecture = card_data.get("architecture") or {}
+    members = architecture.get("members") if isinstance(architecture, dict) else None
+    return [member for member in members or [] if isinstance(member, dict)]
+
+
+def describe_members(card_data: dict) -> str:
+    """'2.1.0 (efficientnet-lite0, 160 px, 45545119) + 1.2.0 (...)' for a log line."""
+    return " + ".join(f"{member.get('version')} ({member.get('architecture')}, {member.get('image_size')} px, "
+                      f"{str(member.get('sha256'))[:8]})" for member in members_of(card_data))
+
+
+def read_card_json(path: Path) -> dict:
+    return json.loads(card_path_for(Path(path)).read_text(encoding="utf-8"))
