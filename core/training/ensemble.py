@@ -25,7 +25,6 @@ Temperature, gate and metrics are then fitted and measured exactly as for a trai
 from __future__ import annotations
 
 import datetime as _datetime
-import json
 import math
 import os
 import platform
@@ -37,7 +36,7 @@ import numpy as np
 
 from core.classes import CLASS_NAMES
 from core.errors import DatasetError
-from core.model.card import card_path_for, file_sha256, load_card, write_card
+from core.model.card import card_path_for, load_card, write_card
 
 ENSEMBLE = "ensemble"
 ENSEMBLE_TYPE = "mean of the members' logits (one network; each member sees the slice at its own input side)"
@@ -184,19 +183,3 @@ def build_ensemble(member_paths: list[Path], data_dirs: list[Path], out_dir: Pat
     shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir / model_path.name
 
-
-def members_of(card_data: dict) -> list[dict]:
-    """The members an ensemble card lists ([] for a single model)."""
-    architecture = card_data.get("architecture") or {}
-    members = architecture.get("members") if isinstance(architecture, dict) else None
-    return [member for member in members or [] if isinstance(member, dict)]
-
-
-def describe_members(card_data: dict) -> str:
-    """'2.1.0 (efficientnet-lite0, 160 px, 45545119) + 1.2.0 (...)' for a log line."""
-    return " + ".join(f"{member.get('version')} ({member.get('architecture')}, {member.get('image_size')} px, "
-                      f"{str(member.get('sha256'))[:8]})" for member in members_of(card_data))
-
-
-def read_card_json(path: Path) -> dict:
-    return json.loads(card_path_for(Path(path)).read_text(encoding="utf-8"))
