@@ -233,3 +233,13 @@ def test_models_sharing_name_and_version_are_told_apart_in_the_history(tmp_path)
     assert (first.card.name, first.card.version) == (second.card.name, second.card.version)
     assert first.version != second.version
     assert first.version.startswith(f"tiny {first.card.version} (")
+
+
+def test_loading_a_model_leaves_numpy_blas_one_thread(tiny_model_path):
+    """OpenBLAS's second thread spun ~0.1 s of CPU after every small product (each upload's gate)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):  # as a fresh process starts on two cores
+        Classifier.load(tiny_model_path)
+        blas = [entry for entry in threadpool_info() if entry["user_api"] == "blas"]
+        assert blas and all(entry["num_threads"] == 1 for entry in blas), blas

@@ -85,6 +85,24 @@ class BatchOutput:
     features: np.ndarray
 
 
+def single_threaded_blas() -> None:
+    """Make NumPy's BLAS (OpenBLAS) compute in the calling thread only, for this whole process.
+
+    The products here are small (one scan's 1,280 features against the gate's 1,280 x 1,280
+    precision matrix: 0.5 ms). With its default two threads OpenBLAS wakes a worker for each
+    of them, and that worker then spins, waiting for more work, for about 0.1 s of CPU: with
+    it every upload cost the app server ~100 ms of CPU on the second core, where the products
+    themselves cost 2 ms (bench/README.md, "Where an upload's server CPU went"). Inference has
+    its own threads (OpenVINO), and the batch path decodes in threads of its own, so nothing
+    here needs BLAS threads. threadpoolctl finds the BLAS library NumPy loaded and sets its
+    thread count through its own API (openblas_set_num_threads); an environment variable would
+    be too late, since Streamlit imports NumPy before the app's code runs.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 class Classifier:
     """A loaded model, its card and its out-of-distribution gate; safe to share between threads."""
 
@@ -111,6 +129,7 @@ class Classifier:
         runtime = runtime or os.environ.get("BRAINSCAN_RUNTIME") or "auto"
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        single_threaded_blas()
         model_path = Path(model_path or config.model_path())
         card = load_card(model_path)
         gate = None
