@@ -719,20 +719,34 @@ def dicom_panel(item: ReviewItem, data: bytes | None, classifier) -> ReviewItem:
 
 
 def _earlier_rows(store, session: str, shown: set[str]) -> list[dict]:
-    """This session's earlier cases as this viewer may see them, read again only when the history has changed.
+    """This session's earlier cases as this viewer may see them, read again only where the history has changed.
 
-    Every rerun of the Review page draws this list, and reading a long session's cases each time
-    was the largest part of the page's own Python time per upload (bench/README.md); the newest
-    event's id (one indexed lookup) says whether anything was recorded since, by any replica.
+    Every rerun of the Review page draws this list. Reading the whole session's cases each time
+    was the largest part of the page's own Python time per upload, and grew with the session
+    (bench/README.md). The session's cases are kept between reruns with the id of the newest
+    event they include; each rerun reads only the scans with a later event, from any replica
+    (`HistoryStore.scans_changed_since`: one range of the primary key), and reads those again.
     """
     identity = app_identity.current_identity()  # a blind reviewer sees their own read of each scan only
-    key = (session, store.head_id(), frozenset(shown), identity.key if identity is not None else None)
-    cached = st.session_state.get("review_earlier_rows")
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    rows = [viewer_row(row, identity) for row in store.current_state(session_id=session)
-            if row["sha256"] not in shown and row["kind"] != "series_read"]  # series: the Studies page
-    st.session_state["review_earlier_rows"] = (key, rows)
+    owner = (session, identity.key if identity is not None else None)
+    cached = st.session_state.get("review_earlier_cases")
+    if cached is not None and cached["owner"] == owner:
+        head, changed = store.scans_changed_since(cached["head"])
+        cases = cached["cases"]
+        if changed:
+            for row in store.current_state(session_id=session, sha256s=sorted(changed)):
+                cases[(row["sha256"], row["model_version"])] = row
+            cases = dict(sorted(cases.items(), key=lambda item: (item[1]["first_time"], item[1]["id"])))
+    else:
+        head = store.head_id()
+        cases = {(row["sha256"], row["model_version"]): row for row in store.current_state(session_id=session)}
+    key = (head, frozenset(shown))
+    if cached is not None and cached["owner"] == owner and cached["key"] == key:
+        rows = cached["rows"]
+    else:
+        rows = [viewer_row(row, identity) for row in cases.values()
+                if row["sha256"] not in shown and row["kind"] != "series_read"]  # series: the Studies page
+    st.session_state["review_earlier_cases"] = {"owner": owner, "head": head, "cases": cases, "key": key, "rows": rows}
     return rows
 
 

@@ -408,6 +408,21 @@ def test_earlier_scans_are_read_again_only_when_the_history_has_changed(history_
         verdict="flag", note="second thoughts")
     app.run()
     assert list(table_with(app, "Verdict")["Verdict"]) == ["Flagged for second read"]
+    # Only the scan with a new event is read again, not the whole session's cases.
+    assert [call.get("sha256s") for call in reads if call.get("session_id")] == [[case["sha256"]]]
+
+
+def test_earlier_scans_kept_between_reruns_follow_new_cases_in_order(history_path):
+    scans = [encode(synthetic_slice(seed, 96)) for seed in (24, 25, 26)]
+    app = start()
+    for index, scan in enumerate(scans):
+        key = UPLOADER if index == 0 else f"review_uploads_{index}"
+        app.file_uploader(key=key).set_value((f"scan-{24 + index}.png", scan, "image/png")).run()
+        app.button(key="review_clear").click().run()
+        assert list(table_with(app, "Verdict")["File"]) == [f"scan-{24 + seen}.png" for seen in range(index + 1)]
+    # The same as a fresh read of the history in a page reopened on this session.
+    [session] = {event["session_id"] for event in HistoryStore(history_path).events()}
+    assert list(table_with(start(session), "Verdict")["File"]) == ["scan-24.png", "scan-25.png", "scan-26.png"]
 
 
 def test_a_missing_model_gives_a_clear_page_and_uploads_are_refused_cleanly(history_path, tmp_path, monkeypatch):

@@ -180,6 +180,18 @@ def test_session_and_scan_filters_of_the_current_state(store):
     assert [event["sha256"] for event in store.events(session_id=OTHER_SESSION)] == [digest(2)]
 
 
+def test_scans_changed_since_names_the_scans_of_later_events_and_the_new_head(store):
+    assert store.scans_changed_since(0) == (0, set())
+    predict(store, 1)
+    predict(store, 2)
+    head = store.head_id()
+    assert store.scans_changed_since(head) == (head, set())
+    verdict(store, 1)
+    predict(store, 3)
+    assert store.scans_changed_since(head) == (store.head_id(), {digest(1), digest(3)})
+    assert store.scans_changed_since(0)[1] == {digest(1), digest(2), digest(3)}
+
+
 def test_filter_rows_by_class_verdict_reviewer_and_dates():
     today = date.today()
     rows = [

@@ -602,6 +602,17 @@ class HistoryStore:
         with self._read() as connection:
             return int(connection.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0))).scalar_one())
 
+    def scans_changed_since(self, event_id: int) -> tuple[int, set[str]]:
+        """(the newest event's id, the sha256 of every scan with an event after `event_id`).
+
+        What a cached current state must read again. Appends are serialised under one lock and an
+        event's id is taken inside it, so ids become visible in order: no event can appear later
+        with an id at or below one already seen.
+        """
+        with self._read() as connection:
+            rows = connection.execute(sa.select(events.c.id, events.c.sha256).where(events.c.id > event_id)).all()
+        return max((row.id for row in rows), default=int(event_id)), {row.sha256 for row in rows if row.sha256}
+
     def event_count(self) -> int:
         """How many events the history holds."""
         with self._read() as connection:
