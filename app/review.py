@@ -520,7 +520,8 @@ def heatmap_for(item: ReviewItem, classifier, explain) -> np.ndarray | str:
         try:
             with st.spinner("Computing the heat-map..."):
                 cache[item.sha256] = np.asarray(
-                    explain.gradcam(classifier, item.tensor, classifier.classes.index(item.label)), dtype=np.float32)
+                    explain.gradcam(classifier, item.tensor, classifier.classes.index(item.label),
+                                    class_maps=item.class_maps), dtype=np.float32)
         except Exception as error:  # An explanation failure must not hide the prediction.
             cache[item.sha256] = f"the heat-map could not be computed ({type(error).__name__}: {error})"
     return cache[item.sha256]

@@ -54,6 +54,9 @@ class ScanResult:
     not_mri_score: float | None = None
     # The model input, kept by `analyse_bytes` so the page need not prepare it again for Grad-CAM.
     tensor: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # Each class's activation map (h, w, C) from the same forward pass, when the runtime gives it: the heat map's
+    # source, so the page runs no second inference for it.
+    class_maps: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def confidence(self) -> float | None:
@@ -121,12 +124,12 @@ def analyse_scan(classifier, scan: Scan, filename: str, digest: str) -> ScanResu
     """Classify a decoded scan (an upload's, or one read back from the archive) as `analyse_bytes` does."""
     tensor = prepare_image(scan.image, classifier.image_size)
     statistics = image_statistics(scan.image)
-    output = classifier.predict_tensors(tensor[np.newaxis])
+    output = classifier.predict_tensors(tensor[np.newaxis], with_maps=True)
     physical = physical_inputs(statistics, scan.colourfulness)[np.newaxis]
     result = result_from_output(filename, digest, scan, output.probabilities[0],
                                 gate_verdicts(classifier, output.features, physical)[0], classifier,
                                 screen(scan, statistics))
-    return replace(result, tensor=tensor)
+    return replace(result, tensor=tensor, class_maps=output.maps[0] if output.maps is not None else None)
 
 
 # Scans per inference call in `analyse_many`; measured with bench/inference.py on 2 CPU cores.

@@ -95,6 +95,24 @@ def test_default_class_is_the_predicted_one(brightness_classifier):
     np.testing.assert_array_equal(gradcam(brightness_classifier, tensor), gradcam(brightness_classifier, tensor, 0))
 
 
+def test_the_inference_gives_the_heat_maps_source_in_the_same_pass(brightness_classifier):
+    """One forward pass for the answer and the heat map (OpenVINO); TensorFlow gives no maps and the page asks again."""
+    tensor = _tensor_with_lesion(slice(4, 8), slice(24, 28))
+    plain = brightness_classifier.predict_tensors(tensor[np.newaxis])
+    output = brightness_classifier.predict_tensors(tensor[np.newaxis], with_maps=True)
+    np.testing.assert_array_equal(output.logits, plain.logits)
+    np.testing.assert_array_equal(output.features, plain.features)
+    if brightness_classifier.runtime == "tensorflow":
+        assert output.maps is None
+        return
+    np.testing.assert_allclose(output.maps[0], brightness_classifier.class_activation_maps(tensor)[1], rtol=1e-5)
+    for class_index in (0, 1):
+        np.testing.assert_allclose(gradcam(brightness_classifier, tensor, class_index, class_maps=output.maps[0]),
+                                   gradcam(brightness_classifier, tensor, class_index), atol=1e-6)
+    with pytest.raises(ValueError, match="class_index"):
+        gradcam(brightness_classifier, tensor, class_maps=output.maps[0])
+
+
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "mirror"])
 def both_runtimes(request, tiny_model_path, tmp_path_factory) -> dict[str, Classifier]:
     path = tiny_model_path

@@ -28,11 +28,14 @@ _gradient_functions: "weakref.WeakKeyDictionary[object, object]" = weakref.WeakK
 _build_lock = threading.Lock()
 
 
-def gradcam(classifier, tensor: np.ndarray, class_index: int | None = None) -> np.ndarray:
+def gradcam(classifier, tensor: np.ndarray, class_index: int | None = None,
+            class_maps: np.ndarray | None = None) -> np.ndarray:
     """Prepared tensor (S, S, 1) float32 -> Grad-CAM heat-map (S, S) float32 in [0, 1].
 
     `class_index` indexes `classifier.classes`; None explains the predicted class. A map of zeros
-    means no region of the last convolutional layer argues for the class.
+    means no region of the last convolutional layer argues for the class. `class_maps` (h, w, C),
+    the maps the inference of this tensor already gave (`ScanResult.class_maps`), saves a second
+    forward pass; with them `class_index` must be given.
     """
     size = classifier.image_size
     tensor = np.asarray(tensor, dtype=np.float32)
@@ -40,7 +43,9 @@ def gradcam(classifier, tensor: np.ndarray, class_index: int | None = None) -> n
         raise ValueError(f"expected a ({size}, {size}, 1) tensor, got {tensor.shape}")
     if class_index is not None and not 0 <= int(class_index) < len(classifier.classes):
         raise ValueError(f"class_index must be in 0..{len(classifier.classes) - 1}, got {class_index}")
-    direct = classifier.class_activation_maps(tensor)
+    if class_maps is not None and class_index is None:
+        raise ValueError("class_maps need the class_index they are read for")
+    direct = (None, np.asarray(class_maps)) if class_maps is not None else classifier.class_activation_maps(tensor)
     if direct is not None:
         logits, maps = direct
         chosen = int(np.argmax(logits)) if class_index is None else int(class_index)

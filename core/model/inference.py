@@ -78,11 +78,16 @@ _PROBE_COUNT = 4
 
 @dataclass(frozen=True)
 class BatchOutput:
-    """Calibrated probabilities (N, C) float64, raw logits (N, C) and pooled features (N, D)."""
+    """Calibrated probabilities (N, C) float64, raw logits (N, C), pooled features (N, D), and maybe class maps.
+
+    `maps` (N, h, w, C) are the class activation maps of the same pass (see
+    `Classifier.class_activation_maps`), when they were asked for and the runtime gives them.
+    """
 
     probabilities: np.ndarray
     logits: np.ndarray
     features: np.ndarray
+    maps: np.ndarray | None = None
 
 
 def single_threaded_blas() -> None:
@@ -181,18 +186,28 @@ class Classifier:
                 self._model = _load_keras_model(self.card.model_path)
             return self._model
 
-    def predict_tensors(self, tensors: np.ndarray) -> BatchOutput:
-        """Prepared tensors (N, S, S, 1) float32 -> calibrated probabilities, logits and features."""
+    def predict_tensors(self, tensors: np.ndarray, with_maps: bool = False) -> BatchOutput:
+        """Prepared tensors (N, S, S, 1) float32 -> calibrated probabilities, logits and features.
+
+        With `with_maps`, also each class's activation map from the same forward pass, where the
+        runtime gives them (OpenVINO and a pooled dense head; else `maps` is None): the heat map
+        then needs no second inference.
+        """
         tensors = np.ascontiguousarray(tensors, dtype=np.float32)
         if tensors.ndim != 4 or tensors.shape[1:] != (self.image_size, self.image_size, 1):
             raise ValueError(f"expected (N, {self.image_size}, {self.image_size}, 1) tensors, got {tensors.shape}")
         if len(tensors) == 0:
             empty = np.zeros((0, len(self.classes)), np.float32)
             return BatchOutput(empty.astype(np.float64), empty, np.zeros((0, 0), np.float32))
+        maps = None
         # One request at a time: each already uses every core, and queueing keeps memory flat.
         with self._lock:
-            features, logits = self._engine.run(tensors)
-        return BatchOutput(softmax(logits, self.card.temperature), logits, features)
+            if with_maps and self._engine.name == "openvino" and self._engine.head_kernel is not None:
+                features, logits, activations = self._engine.run_with_features_and_activations(tensors)
+                maps = activations @ self._engine.head_kernel
+            else:
+                features, logits = self._engine.run(tensors)
+        return BatchOutput(softmax(logits, self.card.temperature), logits, features, maps)
 
 
 class _TensorFlowEngine:
@@ -263,6 +278,11 @@ class _OpenVinoEngine:
     def run(self, tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         features, logits = self._infer(tensors, ("features", "logits"))
         return features, logits
+
+    def run_with_features_and_activations(self, tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pooled features, logits and last convolutional activations of one pass."""
+        features, logits, activations = self._infer(tensors, ("features", "logits", "activations"))
+        return features, logits, activations
 
     def run_with_activations(self, tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and last convolutional activations, for the Grad-CAM maps."""

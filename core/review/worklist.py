@@ -45,6 +45,8 @@ class ReviewItem:
     # A colour upload's picture as shown (RGB uint8, the thumbnail's size); None for greyscale. The model reads
     # the greyscale `thumbnail`'s source, never this.
     colour: np.ndarray | None = None
+    # The classes' activation maps from the inference (`ScanResult.class_maps`), for the heat map; None: recompute.
+    class_maps: np.ndarray | None = None
 
     @property
     def confidence(self) -> float:
@@ -100,7 +102,8 @@ def item_from_result(result: ScanResult, model_version: str, image_size: int) ->
         if result.status == "ok":
             tensor = result.tensor if result.tensor is not None else prepare_image(result.scan.image, image_size)
     return ReviewItem(result.sha256, result.filename, result.status, result.message, result.label,
-                      dict(result.probabilities), model_version, small, tensor, monitoring_detail(result), colour)
+                      dict(result.probabilities), model_version, small, tensor, monitoring_detail(result), colour,
+                      result.class_maps if result.status == "ok" else None)
 
 
 def status_of(item: ReviewItem, states: Mapping[str, Mapping]) -> str:
