@@ -353,3 +353,21 @@ def test_archive_copy_moves_the_folder_into_orthanc_and_verify_then_reads_it_the
     monkeypatch.setenv("BRAINSCAN_DICOMWEB_PASSWORD", "wrong")
     assert main(["archive", "verify", "--database", str(history_path)]) == 2
     assert "refused the credentials" in capsys.readouterr().err
+
+
+def test_the_archive_warm_up_loads_what_the_first_upload_needs_and_never_raises(monkeypatch, caplog):
+    import subprocess
+    import sys
+
+    from core.review import uploads
+
+    code = ("import sys; from core.review.uploads import warm_up_archiving; assert 'highdicom' not in sys.modules; "
+            "warm_up_archiving(); assert 'highdicom' in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no codec")
+
+    monkeypatch.setattr(uploads, "object_for_upload", broken)
+    uploads.warm_up_archiving()
+    assert "archive warm-up failed: no codec" in caplog.text
