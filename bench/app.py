@@ -271,7 +271,14 @@ async def _upload_batch(page, batch: list[Path]) -> None:
     """Clear, upload a worklist of scans at once and wait until all are classified and shown."""
     await _clear(page)
     await _upload(page, batch)
-    await page.get_by_text(f"{len(batch)} new").first.wait_for()  # the worklist's status line
+    try:
+        await page.get_by_text(f"{len(batch)} new").first.wait_for()  # the worklist's status line
+    except Exception:
+        # What the page said instead is the finding; the timeout alone says nothing.
+        text = await page.locator("section.main").inner_text(timeout=10_000)
+        print(f"a worklist of {len(batch)} did not show '{len(batch)} new'; the page said:\n{text[:3000]}",
+              file=sys.stderr, flush=True)
+        raise
     await page.locator(BARS).first.wait_for()
     await _wait_idle(page)
 
