@@ -62,13 +62,13 @@ def _load_classifier(model_path: str, stamp: tuple[int, int]):
     except ImportError:
         return classifier
     warm_up(classifier)  # The first heat-map a reviewer asks for then costs one call, not a trace.
-    # The first archive object of a process costs 0.45 s of imports; pay it now, beside the first page, not in
-    # the first reader's first upload (with eight readers at once, every one of them waited for it).
-    import threading
-
+    # The first archive object of a process costs 0.45 s of imports; pay it here, under the loading spinner,
+    # not in the first reader's first upload (with eight readers at once, every one of them waited for it).
+    # Not in a background thread: its imports held the interpreter while the first page took its first
+    # upload, and the browser test saw that upload dropped (the page stayed at "Upload one or more scans").
     from core.review.uploads import warm_up_archiving
 
-    threading.Thread(target=warm_up_archiving, name="brainscan-archive-warm-up", daemon=True).start()
+    warm_up_archiving()
     return classifier
 
 

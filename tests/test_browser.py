@@ -127,7 +127,11 @@ def choose_verdict(page, name: str) -> None:
 
 def wait_for_result(page) -> None:
     """Wait until the uploaded scan's probability bars and verdict form are drawn."""
-    page.get_by_text("Calibrated probability").first.wait_for()
+    try:
+        page.get_by_text("Calibrated probability").first.wait_for()
+    except Exception:  # Say what the page showed instead: a timeout alone tells nothing.
+        page.screenshot(path=str(Path(tempfile.gettempdir()) / "brainscan-no-result.png"), full_page=True)
+        raise AssertionError("no result was drawn; the page showed:\n" + page.locator("body").inner_text()[-3000:])
     page.locator(BARS).first.wait_for()
     page.get_by_role("button", name="Save verdict").wait_for()
     wait_until_idle(page)

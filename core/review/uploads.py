@@ -56,8 +56,10 @@ def warm_up_archiving() -> None:
     """Build, and throw away, the archive object of a small drawn picture: what the first upload would pay.
 
     The first Secondary Capture of a process imports highdicom and its codecs and fills their
-    tables (0.45 s of CPU here, against 0.02 s for the next whole upload); the app runs this in
-    the background when it loads the model, so the first reader's first upload does not. Never
+    tables (0.45 s of CPU here, against 0.02 s for the next whole upload); the app runs this
+    when it loads the model, under the loading spinner, so the first reader's first upload does
+    not. Not in a background thread: the app ran it in one once, and its imports held the
+    interpreter while the first page's first upload arrived, which the page then lost. Never
     raises: a failure here shows up, with its message, on the upload that needs the object.
     """
     import logging
