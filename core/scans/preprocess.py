@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from core.config import IMAGE_SIZE
+from core.scans.levels import levels_percentile
 
 # Pixels brighter than this fraction of the image's bright level count as anatomy, not background.
 _FOREGROUND_FRACTION = 0.12
@@ -28,7 +29,7 @@ def content_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     """
     height, width = grey.shape
     blurred = cv2.GaussianBlur(grey, (5, 5), 0)
-    bright_level = float(np.percentile(blurred, 99))
+    bright_level = float(levels_percentile(blurred, 99))
     threshold = max(8.0, _FOREGROUND_FRACTION * bright_level)
     mask = (blurred > threshold).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8), iterations=2)
@@ -63,7 +64,7 @@ def prepare_image(grey: np.ndarray, image_size: int = IMAGE_SIZE) -> np.ndarray:
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     resized = cv2.resize(crop, (image_size, image_size), interpolation=interpolation)
     scaled = resized.astype(np.float32)
-    bright_level = float(np.percentile(scaled, 99.5))
+    bright_level = float(levels_percentile(resized, 99.5, np.float32))
     scaled /= max(bright_level, 1.0)
     np.clip(scaled, 0.0, 1.0, out=scaled)
     return scaled[:, :, np.newaxis]

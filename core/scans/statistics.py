@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.scans.levels import levels_median, levels_percentile
+
 
 @dataclass(frozen=True)
 class ImageStatistics:
@@ -82,15 +84,15 @@ def image_statistics(grey: np.ndarray) -> ImageStatistics:
     small = grey if scale >= 1 else cv2.resize(
         grey, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
     values = small.astype(np.float32)
-    bright_level = float(np.percentile(values, 99))
+    bright_level = float(levels_percentile(small, 99, np.float32))
     background = max(8.0, _BACKGROUND_FRACTION * bright_level)
     ring = max(2, round(_BORDER_FRACTION * min(small.shape)))
-    border = np.concatenate([values[:ring].ravel(), values[-ring:].ravel(),
-                             values[:, :ring].ravel(), values[:, -ring:].ravel()])
-    border_brightness = float(np.median(border)) / max(bright_level, 1.0)
+    border = np.concatenate([small[:ring].ravel(), small[-ring:].ravel(),
+                             small[:, :ring].ravel(), small[:, -ring:].ravel()])
+    border_brightness = float(levels_median(border, np.float32)) / max(bright_level, 1.0)
     dark_fraction = float((values <= background).mean())
     blurred = cv2.GaussianBlur(small, (5, 5), 0)
-    mask = (blurred > max(8.0, _BACKGROUND_FRACTION * float(np.percentile(blurred, 99)))).astype(np.uint8)
+    mask = (blurred > max(8.0, _BACKGROUND_FRACTION * float(levels_percentile(blurred, 99)))).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     largest_share = solidity = extent = inner_variation = 0.0
@@ -120,10 +122,12 @@ def _tissue_statistics(small: np.ndarray, head: np.ndarray) -> tuple[float, ...]
 
     depth = cv2.distanceTransform(head, cv2.DIST_L2, 5)
     deepest = float(depth.max())
-    values = small.astype(np.float32)[head.astype(bool)]
+    in_head = head.astype(bool)
+    head_levels = small[in_head]
+    values = head_levels.astype(np.float32)
     if deepest < 2.0 or values.size < 16:
         return (0.0,) * 8
-    level = max(float(np.percentile(values, 99)), 1.0)
+    level = max(float(levels_percentile(head_levels, 99, np.float32)), 1.0)
     inside = depth > 0
     bright = (small.astype(np.float32) >= _BRIGHT_FRACTION * level) & inside
     rim = inside & (depth <= _RIM_DEPTH * deepest)
@@ -131,8 +135,9 @@ def _tissue_statistics(small: np.ndarray, head: np.ndarray) -> tuple[float, ...]
     rim_bright_share = float(bright[rim].mean()) if rim.any() else 0.0
     bright_share = float(bright[inside].mean())
     rim_share_of_bright = float((bright & rim).sum() / max(int(bright.sum()), 1))
-    inner = small.astype(np.float32)[core] if core.any() else values
-    low, median, high = np.percentile(inner, [25, 50, 75])
+    inner_levels = small[core] if core.any() else head_levels
+    inner = inner_levels.astype(np.float32)
+    low, median, high = levels_percentile(inner_levels, [25, 50, 75], np.float32)
     flatness = float((np.abs(inner - median) <= 0.05 * level).mean())
     saturated_share = float((values >= float(small.max())).mean())
     histogram = np.bincount(np.minimum(values.astype(np.int64) // 4, 63), minlength=64) / values.size

@@ -1,0 +1,59 @@
+"""Percentiles and medians of 8-bit grey levels from their histogram, equal to NumPy's to the last bit.
+
+`np.percentile` and `np.median` partition a copy of the array: 0.2-0.5 ms for a 256 x 256 image,
+and the screening statistics and the preprocessing ask for seven of them per scan (about 40% of
+`image_statistics`' time). Grey levels take only 256 values, so one `np.bincount` gives every order
+statistic; the interpolation then repeats NumPy's own arithmetic ("linear" method, its dtype rules
+for a Python-number `q` against a list), so the results are the same numbers, not merely close
+(tests/test_levels.py compares them on random and real images).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _order_statistics(counts: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """The grey level at each 0-based rank of the sorted values, from the levels' counts."""
+    return np.searchsorted(np.cumsum(counts), ranks, side="right")
+
+
+def levels_percentile(levels: np.ndarray, q, dtype=np.uint8):
+    """`np.percentile(levels.astype(dtype), q)`, exactly, for an array of grey levels.
+
+    `q` is a number (the result is a NumPy scalar) or a sequence (an array), as for NumPy. Anything
+    but a non-empty uint8 array goes to NumPy itself, which then says what is wrong, as before.
+    """
+    flat = np.asarray(levels).ravel()
+    if flat.dtype != np.uint8 or flat.size == 0:
+        return np.percentile(flat.astype(dtype), q)
+    dtype = np.dtype(dtype)
+    count = flat.size
+    scalar = type(q) in (int, float)  # NumPy's "weak" promotion: a Python number keeps a float32 array's dtype
+    quantiles = np.true_divide(np.atleast_1d(q), 100)
+    virtual = (count - 1) * quantiles
+    previous = np.floor(virtual)
+    gamma = virtual - previous
+    low = np.clip(previous.astype(np.intp), 0, count - 1)
+    ranks = np.concatenate([low, np.minimum(low + 1, count - 1)])
+    order = _order_statistics(np.bincount(flat, minlength=256), ranks)
+    kind = dtype if (scalar and dtype.kind == "f") else np.dtype(np.float64)
+    below, above = order[:len(low)].astype(kind), order[len(low):].astype(kind)
+    difference = above - below
+    result = np.where(gamma >= 0.5, above - difference * (1 - gamma).astype(kind),
+                      below + difference * gamma.astype(kind))
+    if dtype.kind == "f":
+        result = result.astype(dtype if scalar else np.result_type(dtype, np.float64))
+    return result[0] if scalar else result
+
+
+def levels_median(levels: np.ndarray, dtype=np.uint8):
+    """`np.median(levels.astype(dtype))`, exactly, for an array of grey levels (see `levels_percentile`)."""
+    flat = np.asarray(levels).ravel()
+    if flat.dtype != np.uint8 or flat.size == 0:
+        return np.median(flat.astype(dtype))
+    count = flat.size
+    middle = _order_statistics(np.bincount(flat, minlength=256),
+                               np.array([(count - 1) // 2, count // 2]))
+    # NumPy takes the mean of the one or two middle values, in the array's dtype (float64 for integers).
+    return np.mean(middle.astype(np.dtype(dtype)) if count % 2 == 0 else middle[1:].astype(np.dtype(dtype)))
