@@ -181,6 +181,17 @@ def _command_ensemble(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _command_soup(arguments: argparse.Namespace) -> int:
+    from core.training.ensemble import build_soup
+
+    model_path = build_soup([Path(path) for path in arguments.member], [Path(path) for path in arguments.data],
+                            Path(arguments.out), arguments.name, arguments.version, arguments.mirror,
+                            Path(arguments.non_mri_train) if arguments.non_mri_train else None, _invoked_command(),
+                            arguments.share)
+    print(f"wrote {model_path} and its card")
+    return 0
+
+
 def _data_label(arguments: argparse.Namespace) -> list[str]:
     """What a report was measured on, for its JSON and the card: the --data folders and the --split."""
     return [str(path) for path in arguments.data] + ([f"split={arguments.split}"] if arguments.split else [])
@@ -792,6 +803,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="serve logits averaged with the left-right mirror (twice the inference time)")
     ensemble.add_argument("--non-mri-train", help=NON_MRI_TRAIN_HELP)
     ensemble.set_defaults(handler=_command_ensemble)
+    soup = commands.add_parser(
+        "soup", help="average the weights of carded models of one architecture trained on the same split (a model "
+                     "and its fine-tuned continuations) into one model of that architecture, calibrated and carded")
+    soup.add_argument("--member", action="append", required=True, help="member model file (repeatable, 2 or more)")
+    soup.add_argument("--share", action="append", type=float,
+                      help="each member's share of the average, in --member order (default: equal)")
+    soup.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
+    soup.add_argument("--out", required=True, help="output folder for the model, card, gate and manifest")
+    soup.add_argument("--name", default="brainscan-default", help="model file stem")
+    soup.add_argument("--version", help="the new model's version (default: the last member's, next minor)")
+    soup.add_argument("--mirror", action="store_true",
+                      help="serve it with test-time mirror averaging (the mean of the slice's and its mirror's logits)")
+    soup.add_argument("--non-mri-train", help=NON_MRI_TRAIN_HELP)
+    soup.set_defaults(handler=_command_soup)
 
     def measuring(name: str, description: str, json_help: str, split_default: str | None = None,
                   write_card: str | None = None) -> argparse.ArgumentParser:

@@ -183,3 +183,94 @@ def build_ensemble(member_paths: list[Path], data_dirs: list[Path], out_dir: Pat
     shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir / model_path.name
 
+
+
+SOUP_TYPE = "the mean of the members' weights (one network of the members' architecture)"
+
+
+def averaged_weights(models: list, shares: list[float] | None = None) -> list[np.ndarray]:
+    """Every weight of `models` (batch-norm statistics included), averaged with `shares` (default: equal).
+
+    Refuses models whose weights differ in number, name or shape: only one architecture can be averaged.
+    """
+    shares = [1.0 / len(models)] * len(models) if shares is None else [float(share) for share in shares]
+    if len(shares) != len(models) or any(share < 0 for share in shares) or not math.isclose(sum(shares), 1.0):
+        raise DatasetError("the members' shares must be one non-negative number per member, adding up to 1")
+    layouts = [[(variable.path, tuple(variable.shape)) for variable in model.weights] for model in models]
+    if any(layout != layouts[0] for layout in layouts[1:]):
+        raise DatasetError("only models of one architecture (the same weights, by name and shape) can be averaged")
+    averaged = []
+    for variables in zip(*(model.weights for model in models)):
+        values = [np.asarray(variable.numpy()) for variable in variables]
+        total = sum(share * value.astype(np.float64) for share, value in zip(shares, values))
+        averaged.append(total.astype(values[0].dtype))
+    return averaged
+
+
+def build_soup(member_paths: list[Path], data_dirs: list[Path], out_dir: Path, name: str = "brainscan-default",
+               version: str | None = None, mirror: bool = False, non_mri_train: Path | None = None,
+               command: str | None = None, shares: list[float] | None = None) -> Path:
+    """Average carded models of one architecture, trained on one split, into one model; calibrate and card it.
+
+    Meant for a model and the ones fine-tuned from it (they lie in one basin of the loss, where the
+    average of the weights behaves like the average of the answers, at one network's cost). The
+    card is the last member's with the weights' origin in `architecture.weight_average`, and
+    temperature, gate and metrics fitted and measured as `calibrate` does; robustness figures are
+    dropped, since they measured another network (`python -m core robustness` measures this one).
+    """
+    import json
+
+    import keras
+
+    from core.model.inference import _load_keras_model
+    from core.training.train import _calibrate_and_measure, _next_minor, calibration_data
+
+    if len(member_paths) < 2:
+        raise DatasetError("a weight average needs at least two member models")
+    cards = [load_card(Path(path)) for path in member_paths]
+    if len({card.data["training"]["split_manifest_sha256"] for card in cards}) != 1:
+        raise DatasetError("the members were trained on different splits (their manifest digests differ): one "
+                           "member's held-out slices would be another's training slices")
+    if any(tuple(card.classes) != tuple(CLASS_NAMES) for card in cards):
+        raise DatasetError(f"every member must answer the classes {', '.join(CLASS_NAMES)} in that order")
+    if len({card.image_size for card in cards}) != 1:
+        raise DatasetError("the members take different input sizes: only one architecture can be averaged")
+    started = time.time()
+    models = [_load_keras_model(card.model_path) for card in cards]
+    network = models[-1]
+    network.set_weights(averaged_weights(models, shares))
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = cards[-1]
+    manifest_source = last.model_path.parent / last.data["training"]["split_manifest"]
+    work_dir = out_dir / f".{name}.building"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir()
+    model_path = work_dir / f"{name}.keras"
+    network.save(model_path)
+    network = keras.models.load_model(model_path, compile=False)  # measured as it will be served
+    shutil.copyfile(manifest_source, work_dir / f"{name}.split.csv")
+    data = calibration_data(manifest_source, data_dirs, last.image_size)
+    card = json.loads(json.dumps(last.data))
+    for key in ("robustness", "calibration_command", "model_file", "model_sha256"):
+        card.pop(key, None)
+    card["name"] = name
+    card["version"] = version or _next_minor(str(last.data.get("version")))
+    card["created"] = _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds")
+    card["architecture"] = dict(card.get("architecture") or {})
+    card["architecture"]["weight_average"] = {
+        "type": SOUP_TYPE,
+        "shares": shares or [1.0 / len(cards)] * len(cards),
+        "members": [_member_record(member) for member in cards],
+    }
+    card["training"] = dict(card.get("training") or {}, split_manifest=f"{name}.split.csv")
+    card["training"]["command"] = command or "python -m core soup " + " ".join(f"--member {p}" for p in member_paths)
+    card["training"]["weight_averaging"] = "the mean of the members' weights, after their own training (a soup)"
+    card.update(_calibrate_and_measure(network, data, work_dir, name, mirror, non_mri_train))
+    card["training"]["duration_seconds"] = round(time.time() - started)
+    write_card(model_path, card)
+    for produced in (model_path, card_path_for(model_path), work_dir / card["ood"]["file"], work_dir / f"{name}.split.csv"):
+        shutil.move(str(produced), out_dir / produced.name)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return out_dir / model_path.name
