@@ -751,6 +751,9 @@ def _earlier_rows(store, session: str, shown: set[str]) -> list[dict]:
     return rows
 
 
+EARLIER_OPEN = "review_earlier_open"  # the "Earlier in this session" expander's state: True while open
+
+
 def render_earlier(store, session: str, shown: set[str], display_names: dict[str, str]) -> None:
     """Scans this session reviewed earlier that are not uploaded now, read back from the history.
 
@@ -766,7 +769,12 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
     if not earlier:
         return
     title = f"Earlier in this session ({len(earlier)} {'scan' if len(earlier) == 1 else 'scans'}, from the history)"
-    with st.expander(title, expanded=False):
+    # Lazy: the table is built and sent only while the reviewer has the expander open. Closed, a
+    # table of a long session's cases was a sixth of the server's work per upload (bench/README.md).
+    expander = st.expander(title, expanded=False, key=EARLIER_OPEN, on_change="rerun")
+    with expander:
+        if not expander.open:
+            return
         st.dataframe(
             pd.DataFrame({
                 "File": [row["file_name"] for row in earlier],

@@ -206,6 +206,36 @@ def test_upload_review_reload_and_download(browser_app, tmp_path):
     assert page.errors == [], f"the browser logged errors: {page.errors}"
 
 
+def test_earlier_scans_open_on_request_and_stay_open_across_an_upload(browser_app, tmp_path):
+    """The "Earlier in this session" table is built only while its expander is open (a lazy expander):
+    the browser must open it on a click and keep it open through the next upload's rerun."""
+    from tests.synthetic import encode, synthetic_slice
+
+    url, page = browser_app
+    first, second = tmp_path / "earlier-one.png", tmp_path / "earlier-two.png"
+    first.write_bytes(encode(synthetic_slice(31, 160)))
+    second.write_bytes(encode(synthetic_slice(32, 160)))
+    page.goto(url)
+    page.get_by_text("Upload brain MRI slices").wait_for()
+    enter_reviewer(page, REVIEWER)
+    upload(page, first)
+    wait_for_result(page)
+    page.get_by_role("button", name="Clear worklist").click()
+    page.get_by_role("button", name="Yes, clear the worklist").click()
+    title = page.get_by_text("Earlier in this session (1 scan, from the history)")
+    title.wait_for()
+    wait_until_idle(page)
+    table = page.locator("[data-testid='stExpander'] [data-testid='stDataFrame']")
+    assert table.count() == 0, "a closed expander's table should not be built"
+    title.click()
+    table.wait_for()
+    wait_until_idle(page)
+    upload(page, second)
+    wait_for_result(page)
+    assert title.is_visible() and table.is_visible(), "the opened expander should stay open through an upload"
+    assert page.errors == [], f"the browser logged errors: {page.errors}"
+
+
 def test_every_page_opened_first_by_its_url_draws_the_sidebar_and_the_page(browser_app):
     # The pages live in pages/, which Streamlit runs the v1 way (that file alone, no sidebar) until
     # st.navigation first runs in the server process: the first request here goes straight to a page.
