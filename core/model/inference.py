@@ -246,13 +246,14 @@ class _OpenVinoEngine:
     # batches on 2 cores (bench/inference.py); larger ones only hold more memory.
     chunk = 4
 
-    def __init__(self, network, image_size: int, head_kernel: np.ndarray | None = None):
+    def __init__(self, network, image_size: int, head_kernel: np.ndarray | None = None, precision: str = "f32"):
         import openvino
 
         self.head_kernel = head_kernel
         core = openvino.Core()
-        # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise lower the precision.
-        properties = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise lower the precision. Only
+        # bench/precision.py asks for another, to measure what a lower one would change.
+        properties = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         self._requests = {}
         for batch in sorted({1, self.chunk}):
             shaped = network.clone()
