@@ -752,12 +752,13 @@ def _earlier_rows(store, session: str, shown: set[str]) -> list[dict]:
 
 
 EARLIER_OPEN = "review_earlier_open"  # the "Earlier in this session" expander's state: True while open
+EARLIER_TITLE = "Earlier in this session (from the history)"
 
 
 def render_earlier(store, session: str, shown: set[str], display_names: dict[str, str]) -> None:
     """Scans this session reviewed earlier that are not uploaded now, read back from the history.
 
-    A closed expander whose title gives the count; only the reviewer opens it. When the page
+    A closed expander; only the reviewer opens it, and only then is its table built. When the page
     opened it for an empty worklist and shut it for an upload, that animation (and the grid drawn
     inside) was about half of the browser's work per upload (bench/page.py).
     """
@@ -768,13 +769,17 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
         return
     if not earlier:
         return
-    title = f"Earlier in this session ({len(earlier)} {'scan' if len(earlier) == 1 else 'scans'}, from the history)"
-    # Lazy: the table is built and sent only while the reviewer has the expander open. Closed, a
-    # table of a long session's cases was a sixth of the server's work per upload (bench/README.md).
-    expander = st.expander(title, expanded=False, key=EARLIER_OPEN, on_change="rerun")
+    # Lazy: the table is built and sent only while the reviewer has the expander open (closed, it had been a
+    # sixth of the Review page script's samples after 120 uploads in one session, bench/README.md). The
+    # label never changes: Streamlit takes it into the expander's identity, and a label with the count in
+    # it closed the expander each time the count changed (a scan uploaded again, the worklist cleared).
+    expander = st.expander(EARLIER_TITLE, expanded=False, key=EARLIER_OPEN, on_change="rerun")
+    if not expander.open:
+        return
     with expander:
-        if not expander.open:
-            return
+        count = f"{len(earlier)} {'scan' if len(earlier) == 1 else 'scans'}"
+        st.caption(f"{count} of this session, not in the worklist now. Upload a file again to see its picture "
+                   "and change its verdict.")
         st.dataframe(
             pd.DataFrame({
                 "File": [row["file_name"] for row in earlier],
@@ -787,7 +792,6 @@ def render_earlier(store, session: str, shown: set[str], display_names: dict[str
             }),
             hide_index=True, key="review_earlier",
         )
-        st.caption("Upload a file again to see its picture and change its verdict.")
 
 
 def clear_worklist_control(store, owner: str, count: int) -> None:

@@ -208,7 +208,9 @@ def test_upload_review_reload_and_download(browser_app, tmp_path):
 
 def test_earlier_scans_open_on_request_and_stay_open_across_an_upload(browser_app, tmp_path):
     """The "Earlier in this session" table is built only while its expander is open (a lazy expander):
-    the browser must open it on a click and keep it open through the next upload's rerun."""
+    the browser must open it on a click and keep it open through the next upload's rerun, also when
+    that upload takes a scan out of the list (its count changes)."""
+    from app.review import EARLIER_TITLE
     from tests.synthetic import encode, synthetic_slice
 
     url, page = browser_app
@@ -218,21 +220,25 @@ def test_earlier_scans_open_on_request_and_stay_open_across_an_upload(browser_ap
     page.goto(url)
     page.get_by_text("Upload brain MRI slices").wait_for()
     enter_reviewer(page, REVIEWER)
-    upload(page, first)
-    wait_for_result(page)
-    page.get_by_role("button", name="Clear worklist").click()
-    page.get_by_role("button", name="Yes, clear the worklist").click()
-    title = page.get_by_text("Earlier in this session (1 scan, from the history)")
-    title.wait_for()
-    wait_until_idle(page)
+    for scan in (first, second):
+        upload(page, scan)
+        wait_for_result(page)
+        page.get_by_role("button", name="Clear worklist").click()
+        page.get_by_role("button", name="Yes, clear the worklist").click()
+        page.get_by_text("Upload one or more scans to start.").wait_for()
+        wait_until_idle(page)
+    title = page.get_by_text(EARLIER_TITLE)
     table = page.locator("[data-testid='stExpander'] [data-testid='stDataFrame']")
+    assert title.is_visible()
     assert table.count() == 0, "a closed expander's table should not be built"
     title.click()
+    page.get_by_text("2 scans of this session").wait_for()
     table.wait_for()
     wait_until_idle(page)
-    upload(page, second)
+    upload(page, first)  # back in the worklist, so out of the list: 2 -> 1
     wait_for_result(page)
-    assert title.is_visible() and table.is_visible(), "the opened expander should stay open through an upload"
+    page.get_by_text("1 scan of this session").wait_for()
+    assert table.is_visible(), "the opened expander should stay open through an upload"
     assert page.errors == [], f"the browser logged errors: {page.errors}"
 
 
