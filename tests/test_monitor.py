@@ -215,6 +215,13 @@ def test_the_cards_monitoring_reference_is_read_from_the_card():
     reference = CardReference.from_card(card)
     assert reference.gate_bins == {-8: 2, -7: 1} and reference.sensitivity == {"glioma": 0.9}
     assert CardReference.from_card({"version": "1"}).gate_bins is None
+    # A reference that names the network it measured is used for that network only: a card copied on to a
+    # recalibrated or averaged model keeps no drift comparison with the old gate's scores.
+    named = {**card, "name": "m", "model_sha256": "abcdef0123456789",
+             "monitoring": {"reference": {**card["monitoring"]["reference"], "model": "m 2.1.0 (abcdef01)"}}}
+    assert CardReference.from_card(named).gate_bins == {-8: 2, -7: 1}
+    assert CardReference.from_card({**named, "version": "2.2.0"}).gate_bins is None
+    assert CardReference.from_card({**named, "model_sha256": "0" * 16}).gate_bins is None
 
 
 def test_the_ks_statistic_of_binned_samples_matches_scipy():

@@ -45,7 +45,7 @@ def test_the_soup_holds_the_members_mean_weights_and_a_card_that_says_so(members
                                                                    load_card(second).data["model_sha256"]]
     assert average["shares"] == [0.25, 0.75] and card["version"] == "1.2.0"
     assert card["test_time_augmentation"] and set(card["metrics"]) == {"validation", "test"}
-    assert "robustness" not in card  # it measured another network
+    assert "robustness" not in card and "monitoring" not in card  # they measured another network
     assert card["training"]["split_manifest_sha256"] == load_card(first).data["training"]["split_manifest_sha256"]
     assert (path.parent / card["training"]["split_manifest"]).is_file() and (path.parent / card["ood"]["file"]).is_file()
     assert not list((folder / "soup").glob(".*building"))

@@ -100,7 +100,13 @@ class CardReference:
     def from_card(cls, data: Mapping) -> CardReference:
         test = (data.get("metrics") or {}).get("test") or {}
         per_class = test.get("per_class") or {}
-        bins = (((data.get("monitoring") or {}).get("reference") or {}).get("gate_score_bins")) or None
+        reference = (data.get("monitoring") or {}).get("reference") or {}
+        bins = reference.get("gate_score_bins") or None
+        # A reference measured on another network or gate (a card copied on, or recalibrated, since) says
+        # nothing about this one's scores: no input-drift comparison rather than a wrong one.
+        this_model = f"{data.get('name')} {data.get('version')} ({str(data.get('model_sha256', ''))[:8]})"
+        if reference.get("model") not in (None, this_model):
+            bins = None
         return cls(model_version=str(data.get("version", "")),
                    sensitivity={name: float(values["recall"]) for name, values in per_class.items()},
                    ppv={name: float(values["precision"]) for name, values in per_class.items()},

@@ -215,8 +215,9 @@ def build_soup(member_paths: list[Path], data_dirs: list[Path], out_dir: Path, n
     Meant for a model and the ones fine-tuned from it (they lie in one basin of the loss, where the
     average of the weights behaves like the average of the answers, at one network's cost). The
     card is the last member's with the weights' origin in `architecture.weight_average`, and
-    temperature, gate and metrics fitted and measured as `calibrate` does; robustness figures are
-    dropped, since they measured another network (`python -m core robustness` measures this one).
+    temperature, gate and metrics fitted and measured as `calibrate` does; the robustness figures and
+    the monitoring reference are dropped, since they measured another network (`python -m core
+    robustness` and `python -m core monitor-reference --write-card` measure this one).
     """
     import json
 
@@ -253,7 +254,7 @@ def build_soup(member_paths: list[Path], data_dirs: list[Path], out_dir: Path, n
     shutil.copyfile(manifest_source, work_dir / f"{name}.split.csv")
     data = calibration_data(manifest_source, data_dirs, last.image_size)
     card = json.loads(json.dumps(last.data))
-    for key in ("robustness", "calibration_command", "model_file", "model_sha256"):
+    for key in ("robustness", "monitoring", "calibration_command", "model_file", "model_sha256"):
         card.pop(key, None)
     card["name"] = name
     card["version"] = version or _next_minor(str(last.data.get("version")))
