@@ -41,32 +41,67 @@ def test_edge_cases_and_other_inputs_fall_back_to_numpy():
         levels_percentile(np.array([], np.uint8), 50)
 
 
-def with_numpy_percentiles(function, *args):
-    """`function(*args)` with NumPy's percentiles put back: the reference the histogram version must equal."""
-    import core.scans.preprocess as preprocess
-    import core.scans.statistics as statistics
+# image_statistics of two drawn slices as the code before core.scans.levels computed them (np.percentile and
+# np.median on the arrays it built): the callers must pass the dtypes that code used.
+BEFORE = {
+    (3, 224): (0.0, 0.47343351403061223, 1.0, 0.9939026643509109, 0.7812472768466611, 0.3639809787273407, 1.0,
+               53.74208842325184, 0.47681281618887017, 0.0843488825890063, 0.9873417721518988, 0.43478260869565216,
+               0.043478260869565216, 0.9198105321816662, 7.363499134788851e-05, 0.5360430190392624),
+    (8, 150): (0.0, 0.4666222222222222, 1.0, 0.9914694994366651, 0.7799936688825577, 0.4203251302242279, 1.0,
+               57.78796980711171, 0.6875, 0.12039036877049836, 0.9794019933554817, 0.430622009569378,
+               0.0430622009569378, 0.9198220940016829, 7.999360051195904e-05, 0.5635654607583791),
+}
 
-    modules = (statistics, preprocess)
-    saved = [(module, module.__dict__.get("levels_percentile"), module.__dict__.get("levels_median")) for module in modules]
-    for module in modules:
-        module.levels_percentile = lambda levels, q, dtype=np.uint8: np.percentile(np.asarray(levels).astype(dtype), q)
-        module.levels_median = lambda levels, dtype=np.uint8: np.median(np.asarray(levels).astype(dtype))
-    try:
-        return function(*args)
-    finally:
-        for module, percentile, median in saved:
-            module.levels_percentile = percentile
-            if median is None:
-                del module.levels_median
-            else:
-                module.levels_median = median
+
+def prepare_as_before(grey: np.ndarray, image_size: int) -> np.ndarray:
+    """`prepare_image` as it was written before, with NumPy's percentiles (its model input must not change)."""
+    import cv2
+
+    height, width = grey.shape
+    blurred = cv2.GaussianBlur(grey, (5, 5), 0)
+    threshold = max(8.0, 0.12 * float(np.percentile(blurred, 99)))
+    mask = cv2.morphologyEx((blurred > threshold).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8),
+                            iterations=2)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    top, bottom, left, right = 0, height, 0, width
+    if count > 1:
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        x, y, w, h, _ = stats[largest]
+        if w * h >= 0.04 * height * width:
+            margin = int(round(0.02 * max(height, width)))
+            top, bottom = max(0, y - margin), min(height, y + h + margin)
+            left, right = max(0, x - margin), min(width, x + w + margin)
+    crop = grey[top:bottom, left:right]
+    shrinking = crop.shape[0] > image_size or crop.shape[1] > image_size
+    resized = cv2.resize(crop, (image_size, image_size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    scaled = resized.astype(np.float32)
+    scaled /= max(float(np.percentile(scaled, 99.5)), 1.0)
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    return scaled[:, :, np.newaxis]
 
 
 def test_statistics_and_model_input_unchanged_on_slices():
+    import dataclasses
+
+    for (seed, size), expected in BEFORE.items():
+        assert dataclasses.astuple(image_statistics(synthetic_slice(seed, size))) == pytest.approx(expected, rel=1e-12)
     rng = np.random.default_rng(3)
-    pictures = [synthetic_slice(label, size) for label in range(4) for size in (90, 224, 300)]
+    pictures = [synthetic_slice(seed, size) for seed in range(4) for size in (90, 224, 300)]
     pictures += [rng.integers(0, 256, (200, 130)).astype(np.uint8), np.zeros((40, 40), np.uint8)]
     for grey in pictures:
-        assert image_statistics(grey) == with_numpy_percentiles(image_statistics, grey)
         for size in (64, 160):
-            np.testing.assert_array_equal(prepare_image(grey, size), with_numpy_percentiles(prepare_image, grey, size))
+            np.testing.assert_array_equal(prepare_image(grey, size), prepare_as_before(grey, size))
+
+
+def test_numpy_scalars_other_dtypes_and_bad_q_behave_as_numpy():
+    levels = np.random.default_rng(5).integers(0, 256, 999).astype(np.uint8)
+    assert same(np.percentile(levels.astype(np.float32), np.float64(99)), levels_percentile(levels, np.float64(99),
+                                                                                           np.float32))
+    assert same(np.percentile(levels, (10, 90)), levels_percentile(levels, (10, 90)))
+    assert same(np.percentile(levels, 37.5), levels_percentile(levels, 37.5))  # dtype None: the levels' own
+    wide = levels.astype(np.uint16) * 200
+    assert same(np.percentile(wide, 50), levels_percentile(wide, 50))  # not uint8: NumPy's answer, not truncated
+    assert same(np.median(wide), levels_median(wide))
+    for bad in (101, -1, [50, 120]):
+        with pytest.raises(ValueError):
+            levels_percentile(levels, bad)

@@ -5,7 +5,8 @@ and the screening statistics and the preprocessing ask for seven of them per sca
 `image_statistics`' time). Grey levels take only 256 values, so one `np.bincount` gives every order
 statistic; the interpolation then repeats NumPy's own arithmetic ("linear" method, its dtype rules
 for a Python-number `q` against a list), so the results are the same numbers, not merely close
-(tests/test_levels.py compares them on random and real images).
+(tests/test_levels.py compares them on random levels and drawn slices; `python bench/levels.py
+--data FOLDER` on real images).
 """
 
 from __future__ import annotations
@@ -18,42 +19,45 @@ def _order_statistics(counts: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.cumsum(counts), ranks, side="right")
 
 
-def levels_percentile(levels: np.ndarray, q, dtype=np.uint8):
-    """`np.percentile(levels.astype(dtype), q)`, exactly, for an array of grey levels.
+def levels_percentile(levels: np.ndarray, q, dtype=None):
+    """`np.percentile(levels.astype(dtype), q)`, exactly, for an array of grey levels (`dtype` None: its own).
 
-    `q` is a number (the result is a NumPy scalar) or a sequence (an array), as for NumPy. Anything
-    but a non-empty uint8 array goes to NumPy itself, which then says what is wrong, as before.
+    `q` is a number (the result is a NumPy scalar) or a one-dimensional sequence (an array), as for
+    NumPy. Anything else (no values, levels that are not uint8, a `q` outside 0-100 or of more
+    dimensions) goes to NumPy itself, which then answers or says what is wrong, as before.
     """
     flat = np.asarray(levels).ravel()
-    if flat.dtype != np.uint8 or flat.size == 0:
+    dtype = flat.dtype if dtype is None else np.dtype(dtype)
+    quantiles = np.true_divide(q, 100)
+    if (flat.dtype != np.uint8 or flat.size == 0 or np.ndim(q) > 1
+            or not np.all((quantiles >= 0) & (quantiles <= 1))):
         return np.percentile(flat.astype(dtype), q)
-    dtype = np.dtype(dtype)
     count = flat.size
-    scalar = type(q) in (int, float)  # NumPy's "weak" promotion: a Python number keeps a float32 array's dtype
-    quantiles = np.true_divide(np.atleast_1d(q), 100)
-    virtual = (count - 1) * quantiles
+    weak = type(q) in (int, float)  # NumPy's "weak" promotion: a Python number keeps a float32 array's dtype
+    virtual = (count - 1) * np.atleast_1d(quantiles)
     previous = np.floor(virtual)
     gamma = virtual - previous
     low = np.clip(previous.astype(np.intp), 0, count - 1)
     ranks = np.concatenate([low, np.minimum(low + 1, count - 1)])
     order = _order_statistics(np.bincount(flat, minlength=256), ranks)
-    kind = dtype if (scalar and dtype.kind == "f") else np.dtype(np.float64)
+    kind = dtype if (weak and dtype.kind == "f") else np.dtype(np.float64)
     below, above = order[:len(low)].astype(kind), order[len(low):].astype(kind)
     difference = above - below
     result = np.where(gamma >= 0.5, above - difference * (1 - gamma).astype(kind),
                       below + difference * gamma.astype(kind))
     if dtype.kind == "f":
-        result = result.astype(dtype if scalar else np.result_type(dtype, np.float64))
-    return result[0] if scalar else result
+        result = result.astype(dtype if weak else np.result_type(dtype, np.float64))
+    return result[0] if np.ndim(q) == 0 else result
 
 
-def levels_median(levels: np.ndarray, dtype=np.uint8):
+def levels_median(levels: np.ndarray, dtype=None):
     """`np.median(levels.astype(dtype))`, exactly, for an array of grey levels (see `levels_percentile`)."""
     flat = np.asarray(levels).ravel()
+    dtype = flat.dtype if dtype is None else np.dtype(dtype)
     if flat.dtype != np.uint8 or flat.size == 0:
         return np.median(flat.astype(dtype))
     count = flat.size
     middle = _order_statistics(np.bincount(flat, minlength=256),
                                np.array([(count - 1) // 2, count // 2]))
     # NumPy takes the mean of the one or two middle values, in the array's dtype (float64 for integers).
-    return np.mean(middle.astype(np.dtype(dtype)) if count % 2 == 0 else middle[1:].astype(np.dtype(dtype)))
+    return np.mean(middle.astype(dtype) if count % 2 == 0 else middle[1:].astype(dtype))
