@@ -64,8 +64,9 @@ def _load_classifier(model_path: str, stamp: tuple[int, int]):
     warm_up(classifier)  # The first heat-map a reviewer asks for then costs one call, not a trace.
     # The first archive object of a process costs 0.45 s of imports; pay it here, under the loading spinner,
     # not in the first reader's first upload (with eight readers at once, every one of them waited for it).
-    # Not in a background thread: its imports held the interpreter while the first page took its first
-    # upload, and the browser test saw that upload dropped (the page stayed at "Upload one or more scans").
+    # Not in a background thread: with it, the browser test's first upload was lost about one run in three
+    # (the page stayed at "Upload one or more scans", the server idle); the likely cause is the thread's
+    # imports holding the interpreter while that upload arrived. Without it, 10 runs of 10 passed.
     from core.review.uploads import warm_up_archiving
 
     warm_up_archiving()

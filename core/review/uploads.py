@@ -58,8 +58,9 @@ def warm_up_archiving() -> None:
     The first Secondary Capture of a process imports highdicom and its codecs and fills their
     tables (0.45 s of CPU here, against 0.02 s for the next whole upload); the app runs this
     when it loads the model, under the loading spinner, so the first reader's first upload does
-    not. Not in a background thread: the app ran it in one once, and its imports held the
-    interpreter while the first page's first upload arrived, which the page then lost. Never
+    not. Not in a background thread: the app ran it in one once, and the first page's first
+    upload was then lost about one run in three (likely while the thread's imports held the
+    interpreter). Never
     raises: a failure here shows up, with its message, on the upload that needs the object.
     """
     import logging
