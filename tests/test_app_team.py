@@ -122,6 +122,10 @@ def test_reads_are_private_blind_and_recorded_under_the_signed_in_identity(signe
 
     # Bob's "earlier" list shows his own read of the scan, not the latest read by anyone.
     bob.button(key="review_clear").click().run()
+    from app.review import EARLIER_OPEN
+
+    bob.session_state[EARLIER_OPEN] = True  # Bob opens it: its table is built only while open
+    bob.run()
     [earlier] = [element.value for element in bob.dataframe if "Verdict" in element.value.columns]
     assert list(earlier["Reviewer"]) == ["Bob Reader"] and list(earlier["Verdict"]) == ["Confirmed"]
 
