@@ -114,7 +114,7 @@ def build_ensemble(member_paths: list[Path], data_dirs: list[Path], out_dir: Pat
     import keras
 
     from core.model.inference import _load_keras_model
-    from core.training.train import _calibrate_and_measure, calibration_data
+    from core.training.train import calibration_data
 
     if len(member_paths) < 2:
         raise DatasetError("an ensemble needs at least two member models")
@@ -175,13 +175,7 @@ def build_ensemble(member_paths: list[Path], data_dirs: list[Path], out_dir: Pat
         "intended_use": first.data.get("intended_use"),
         "limitations": first.data.get("limitations"),
     }
-    card.update(_calibrate_and_measure(network, data, work_dir, name, mirror, non_mri_train))
-    card["training"]["duration_seconds"] = round(time.time() - started)
-    write_card(model_path, card)
-    for produced in (model_path, card_path_for(model_path), work_dir / card["ood"]["file"], work_dir / f"{name}.split.csv"):
-        shutil.move(str(produced), out_dir / produced.name)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return out_dir / model_path.name
+    return _measure_and_place(network, card, data, model_path, out_dir, mirror, non_mri_train, started)
 
 
 
@@ -224,7 +218,7 @@ def build_soup(member_paths: list[Path], data_dirs: list[Path], out_dir: Path, n
     import keras
 
     from core.model.inference import _load_keras_model
-    from core.training.train import _calibrate_and_measure, _next_minor, calibration_data
+    from core.training.train import _next_minor, calibration_data
 
     if len(member_paths) < 2:
         raise DatasetError("a weight average needs at least two member models")
@@ -268,6 +262,16 @@ def build_soup(member_paths: list[Path], data_dirs: list[Path], out_dir: Path, n
     card["training"] = dict(card.get("training") or {}, split_manifest=f"{name}.split.csv")
     card["training"]["command"] = command or "python -m core soup " + " ".join(f"--member {p}" for p in member_paths)
     card["training"]["weight_averaging"] = "the mean of the members' weights, after their own training (a soup)"
+    return _measure_and_place(network, card, data, model_path, out_dir, mirror, non_mri_train, started)
+
+
+def _measure_and_place(network, card: dict, data, model_path: Path, out_dir: Path, mirror: bool,
+                       non_mri_train: Path | None, started: float) -> Path:
+    """Fit temperature and gate, measure, write the card, and move model, card, gate and manifest from the
+    work folder (`model_path`'s) into `out_dir`; the work folder is removed. Returns the placed model's path."""
+    from core.training.train import _calibrate_and_measure
+
+    work_dir, name = model_path.parent, model_path.stem
     card.update(_calibrate_and_measure(network, data, work_dir, name, mirror, non_mri_train))
     card["training"]["duration_seconds"] = round(time.time() - started)
     write_card(model_path, card)
