@@ -178,7 +178,6 @@ def build_ensemble(member_paths: list[Path], data_dirs: list[Path], out_dir: Pat
     return _measure_and_place(network, card, data, model_path, out_dir, mirror, non_mri_train, started)
 
 
-
 SOUP_TYPE = "the mean of the members' weights (one network of the members' architecture)"
 
 
