@@ -17,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# The picture and DICOM files read from a folder (bench/precision.py reads folders by the same list).
 SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 

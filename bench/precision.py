@@ -44,6 +44,7 @@ def main() -> int:
 
     import openvino
 
+    from bench.levels import SUFFIXES
     from core import config
     from core.model.inference import Classifier, _cache_folder, _OpenVinoEngine
     from core.pipeline import analyse_many
@@ -68,7 +69,7 @@ def main() -> int:
         features = np.concatenate([batch.features for batch in batches])
         passes = np.array([verdict.passes for verdict in classifier.gate.assess(features, physical)])
         outputs[name] = (probabilities, passes, network_time(classifier._engine, tensors[:256]))
-    (reference, reference_passes, reference_ms), (candidate, candidate_passes, candidate_ms) = outputs.values()
+    (reference, reference_passes, _), (candidate, candidate_passes, _) = outputs.values()
     difference = np.abs(reference - candidate)
     for name, (probabilities, passes, milliseconds) in outputs.items():
         accuracy = float((probabilities.argmax(1) == labels).mean())
@@ -80,14 +81,13 @@ def main() -> int:
 
     if arguments.non_mri:
         folder = Path(arguments.non_mri)
-        files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in
-                       {".png", ".jpg", ".jpeg", ".dcm", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+        files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in SUFFIXES)
         items = [(str(path), path.read_bytes) for path in files]
+        kinds = Counter(path.relative_to(folder).parts[0] for path in files)
         for name, classifier in (("f32", served), (arguments.precision, lowered)):
             results = list(analyse_many(classifier, items))
             refused = Counter(Path(result.filename).relative_to(folder).parts[0] for result in results
                               if result.status == "rejected")
-            kinds = Counter(path.relative_to(folder).parts[0] for path in files)
             print(f"{name:>5}: refused {sum(refused.values())} of {len(files)} pictures that are not brain MRI ("
                   + ", ".join(f"{kind} {refused[kind]}/{count}" for kind, count in sorted(kinds.items())) + ")")
     return 0

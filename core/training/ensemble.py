@@ -111,39 +111,20 @@ def build_ensemble(member_paths: list[Path], data_dirs: list[Path], out_dir: Pat
     Refuses members with different classes or split manifests. `mirror` asks the card for
     test-time mirror averaging (the mean of the slice's and its mirror's logits).
     """
-    import keras
-
     from core.model.inference import _load_keras_model
     from core.training.train import calibration_data
 
-    if len(member_paths) < 2:
-        raise DatasetError("an ensemble needs at least two member models")
-    cards = [load_card(Path(path)) for path in member_paths]
-    manifests = {card.data["training"]["split_manifest_sha256"] for card in cards}
-    if len(manifests) != 1:
-        raise DatasetError("the members were trained on different splits (their manifest digests differ): one "
-                           "member's held-out slices would be another's training slices")
-    if any(tuple(card.classes) != tuple(CLASS_NAMES) for card in cards):
-        raise DatasetError(f"every member must answer the classes {', '.join(CLASS_NAMES)} in that order")
+    cards = _member_cards(member_paths, "an ensemble")
     started = time.time()
     models = [_load_keras_model(card.model_path) for card in cards]
     image_size = max(card.image_size for card in cards)
     network = ensemble_network(models, image_size)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     first = cards[0]
-    manifest_name = first.data["training"]["split_manifest"]
-    manifest_source = first.model_path.parent / manifest_name
+    manifest_source = first.model_path.parent / first.data["training"]["split_manifest"]
     data = calibration_data(manifest_source, data_dirs, image_size)
-    work_dir = Path(out_dir) / f".{name}.building"
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir()
-    model_path = work_dir / f"{name}.keras"
-    network.save(model_path)
-    # Measured on the network as saved and loaded again, as it will be served.
-    network = keras.models.load_model(model_path, compile=False)
-    shutil.copyfile(manifest_source, work_dir / f"{name}.split.csv")
+    network, model_path = _staged(network, out_dir, name, manifest_source)
     training = dict(first.data["training"])
     for key in ("command", "duration_seconds", "continued_from", "epochs_max", "epochs_run", "batch_size",
                 "peak_learning_rate", "precision", "mixup_alpha", "scanner_augment", "freeze_epochs",
@@ -214,19 +195,10 @@ def build_soup(member_paths: list[Path], data_dirs: list[Path], out_dir: Path, n
     """
     import json
 
-    import keras
-
     from core.model.inference import _load_keras_model
     from core.training.train import _next_minor, calibration_data
 
-    if len(member_paths) < 2:
-        raise DatasetError("a weight average needs at least two member models")
-    cards = [load_card(Path(path)) for path in member_paths]
-    if len({card.data["training"]["split_manifest_sha256"] for card in cards}) != 1:
-        raise DatasetError("the members were trained on different splits (their manifest digests differ): one "
-                           "member's held-out slices would be another's training slices")
-    if any(tuple(card.classes) != tuple(CLASS_NAMES) for card in cards):
-        raise DatasetError(f"every member must answer the classes {', '.join(CLASS_NAMES)} in that order")
+    cards = _member_cards(member_paths, "a weight average")
     if len({card.image_size for card in cards}) != 1:
         raise DatasetError("the members take different input sizes: only one architecture can be averaged")
     started = time.time()
@@ -235,16 +207,9 @@ def build_soup(member_paths: list[Path], data_dirs: list[Path], out_dir: Path, n
     network.set_weights(averaged_weights(models, shares))
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     last = cards[-1]
     manifest_source = last.model_path.parent / last.data["training"]["split_manifest"]
-    work_dir = out_dir / f".{name}.building"
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir()
-    model_path = work_dir / f"{name}.keras"
-    network.save(model_path)
-    network = keras.models.load_model(model_path, compile=False)  # measured as it will be served
-    shutil.copyfile(manifest_source, work_dir / f"{name}.split.csv")
+    network, model_path = _staged(network, out_dir, name, manifest_source)
     data = calibration_data(manifest_source, data_dirs, last.image_size)
     card = json.loads(json.dumps(last.data))
     for key in ("robustness", "monitoring", "calibration_command", "model_file", "model_sha256"):
@@ -262,6 +227,34 @@ def build_soup(member_paths: list[Path], data_dirs: list[Path], out_dir: Path, n
     card["training"]["command"] = command or "python -m core soup " + " ".join(f"--member {p}" for p in member_paths)
     card["training"]["weight_averaging"] = "the mean of the members' weights, after their own training (a soup)"
     return _measure_and_place(network, card, data, model_path, out_dir, mirror, non_mri_train, started)
+
+
+def _member_cards(member_paths: list[Path], what: str) -> list:
+    """The members' cards, refused unless two or more share one split manifest and answer CLASS_NAMES in order."""
+    if len(member_paths) < 2:
+        raise DatasetError(f"{what} needs at least two member models")
+    cards = [load_card(Path(path)) for path in member_paths]
+    if len({card.data["training"]["split_manifest_sha256"] for card in cards}) != 1:
+        raise DatasetError("the members were trained on different splits (their manifest digests differ): one "
+                           "member's held-out slices would be another's training slices")
+    if any(tuple(card.classes) != tuple(CLASS_NAMES) for card in cards):
+        raise DatasetError(f"every member must answer the classes {', '.join(CLASS_NAMES)} in that order")
+    return cards
+
+
+def _staged(network, out_dir: Path, name: str, manifest_source: Path):
+    """(the network as saved and loaded again, its path): saved in a fresh work folder in `out_dir`, with the
+    split manifest beside it. What is measured next is the network as it will be served."""
+    import keras
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = out_dir / f".{name}.building"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir()
+    model_path = work_dir / f"{name}.keras"
+    network.save(model_path)
+    shutil.copyfile(manifest_source, work_dir / f"{name}.split.csv")
+    return keras.models.load_model(model_path, compile=False), model_path
 
 
 def _measure_and_place(network, card: dict, data, model_path: Path, out_dir: Path, mirror: bool,
