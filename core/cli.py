@@ -68,6 +68,7 @@ def _command_train(arguments: argparse.Namespace) -> int:
         architecture=arguments.architecture, pretrained=Path(arguments.pretrained) if arguments.pretrained else None,
         freeze_epochs=arguments.freeze_epochs,
         non_mri_train=Path(arguments.non_mri_train) if arguments.non_mri_train else None,
+        version=arguments.version,
     )
     print(f"wrote {model_path} and its card")
     return 0
@@ -756,6 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--freeze-epochs", type=int, default=0,
                        help="epochs that train only the new head before every layer is fine-tuned")
     train.add_argument("--non-mri-train", help=NON_MRI_TRAIN_HELP)
+    train.add_argument("--version", help="the new model's version (default: the architecture's first version, or "
+                       "the --init-from model's next minor)")
     train.set_defaults(handler=_command_train)
 
     weights = commands.add_parser(

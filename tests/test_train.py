@@ -73,8 +73,9 @@ def test_continuing_at_another_size_in_bfloat16_keeps_the_split_and_saves_float3
     monkeypatch.setattr(config, "ROOT", tmp_path)
     data, first = tiny_run
     second = train([data], tmp_path / "larger", name="tiny", image_size=40, epochs=1, batch_size=16, init_from=first,
-                   precision="mixed_bfloat16", mixup_alpha=0.2, scanner_augment=True)
+                   precision="mixed_bfloat16", mixup_alpha=0.2, scanner_augment=True, version="1.7.0")
     first_card, second_card = load_card(first).data, load_card(second).data
+    assert second_card["version"] == "1.7.0"  # named by the caller, not the next minor (1.1.0)
     assert second_card["training"]["split_manifest_sha256"] == first_card["training"]["split_manifest_sha256"]
     assert second_card["input"]["image_size"] == 40
     assert second_card["training"]["precision"] == "mixed_bfloat16"

@@ -591,6 +591,7 @@ def train(
     pretrained: Path | None = None,
     freeze_epochs: int = 0,
     non_mri_train: Path | None = None,
+    version: str | None = None,
 ) -> Path:
     """Train, calibrate, evaluate and card a model; return the path of the written `.keras` file.
 
@@ -605,7 +606,8 @@ def train(
     `architecture` "efficientnet-lite0" fine-tunes EfficientNet-Lite0 from the ImageNet backbone
     `pretrained` (written by `python -m core import-weights`), training only the new head for
     `freeze_epochs` first. `non_mri_train` is a folder of real images that are not brain MRI, one
-    kind per subfolder, for the gate's modality head (see `negative_examples`).
+    kind per subfolder, for the gate's modality head (see `negative_examples`). `version` names the
+    new model (a second network trained from ImageNet must not share the first one's version).
     """
     from core.errors import DatasetError
 
@@ -687,7 +689,7 @@ def train(
 
     card = {
         "name": name,
-        "version": FIRST_VERSION[architecture] if previous is None else _next_minor(previous["version"]),
+        "version": version or (FIRST_VERSION[architecture] if previous is None else _next_minor(previous["version"])),
         "created": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
         "classes": list(CLASS_NAMES),
         "display_names": {key: DISPLAY_NAMES[key] for key in CLASS_NAMES},
