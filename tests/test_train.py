@@ -8,7 +8,7 @@ import pytest
 from core import config
 from core.errors import DatasetError
 from core.model.card import card_path_for, load_card
-from core.training.train import train
+from core.training.train import calibrate, train
 from tests.synthetic import encode
 
 
@@ -86,6 +86,30 @@ def test_continuing_at_another_size_in_bfloat16_keeps_the_split_and_saves_float3
     assert keras.mixed_precision.global_policy().name == "float32"  # the run put the policy back
 
 
+def test_calibrating_at_another_side_rebuilds_the_same_weights_and_serves_that_side(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    import keras
+
+    from core.model.inference import Classifier
+
+    monkeypatch.setattr(config, "ROOT", tmp_path)
+    data, first = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(first.parent, copy)
+    model_path = copy / first.name
+    calibrate(model_path, [data], image_size=40)
+    card = load_card(model_path).data
+    assert (card["input"]["image_size"], card["input"]["trained_image_size"]) == (40, 32)
+    assert card["version"] == "1.1.0"
+    model, original = (keras.models.load_model(path, compile=False) for path in (model_path, first))
+    assert model.input_shape == (None, 40, 40, 1)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), original.get_weights()))
+    classifier = Classifier.load(model_path)
+    assert classifier.image_size == 40
+    assert classifier.predict_tensors(np.zeros((2, 40, 40, 1), np.float32)).probabilities.shape == (2, 4)
+
+
 def test_mixup_blends_each_slice_mostly_with_itself_and_blends_labels_alike():
     import tensorflow as tf
 
@@ -129,7 +153,6 @@ def test_files_the_not_mri_manifest_lists_leave_the_mri_classes_and_teach_the_ga
 
     from core.model.inference import Classifier
     from core.training.dataset import write_not_mri_manifest
-    from core.training.train import calibrate
 
     monkeypatch.setattr(config, "ROOT", tmp_path)
     data = write_class_folders(tmp_path / "data", per_class=16, seed=3)

@@ -514,22 +514,40 @@ def _calibrate_and_measure(model, data: PreparedData, out_dir: Path, name: str, 
 
 
 def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = None, mirror: bool = False,
-              non_mri_train: Path | None = None) -> Path:
+              non_mri_train: Path | None = None, image_size: int | None = None) -> Path:
     """Re-fit temperature and gate and re-measure an already trained model from its split manifest.
 
     Reads the manifest named in the model's card, preprocesses the manifest's files found under
     `data_dirs`, and rewrites the card's weight-dependent fields; everything else is kept. A new
     gate or temperature changes what the model answers, so the card's version moves to the next minor.
+    With `image_size` other than the card's, the same weights are rebuilt to read slices of that
+    side (the networks are convolutional up to global pooling) and the model file is rewritten.
     """
     import json
 
     import keras
 
+    from core.errors import DatasetError
+
     model_path = Path(model_path)
     card = json.loads(card_path_for(model_path).read_text(encoding="utf-8"))
-    data = calibration_data(model_path.parent / card["training"]["split_manifest"], data_dirs,
-                            int(card["input"]["image_size"]))
+    trained_size = int(card["input"]["image_size"])
+    image_size = int(image_size or trained_size)
+    architecture = card["architecture"].get("name", RESIDUAL_CNN)
+    if image_size != trained_size and architecture not in ARCHITECTURE_NAMES:
+        raise DatasetError(f"{model_path.name} is an {architecture}; only one trained network can be read at "
+                           "another input side")
+    data = calibration_data(model_path.parent / card["training"]["split_manifest"], data_dirs, image_size)
     model = keras.models.load_model(model_path, compile=False)
+    if image_size != trained_size:
+        settings = FitSettings(image_size, int(card["architecture"].get("width", 32)), epochs=1, batch_size=1, seed=0,
+                               architecture=architecture)
+        resized = build_network(settings)
+        resized.set_weights(model.get_weights())
+        model = resized
+        model.save(model_path)
+        card["input"] = {**card["input"], "image_size": image_size,
+                         "trained_image_size": card["input"].get("trained_image_size", trained_size)}
     card.update(_calibrate_and_measure(model, data, model_path.parent, model_path.stem, mirror, non_mri_train))
     card["version"] = _next_minor(card["version"])
     # Calibration and metrics now come from this command, not from the training run's own last step.
