@@ -4,7 +4,7 @@ input scaling were measured with np.percentile, and a scan must not read differe
 import numpy as np
 import pytest
 
-from core.scans.levels import levels_median, levels_percentile
+from core.scans.levels import level_counts, levels_median, levels_percentile
 from core.scans.preprocess import prepare_image
 from core.scans.statistics import image_statistics
 from tests.synthetic import synthetic_slice
@@ -28,6 +28,20 @@ def test_percentiles_and_medians_equal_numpys_to_the_bit(dtype):
         for q in QS:
             assert same(np.percentile(as_numpy, q), levels_percentile(levels, q, dtype)), (trial, q, levels.size)
         assert same(np.median(as_numpy), levels_median(levels, dtype)), (trial, levels.size)
+
+
+def test_level_counts_equal_bincount_below_and_above_opencvs_exact_range():
+    rng = np.random.default_rng(11)
+    for size in (1, 2, 999, 65536):
+        flat = rng.integers(0, 256, size).astype(np.uint8)
+        assert np.array_equal(level_counts(flat), np.bincount(flat, minlength=256))
+        assert np.array_equal(level_counts(flat, 64), np.bincount(flat // 4, minlength=64))
+    # Past 2 ** 24 pixels one level can hold more than float32 counts exactly (16,777,217 ones here).
+    flat = np.ones((1 << 24) + 1, np.uint8)
+    flat[:5] = 200
+    counts = level_counts(flat)
+    assert counts.dtype == np.int64 and counts[1] == (1 << 24) - 4 and counts[200] == 5
+    assert levels_percentile(flat, 0) == 1 and levels_percentile(flat, 100) == 200
 
 
 def test_edge_cases_and_other_inputs_fall_back_to_numpy():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.scans.levels import levels_median, levels_percentile
+from core.scans.levels import level_counts, levels_median, levels_percentile
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def _tissue_statistics(small: np.ndarray, head: np.ndarray) -> tuple[float, ...]
     low, median, high = levels_percentile(inner_levels, [25, 50, 75], np.float32)
     flatness = float((np.abs(inner - median) <= 0.05 * level).mean())
     saturated_share = float((values >= float(small.max())).mean())
-    histogram = np.bincount(np.minimum(values.astype(np.int64) // 4, 63), minlength=64) / values.size
+    histogram = level_counts(head_levels, 64) / values.size  # 64 bins of 4 grey levels
     nonzero = histogram[histogram > 0]
     entropy = float(-(nonzero * np.log2(nonzero)).sum() / 6.0)
     return (rim_bright_share, bright_share, rim_share_of_bright, float(median) / level, float(high - low) / level,
