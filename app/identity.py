@@ -14,6 +14,7 @@ that is test-only, and a browser has no way to reach it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -51,9 +52,16 @@ class SignIn:
     claims: dict | None = None
 
 
+@functools.lru_cache(maxsize=1)
+def _secrets_paths() -> tuple[Path, ...]:
+    # Read once per process: Streamlit fixes its options when the server starts, and st.get_option costs
+    # about 0.08 ms, which one upload's reruns paid some sixty times over through the identity checks.
+    return tuple(Path(path) for path in (st.get_option("secrets.files") or []))
+
+
 def _secrets_files() -> list[Path]:
-    """The secrets files Streamlit reads (`secrets.files`) that exist on this machine."""
-    return [Path(path) for path in (st.get_option("secrets.files") or []) if Path(path).is_file()]
+    """The secrets files Streamlit reads (`secrets.files`) that exist on this machine (checked on every call)."""
+    return [path for path in _secrets_paths() if path.is_file()]
 
 
 def _declared_team() -> bool:

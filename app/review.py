@@ -29,6 +29,7 @@ from core.review.reads import split_reads
 from core.review.records import IDENTITY_COLUMNS, STATUS_LABELS, VerdictRejected, display_time, verdict_name
 from core.review.uploads import archived_bytes, decode_archived, reopen, take_upload
 from core.review.worklist import (
+    PICTURE_UPLOAD,
     UNAVAILABLE,
     ReviewItem,
     first_unreviewed,
@@ -673,13 +674,17 @@ def _set_window(centre_key: str, width_key: str, window: tuple[float, float]) ->
     st.session_state[centre_key], st.session_state[width_key] = float(window[0]), float(window[1])
 
 
-def dicom_panel(item: ReviewItem, data: bytes | None, classifier) -> ReviewItem:
+def dicom_panel(item: ReviewItem, source, classifier) -> ReviewItem:
     """For a DICOM upload: its non-identifying details, a frame picker and window/level; the chosen view's item.
 
-    The file's own middle frame and window are what was classified at upload; another choice is
-    decoded and classified once per (frame, window) and kept in session state, so moving back to
-    a view never re-infers. Other formats return `item` unchanged.
+    `source()` gives the archived copy's bytes (None when unavailable). The file's own middle frame
+    and window are what was classified at upload; another choice is decoded and classified once per
+    (frame, window) and kept in session state, so moving back to a view never re-infers. Other
+    formats return `item` unchanged; a picture upload's archived copy is not even read.
     """
+    if item.detail.get("scanner") == PICTURE_UPLOAD:
+        return item
+    data = source()
     if data is None:
         return item
     scan = dicom_header(item, data)

@@ -112,6 +112,10 @@ def open_history() -> HistoryStore:
 
 def _dicomweb_secrets() -> dict:
     """The `[dicomweb]` section of Streamlit's secrets ({} without one); the password never leaves the process."""
+    if not app_identity._secrets_files():
+        # No secrets file at all (local mode): Streamlit would look for and try to parse each file again on every
+        # rerun, since nothing was loaded.
+        return {}
     try:
         if not st.secrets.load_if_toml_exists():
             return {}

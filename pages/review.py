@@ -24,9 +24,9 @@ from core.review.worklist import STATUS_NAMES, UNAVAILABLE, ReviewItem, status_c
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "gif", "tif", "tiff", "webp"]
 
 
-def render_image(item: ReviewItem, classifier, data: bytes | None = None) -> None:
+def render_image(item: ReviewItem, classifier, source=lambda: None) -> None:
     """The scan (in colour for a colour upload), with the model's heat-map overlaid at the chosen opacity when
-    available, and the original alone at full size a click away."""
+    available, and the original alone at full size a click away (`source()` gives its archived bytes)."""
     name = app_support.escape_markdown(item.file_name)
     if item.thumbnail is None:
         st.info(f"No picture: {name} could not be decoded.", icon=":material/hide_image:")
@@ -56,7 +56,7 @@ def render_image(item: ReviewItem, classifier, data: bytes | None = None) -> Non
               help="The scan alone, at its own resolution, without the heat map", on_click=st.session_state.update,
               kwargs={"review_open_original": item.sha256})
     if st.session_state.pop("review_open_original", None) == item.sha256:
-        app_review.show_original(item, data)
+        app_review.show_original(item, source())
 
 
 def render_prediction(item: ReviewItem, classifier) -> None:
@@ -136,11 +136,12 @@ def render_verdict(item: ReviewItem, state: dict | None, classifier, session: st
         (st.success if kind == "success" else st.error)(text)
 
 
-def render_scan(item: ReviewItem, state: dict | None, classifier, session: str, data: bytes | None = None) -> None:
+def render_scan(item: ReviewItem, state: dict | None, classifier, session: str, source=lambda: None) -> None:
     """Everything about one scan: picture left, result and verdict right.
 
-    `data` (the archived DICOM copy) lets scan-type controls re-decode it, e.g. DICOM window/level
-    and frame choice; pictures need only the kept thumbnail.
+    `source()` gives the archived copy's bytes, which scan-type controls re-decode (a DICOM's
+    window/level and frame) and the full-size view shows; it is called only when one of them needs
+    it, since reading and checking the archived copy of every new upload cost each upload's rerun.
     """
     st.markdown(f"#### {app_support.escape_markdown(item.file_name)}")
     st.caption(f"sha256 {item.sha256[:12]}… · model {app_support.escape_markdown(item.model_version)}")
@@ -150,8 +151,8 @@ def render_scan(item: ReviewItem, state: dict | None, classifier, session: str, 
         return
     left, right = st.columns([5, 6], gap="large")
     with left:
-        item = app_review.dicom_panel(item, data, classifier)
-        render_image(item, classifier, data)
+        item = app_review.dicom_panel(item, source, classifier)
+        render_image(item, classifier, source)
     with right:
         if item.status != "ok":
             st.error(f"**Refused**: {app_support.escape_markdown(item.message)}.", icon=":material/block:")
@@ -235,7 +236,7 @@ def render() -> None:
     app_review.show_saved_elsewhere(current)
     st.divider()
     render_scan(current, states.get(current.sha256), classifier, session,
-                app_review.source_bytes(store, archive, current, uploads))
+                lambda: app_review.source_bytes(store, archive, current, uploads))
 
 
 if __name__ == "__main__":
