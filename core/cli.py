@@ -168,7 +168,7 @@ def _command_calibrate(arguments: argparse.Namespace) -> int:
     model_path = calibrate(Path(arguments.model or config.model_path()), [Path(path) for path in arguments.data], command,
                            mirror=arguments.mirror,
                            non_mri_train=Path(arguments.non_mri_train) if arguments.non_mri_train else None,
-                           image_size=arguments.image_size)
+                           image_size=arguments.image_size, version=arguments.version)
     print(f"rewrote the card of {model_path}")
     return 0
 
@@ -794,8 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="serve logits averaged with the left-right mirror (twice the inference time)")
     calibrate.add_argument("--non-mri-train", help=NON_MRI_TRAIN_HELP)
     calibrate.add_argument("--image-size", type=int,
-                           help="read slices at this side with the same weights (rewrites the model file; default: "
-                           "the card's)")
+                           help="read slices at this side with the same weights (replaces the model file once "
+                           "measured; default: the card's)")
+    calibrate.add_argument("--version", help="the recalibrated model's version (default: the next minor)")
     calibrate.set_defaults(handler=_command_calibrate)
 
     ensemble = commands.add_parser(

@@ -98,10 +98,18 @@ def test_calibrating_at_another_side_rebuilds_the_same_weights_and_serves_that_s
     copy = tmp_path / "copy"
     shutil.copytree(first.parent, copy)
     model_path = copy / first.name
-    calibrate(model_path, [data], image_size=40)
+    with pytest.raises(DatasetError, match="too small"):
+        calibrate(model_path, [data], image_size=8)
+    # A run that fails while measuring (here: no such folder of negatives) leaves the model and its card as they were.
+    before = model_path.read_bytes()
+    with pytest.raises(DatasetError):
+        calibrate(model_path, [data], image_size=40, non_mri_train=tmp_path / "no-such-folder")
+    assert model_path.read_bytes() == before and not list(copy.glob(".*resized*"))
+    load_card(model_path)
+    calibrate(model_path, [data], image_size=40, version="1.7.0")
     card = load_card(model_path).data
     assert (card["input"]["image_size"], card["input"]["trained_image_size"]) == (40, 32)
-    assert card["version"] == "1.1.0"
+    assert card["version"] == "1.7.0" and "robustness" not in card
     model, original = (keras.models.load_model(path, compile=False) for path in (model_path, first))
     assert model.input_shape == (None, 40, 40, 1)
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), original.get_weights()))

@@ -881,7 +881,7 @@ def _current_state_query(by_session: bool, by_scans: bool, by_version: bool):
     Built once per combination of filters, with bound parameters `session_id`, `sha256s` (expanding)
     and `model_version`: building it anew on every call cost the Review page about 1 ms of CPU per
     rerun (SQLAlchemy sets up a new subquery's columns each time), and a statement that is the same
-    object each time also skips SQLAlchemy's compiled-statement cache lookup by structure.
+    object each time keeps its cache key, which SQLAlchemy otherwise computes anew for its compiled cache.
     """
     grouped = sa.select(
         events.c.sha256, events.c.model_version,

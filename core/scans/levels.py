@@ -25,6 +25,8 @@ def level_counts(flat: np.ndarray, bins: int = 256) -> np.ndarray:
     `np.bincount` widens every value to int64 first (0.24 ms for a 256 x 256 image here);
     `cv2.calcHist` counts the bytes as they are, about five times faster, and gives the same counts.
     """
+    if bins < 1 or 256 % bins:
+        raise ValueError(f"bins must divide 256 evenly, got {bins}")
     if flat.size < _EXACT_FLOAT32_COUNT:
         return cv2.calcHist([flat], [0], None, [bins], [0, 256]).ravel().astype(np.int64)
     return np.bincount(flat // (256 // bins), minlength=bins)

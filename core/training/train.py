@@ -44,6 +44,8 @@ from core.training.nonmri import DEVELOPMENT_SEED
 from core.training.split import ManifestRow, assign_splits, group_near_duplicates, thumbnail_vectors, write_manifest
 
 MODEL_VERSION = "1.0.0"
+# The smallest input side a network is built or read at: EfficientNet-Lite0 halves it five times.
+MIN_IMAGE_SIZE = 32
 RESIDUAL_CNN = "residual-cnn"
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
 # The first version a run from scratch (or from ImageNet weights) gets, per architecture: a new
@@ -396,6 +398,10 @@ def negative_examples(image_size: int, non_mri_train: Path | None = None
         if category_of(name) in TRAINING_NEGATIVE_CATEGORIES:
             add(data, name, DRAWING, f"{SYNTHETIC_SOURCE} {category_of(name)}")
     if non_mri_train is not None:
+        if not Path(non_mri_train).is_dir():
+            from core.errors import DatasetError
+
+            raise DatasetError(f"{non_mri_train} is not a folder (--non-mri-train names a folder of kind subfolders)")
         files = negative_folder_files(Path(non_mri_train))
         if not files:
             from core.errors import DatasetError
@@ -514,14 +520,16 @@ def _calibrate_and_measure(model, data: PreparedData, out_dir: Path, name: str, 
 
 
 def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = None, mirror: bool = False,
-              non_mri_train: Path | None = None, image_size: int | None = None) -> Path:
+              non_mri_train: Path | None = None, image_size: int | None = None, version: str | None = None) -> Path:
     """Re-fit temperature and gate and re-measure an already trained model from its split manifest.
 
     Reads the manifest named in the model's card, preprocesses the manifest's files found under
     `data_dirs`, and rewrites the card's weight-dependent fields; everything else is kept. A new
-    gate or temperature changes what the model answers, so the card's version moves to the next minor.
-    With `image_size` other than the card's, the same weights are rebuilt to read slices of that
-    side (the networks are convolutional up to global pooling) and the model file is rewritten.
+    gate or temperature changes what the model answers, so the card's version moves to the next
+    minor, or to `version`. With `image_size` other than the card's, the same weights are rebuilt
+    to read slices of that side (the networks are convolutional up to global pooling); the model
+    file is replaced only once everything is measured, and the card's robustness figures, which
+    described the other side, are dropped.
     """
     import json
 
@@ -532,6 +540,9 @@ def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = Non
     model_path = Path(model_path)
     card = json.loads(card_path_for(model_path).read_text(encoding="utf-8"))
     trained_size = int(card["input"]["image_size"])
+    if image_size is not None and image_size < MIN_IMAGE_SIZE:
+        raise DatasetError(f"an input side of {image_size} px is too small; read slices at {MIN_IMAGE_SIZE} px "
+                           "or more")
     image_size = int(image_size or trained_size)
     architecture = card["architecture"].get("name", RESIDUAL_CNN)
     if image_size != trained_size and architecture not in ARCHITECTURE_NAMES:
@@ -539,17 +550,27 @@ def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = Non
                            "another input side")
     data = calibration_data(model_path.parent / card["training"]["split_manifest"], data_dirs, image_size)
     model = keras.models.load_model(model_path, compile=False)
+    resized_path = None
     if image_size != trained_size:
         settings = FitSettings(image_size, int(card["architecture"].get("width", 32)), epochs=1, batch_size=1, seed=0,
                                architecture=architecture)
         resized = build_network(settings)
         resized.set_weights(model.get_weights())
         model = resized
-        model.save(model_path)
+        # Beside the model, not over it: a run that fails while measuring must leave the model and its card matching.
+        resized_path = model_path.with_name(f".{model_path.stem}.resized.keras")
+        model.save(resized_path)
         card["input"] = {**card["input"], "image_size": image_size,
                          "trained_image_size": card["input"].get("trained_image_size", trained_size)}
-    card.update(_calibrate_and_measure(model, data, model_path.parent, model_path.stem, mirror, non_mri_train))
-    card["version"] = _next_minor(card["version"])
+        card.pop("robustness", None)
+    try:
+        card.update(_calibrate_and_measure(model, data, model_path.parent, model_path.stem, mirror, non_mri_train))
+        if resized_path is not None:
+            os.replace(resized_path, model_path)
+    finally:
+        if resized_path is not None:
+            resized_path.unlink(missing_ok=True)
+    card["version"] = version or _next_minor(card["version"])
     # Calibration and metrics now come from this command, not from the training run's own last step.
     card["calibration_command"] = command or "python -m core calibrate " + " ".join(f"--data {d}" for d in data_dirs)
     write_card(model_path, card)
