@@ -68,7 +68,7 @@ def _command_train(arguments: argparse.Namespace) -> int:
         architecture=arguments.architecture, pretrained=Path(arguments.pretrained) if arguments.pretrained else None,
         freeze_epochs=arguments.freeze_epochs,
         non_mri_train=Path(arguments.non_mri_train) if arguments.non_mri_train else None,
-        version=arguments.version,
+        version=arguments.version, training_seed=arguments.training_seed,
     )
     print(f"wrote {model_path} and its card")
     return 0
@@ -741,7 +741,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=28, help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--width", type=int, default=32, help="channels of the first stage")
-    train.add_argument("--seed", type=int, default=1234)
+    train.add_argument("--seed", type=int, default=1234, help="the split's seed (and the training's, unless "
+                       "--training-seed is given)")
+    train.add_argument("--training-seed", type=int,
+                       help="seed of initialisation, shuffling and augmentation only: another network on the same split")
     train.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate of the cosine schedule")
     train.add_argument("--init-from", help="continue from this carded model's weights (same data and seed) "
                        "for another cosine cycle")

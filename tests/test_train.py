@@ -73,9 +73,12 @@ def test_continuing_at_another_size_in_bfloat16_keeps_the_split_and_saves_float3
     monkeypatch.setattr(config, "ROOT", tmp_path)
     data, first = tiny_run
     second = train([data], tmp_path / "larger", name="tiny", image_size=40, epochs=1, batch_size=16, init_from=first,
-                   precision="mixed_bfloat16", mixup_alpha=0.2, scanner_augment=True, version="1.7.0")
+                   precision="mixed_bfloat16", mixup_alpha=0.2, scanner_augment=True, version="1.7.0",
+                   training_seed=99)
     first_card, second_card = load_card(first).data, load_card(second).data
     assert second_card["version"] == "1.7.0"  # named by the caller, not the next minor (1.1.0)
+    # Another training seed trains differently on the same split (the manifest check above passed).
+    assert (second_card["training"]["seed"], second_card["training"]["training_seed"]) == (1234, 99)
     assert second_card["training"]["split_manifest_sha256"] == first_card["training"]["split_manifest_sha256"]
     assert second_card["input"]["image_size"] == 40
     assert second_card["training"]["precision"] == "mixed_bfloat16"
@@ -84,6 +87,30 @@ def test_continuing_at_another_size_in_bfloat16_keeps_the_split_and_saves_float3
     assert model.input_shape == (None, 40, 40, 1)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     assert keras.mixed_precision.global_policy().name == "float32"  # the run put the policy back
+
+
+def test_the_training_seed_seeds_the_fit_and_the_split_seed_the_split(tiny_run, tmp_path, monkeypatch):
+    import core.training.train as training
+
+    monkeypatch.setattr(config, "ROOT", tmp_path)
+    data, first = tiny_run
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fit(train_x, train_y, validation_x, validation_y, settings, work_dir):
+        seen.append(settings.seed)
+        raise Stop
+
+    monkeypatch.setattr(training, "_fit", fit)
+    for training_seed in (None, 7):
+        with pytest.raises(Stop):
+            train([data], tmp_path / f"seed-{training_seed}", name="tiny", image_size=32, epochs=1, batch_size=16,
+                  width=8, training_seed=training_seed)
+    assert seen == [1234, 7]
+    manifests = [(tmp_path / f"seed-{seed}" / "tiny.split.csv").read_bytes() for seed in (None, 7)]
+    assert manifests[0] == manifests[1] == first.with_name("tiny.split.csv").read_bytes()
 
 
 def test_calibrating_at_another_side_rebuilds_the_same_weights_and_serves_that_side(tiny_run, tmp_path, monkeypatch):

@@ -631,6 +631,7 @@ def train(
     freeze_epochs: int = 0,
     non_mri_train: Path | None = None,
     version: str | None = None,
+    training_seed: int | None = None,
 ) -> Path:
     """Train, calibrate, evaluate and card a model; return the path of the written `.keras` file.
 
@@ -647,6 +648,8 @@ def train(
     `freeze_epochs` first. `non_mri_train` is a folder of real images that are not brain MRI, one
     kind per subfolder, for the gate's modality head (see `negative_examples`). `version` names the
     new model (a second network trained from ImageNet must not share the first one's version).
+    `seed` chooses the split; `training_seed` (default: `seed`) the initialisation, shuffling and
+    augmentation, so that a second network on the same split can be trained differently.
     """
     from core.errors import DatasetError
 
@@ -716,7 +719,8 @@ def train(
 
     data = PreparedData(tensors, physical, label_indices, splits, groups, not_mri_kinds(digests))
     is_train, is_validation = data.mask("train"), data.mask("validation")
-    settings = FitSettings(image_size, width, epochs, batch_size, seed, learning_rate,
+    settings = FitSettings(image_size, width, epochs, batch_size, seed if training_seed is None else training_seed,
+                           learning_rate,
                            Path(init_from) if init_from is not None else None, precision, mixup_alpha,
                            scanner_augment, architecture, Path(pretrained) if pretrained else None, freeze_epochs)
     model, epochs_run = _fit(tensors[is_train], label_indices[is_train], tensors[is_validation],
@@ -760,6 +764,7 @@ def train(
             "split_counts": split_counts,
             "near_duplicate_groups": int(groups.max() + 1),
             "seed": seed,
+            **({"training_seed": training_seed} if training_seed is not None else {}),
             "epochs_max": epochs,
             "epochs_run": epochs_run,
             "batch_size": batch_size,
