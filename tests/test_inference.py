@@ -199,6 +199,26 @@ def test_default_cache_lives_in_the_ignored_data_folder(monkeypatch):
     assert cache_root().parent == config.DATA_DIR
 
 
+def test_pruning_keeps_the_newest_conversion_of_every_model(tmp_path):
+    import os
+
+    from core.model.inference import _prune_cache
+
+    names = ["brainscan-default-1483b2f3713c1d5e-mirror-openvino-2026.4.1-v3",  # the app's, converted first
+             "brainscan-default-0000000000000000-mirror-openvino-2026.4.1-v3"]  # an older one of the same name
+    names += [f"tiny-{index:016x}-openvino-2026.4.1-v3" for index in range(12)]  # a test run's throwaway models
+    for age, name in enumerate(names):  # the first name is the oldest, the last the newest
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1_000_000 + age, 1_000_000 + age))
+    os.utime(tmp_path / names[1], (999_000, 999_000))
+    newest = tmp_path / names[-1]
+    _prune_cache(tmp_path, keep=newest)
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert names[0] in left  # the app's conversion survives a test run
+    assert names[1] not in left  # an older conversion of the same model does not
+    assert len(left) == 8 + 1 and newest.name in left
+
+
 def test_a_cached_model_classifies_and_explains_without_tensorflow(tiny_model_path):
     # What keeps the app's cold start and memory small: TensorFlow is never imported.
     Classifier.load(tiny_model_path, runtime="openvino")  # makes sure the cache exists

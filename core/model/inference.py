@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -73,6 +74,8 @@ _CACHE_FORMAT = 3
 # The card's `test_time_augmentation` values this module knows how to serve (see `core.training.train`).
 MIRROR_MEAN = "mean of logits over the slice and its left-right mirror"
 _CACHE_ENTRIES_KEPT = 8  # older conversions (of replaced or test models) are deleted
+# What follows the model's name in a cache folder's name (see `_cache_folder`): its sha256 prefix and the rest.
+_CACHE_ENTRY_NAME = re.compile(r"-[0-9a-f]{16}(-mirror)?-openvino-.*$")
 _PROBE_COUNT = 4
 
 
@@ -515,9 +518,17 @@ def _convert_to_cache(model, card: ModelCard, folder: Path) -> None:
 
 
 def _prune_cache(root: Path, keep: Path) -> None:
-    """Delete all but the most recent conversions, so test runs and retrained models cannot fill the disk."""
+    """Delete all but the most recent conversions, so test runs and retrained models cannot fill the disk.
+
+    The newest conversion of each model name is kept whatever its age: a test run converts a dozen
+    throwaway models, and without this they pushed out the app's own conversion, which the next
+    `make run` then spent 7-20 s redoing.
+    """
     entries = sorted((path for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")),
                      key=lambda path: path.stat().st_mtime, reverse=True)
+    newest_of_model: dict[str, Path] = {}
+    for path in entries:
+        newest_of_model.setdefault(_CACHE_ENTRY_NAME.sub("", path.name), path)
     for path in entries[_CACHE_ENTRIES_KEPT:]:
-        if path != keep:
+        if path != keep and newest_of_model[_CACHE_ENTRY_NAME.sub("", path.name)] != path:
             shutil.rmtree(path, ignore_errors=True)
