@@ -173,6 +173,15 @@ def _command_calibrate(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _command_quantize(arguments: argparse.Namespace) -> int:
+    from core.training.quantize import format_serving, quantize_model
+
+    serving = quantize_model(Path(arguments.model or config.model_path()), [Path(path) for path in arguments.data],
+                             _invoked_command(), slices=arguments.slices, seed=arguments.seed)
+    print(format_serving(serving))
+    return 0
+
+
 def _command_ensemble(arguments: argparse.Namespace) -> int:
     from core.training.ensemble import build_ensemble
 
@@ -801,6 +810,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "measured; default: the card's)")
     calibrate.add_argument("--version", help="the recalibrated model's version (default: the next minor)")
     calibrate.set_defaults(handler=_command_calibrate)
+
+    quantize = commands.add_parser(
+        "quantize", help="write the model's int8 network (NNCF post-training quantization on training-split slices) "
+        "beside it and name it in the card, which the app then serves where this machine reproduces it; prints "
+        "both precisions' validation figures (needs requirements-dev.txt)")
+    quantize.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
+    quantize.add_argument("--model", help="model file (default: $BRAINSCAN_MODEL or the bundled model)")
+    quantize.add_argument("--slices", type=int, default=300, help="training slices to calibrate on (default 300)")
+    quantize.add_argument("--seed", type=int, default=0, help="seed of their draw (default 0)")
+    quantize.set_defaults(handler=_command_quantize)
 
     ensemble = commands.add_parser(
         "ensemble", help="join carded models trained on the same split into one model (the mean of their logits), "

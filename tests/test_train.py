@@ -231,3 +231,79 @@ def test_files_the_not_mri_manifest_lists_leave_the_mri_classes_and_teach_the_ga
     # Calibrating again fits a new gate and temperature: what the model answers changed, so a new version.
     calibrate(model_path, [data], non_mri_train=negatives)
     assert load_card(model_path).data["version"] == "1.1.0"
+
+
+def test_quantize_writes_an_int8_network_that_serves_only_while_it_is_the_one_the_card_names(tiny_run, tmp_path,
+                                                                                           monkeypatch, caplog):
+    import shutil
+
+    from core.model.card import write_card
+    from core.model.inference import Classifier, int8_files
+    from core.training.quantize import quantize_model
+
+    monkeypatch.setattr(config, "ROOT", tmp_path)
+    monkeypatch.setenv("BRAINSCAN_RUNTIME_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("BRAINSCAN_PRECISION", raising=False)
+    data, first = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(first.parent, copy)
+    model_path = copy / first.name
+    model_bytes = model_path.read_bytes()
+    serving = quantize_model(model_path, [data], "test", slices=24)
+    assert model_path.read_bytes() == model_bytes  # the model itself is untouched
+    card = load_card(model_path)
+    assert card.data["serving"] == serving and serving["precision"] == "int8"
+    assert serving["source_model_sha256"] == card.data["model_sha256"]
+    assert serving["calibration"]["split"] == "train" and serving["calibration"]["slices"] == 24
+    validation = serving["validation"]
+    assert validation["f32"]["n"] == validation["int8"]["n"] > 0
+    assert 0 <= validation["same_class"] <= validation["f32"]["n"]
+    files = int8_files(card, serving)
+    assert all(path.is_file() for path in files.values())
+
+    tensors = np.random.default_rng(3).random((5, 32, 32, 1), dtype=np.float32)
+    int8 = Classifier.load(model_path)
+    assert (int8.runtime, int8.precision) == ("openvino", "int8")
+    output = int8.predict_tensors(tensors, with_maps=True)
+    assert output.probabilities.shape == (5, 4) and np.allclose(output.probabilities.sum(1), 1.0)
+    assert output.maps is not None and int8.class_activation_maps(tensors[0]) is not None
+    monkeypatch.setenv("BRAINSCAN_PRECISION", "f32")
+    assert Classifier.load(model_path).precision == "f32"
+    monkeypatch.delenv("BRAINSCAN_PRECISION")
+
+    def served_after(change) -> str:
+        """Precision served once `change` has been applied to a fresh copy of the quantized model's folder."""
+        folder = tmp_path / f"case-{len(list(tmp_path.glob('case-*')))}"
+        shutil.copytree(copy, folder)
+        change(folder / model_path.name)
+        caplog.clear()
+        return Classifier.load(folder / model_path.name).precision
+
+    def damage_weights(path):
+        weights = int8_files(load_card(path), serving)["weights"]
+        raw = bytearray(weights.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        weights.write_bytes(bytes(raw))
+
+    assert served_after(damage_weights) == "f32" and "sha256 differs" in caplog.text
+
+    def other_outputs(path):
+        # What another CPU's 8-bit arithmetic looks like to the check: recorded outputs it does not reproduce.
+        reference = int8_files(load_card(path), serving)["reference"]
+        with np.load(reference) as stored:
+            arrays = dict(stored)
+        arrays["features"] = arrays["features"] * 1.5 + 0.5
+        np.savez(reference, **arrays)
+        from core.model.card import file_sha256
+
+        card_data = load_card(path).data
+        write_card(path, {**card_data, "serving": {**serving, "reference_sha256": file_sha256(reference)}})
+
+    assert served_after(other_outputs) == "f32" and "differ from the recorded ones" in caplog.text
+
+    def another_model(path):
+        write_card(path, {**load_card(path).data, "serving": {**serving, "source_model_sha256": "0" * 64}})
+
+    assert served_after(another_model) == "f32" and "another model file" in caplog.text
+    assert served_after(lambda path: int8_files(load_card(path), serving)["network"].unlink()) == "f32"
+    assert "missing" in caplog.text

@@ -27,6 +27,12 @@ When the model's head is global average pooling, dropout and a linear dense laye
 `core.model.build_model` makes it), the gradient of a logit with respect to those activations is
 the dense kernel's column divided by the number of cells, exactly, so `class_activation_maps`
 gives `core.model.explain` the Grad-CAM maps with no TensorFlow in the process.
+
+A card may also name an int8 network (`serving`, written by `core.training.quantize`): the same
+network quantized by NNCF, bundled beside the model with outputs it gave on the probe tensors.
+OpenVINO serves it when its files match the card's sha256 and this machine reproduces those outputs
+within `INT8_TOLERANCE`; otherwise, or with `$BRAINSCAN_PRECISION=f32`, the model is served in f32
+as above, and a warning says why. `Classifier.precision` says which one answers.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "openvino", "tensorflow")
+# $BRAINSCAN_PRECISION: "auto" serves a card's int8 network where it is usable, "f32" never does.
+PRECISIONS = ("auto", "f32")
 # Largest difference allowed between the converted network and TensorFlow on the probe tensors,
 # for features, logits and probabilities alike (measured differences are about 1e-6).
 # What the reviewer sees, the calibrated probabilities, must agree within TOLERANCE, and so must
@@ -70,6 +78,14 @@ def activation_tolerance(card) -> float:
     architecture = card.data.get("architecture")
     name = architecture.get("name") if isinstance(architecture, dict) else None
     return DEEP_NETWORK_TOLERANCE if name in DEEP_NETWORKS else TOLERANCE
+# How far the int8 network may stray from the outputs it gave where it was quantized. A CPU with
+# 8-bit dot-product units (VNNI, AMX) computes the quantized layers in exact integers: on session
+# 16's AVX-512 VNNI machine the outputs were identical on 1 and 2 cores. Without them (oneDNN's
+# AVX2 and AVX-512 paths, ONEDNN_MAX_CPU_ISA=AVX2 or AVX512_CORE) they moved by 1.2 relative in
+# the features and 0.036 in probabilities, and the validation split lost 5 slices (849 of 871
+# against 854): there the check fails and the f32 network serves. The files are pinned by sha256.
+INT8_TOLERANCE = 0.01
+INT8_PROBABILITY_TOLERANCE = 0.005
 _CACHE_FORMAT = 3
 # The card's `test_time_augmentation` values this module knows how to serve (see `core.training.train`).
 MIRROR_MEAN = "mean of logits over the slice and its left-right mirror"
@@ -121,6 +137,7 @@ class Classifier:
         self.classes = card.classes
         self.mirror = mirror_averaged(card)
         self.runtime = engine.name
+        self.precision = engine.precision
         self._engine = engine
         self._model = model
         self._lock = threading.Lock()
@@ -217,6 +234,7 @@ class _TensorFlowEngine:
     """The Keras model run through two compiled functions: batch 1 and any batch size."""
 
     name = "tensorflow"
+    precision = "f32"
 
     def __init__(self, model, image_size: int, mirror: bool = False):
         import tensorflow as tf
@@ -253,6 +271,8 @@ class _OpenVinoEngine:
         import openvino
 
         self.head_kernel = head_kernel
+        # What the network computes in: the hint's precision, or "int8" for a quantized network (`_int8_engine`).
+        self.precision = precision
         core = openvino.Core()
         # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise lower the precision. Only
         # bench/precision.py asks for another, to measure what a lower one would change.
@@ -392,12 +412,13 @@ def probe_tensors(image_size: int) -> np.ndarray:
 
 
 def outputs_agree(reference: tuple[np.ndarray, ...], candidate: tuple[np.ndarray, ...],
-                  temperature: float, relative_tolerance: float = TOLERANCE) -> float | None:
+                  temperature: float, relative_tolerance: float = TOLERANCE,
+                  probability_tolerance: float = TOLERANCE) -> float | None:
     """Largest difference between two (features, logits, ...) tuples, or None when over a tolerance.
 
     Arrays are compared relative to their size (difference over max(1, |value|)) within
     `relative_tolerance`; the calibrated probabilities from the logits (second item) absolutely,
-    within `TOLERANCE`.
+    within `probability_tolerance`.
     """
     worst = 0.0
     for expected, actual in zip(reference, candidate):
@@ -408,7 +429,7 @@ def outputs_agree(reference: tuple[np.ndarray, ...], candidate: tuple[np.ndarray
     if worst > relative_tolerance:
         return None
     probability_gap = float(np.max(np.abs(softmax(reference[1], temperature) - softmax(candidate[1], temperature))))
-    if probability_gap > TOLERANCE:
+    if probability_gap > probability_tolerance:
         return None
     return max(worst, probability_gap)
 
@@ -437,6 +458,16 @@ def _openvino_engine(card: ModelCard, required: bool):
         if required:
             raise ModelContractError("the openvino runtime was asked for but openvino is not installed") from None
         return None, None
+    serving = quantized_serving(card)
+    if serving is not None:
+        precision = os.environ.get("BRAINSCAN_PRECISION") or "auto"
+        if precision not in PRECISIONS:
+            raise ValueError(f"BRAINSCAN_PRECISION must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "auto":
+            try:
+                return _int8_engine(card, serving), None
+            except Exception as error:  # Any failure leaves the f32 network, which the card also measured.
+                logger.warning("serving %s in f32, not int8: %s", card.model_path.name, error)
     folder = _cache_folder(card)
     try:
         if not (folder / "network.xml").is_file():
@@ -466,6 +497,78 @@ def _openvino_engine(card: ModelCard, required: bool):
             raise ModelContractError(f"the openvino runtime could not be prepared: {error}") from None
         logger.warning("using TensorFlow for %s: openvino failed: %s", card.model_path.name, error)
     return None, model
+
+
+def f32_network(card: ModelCard):
+    """The model's f32 OpenVINO network from the runtime cache, converted (with TensorFlow) if not there yet."""
+    import openvino
+
+    folder = _cache_folder(card)
+    if not (folder / "network.xml").is_file():
+        model = _load_keras_model(card.model_path)
+        _check_keras_model(card, model)
+        _convert_to_cache(model, card, folder)
+    network = openvino.Core().read_model(folder / "network.xml")
+    _check_network(card, network)
+    return network
+
+
+def f32_head_kernel(card: ModelCard) -> np.ndarray | None:
+    """The dense head's kernel recorded with the model's f32 conversion (None for another head)."""
+    with np.load(_cache_folder(card) / "reference.npz") as stored:
+        return stored["head_kernel"] if "head_kernel" in stored else None
+
+
+def quantized_serving(card: ModelCard) -> dict | None:
+    """The card's int8 serving section when it names one made from this very model file, else None."""
+    serving = card.data.get("serving")
+    if not isinstance(serving, dict) or serving.get("precision") != "int8":
+        return None
+    if serving.get("source_model_sha256") != card.data["model_sha256"]:
+        logger.warning("the card's int8 network was made from another model file; serving %s in f32",
+                       card.model_path.name)
+        return None
+    return serving
+
+
+def int8_files(card: ModelCard, serving: dict) -> dict[str, Path]:
+    """The int8 network's files named by the card's serving section: network, weights, reference outputs."""
+    folder = card.model_path.parent
+    network = folder / Path(str(serving["network"])).name
+    return {"network": network, "weights": network.with_suffix(".bin"),
+            "reference": folder / Path(str(serving["reference"])).name}
+
+
+def _int8_engine(card: ModelCard, serving: dict) -> "_OpenVinoEngine":
+    """The card's int8 network, its files checked by sha256 and its outputs against the recorded ones."""
+    import openvino
+
+    from core.model.card import file_sha256
+
+    files = int8_files(card, serving)
+    for role, path in files.items():
+        if not path.is_file():
+            raise ModelContractError(f"{path.name}, the card's int8 {role} file, is missing")
+        if file_sha256(path) != serving.get(f"{role}_sha256"):
+            raise ModelContractError(f"{path.name} is not the int8 {role} file the card names (sha256 differs)")
+    network = openvino.Core().read_model(files["network"], files["weights"])
+    _check_network(card, network)
+    with np.load(files["reference"]) as stored:
+        probes = stored["probes"]
+        reference = (stored["features"], stored["logits"], stored["activations"])
+        head_kernel = stored["head_kernel"] if "head_kernel" in stored else None
+    # The f32 hint is for the layers NNCF left in floating point; the quantized ones run in int8.
+    engine = _OpenVinoEngine(network, card.image_size, head_kernel)
+    engine.precision = "int8"
+    gap = outputs_agree(reference, engine.run(probes) + engine.run_with_activations(probes)[1:], card.temperature,
+                        INT8_TOLERANCE, INT8_PROBABILITY_TOLERANCE)
+    if gap is None:
+        raise ModelContractError("this machine's int8 outputs differ from the recorded ones by more than the "
+                                 f"tolerance ({INT8_PROBABILITY_TOLERANCE} in probabilities, "
+                                 f"{INT8_TOLERANCE:g} relative elsewhere)")
+    logger.info("openvino int8 network for %s, largest difference from its recorded outputs %.2g",
+                card.model_path.name, gap)
+    return engine
 
 
 def _check_network(card: ModelCard, network) -> None:
