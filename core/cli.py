@@ -156,7 +156,8 @@ def _command_prepare_model(arguments: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
-    print(f"model {classifier.version} ready on {classifier.runtime} in {time.perf_counter() - started:.1f} s",
+    print(f"model {classifier.version} ready on {classifier.runtime} ({classifier.precision}) in "
+          f"{time.perf_counter() - started:.1f} s",
           file=sys.stderr)
     return 0
 
@@ -222,6 +223,8 @@ def _command_evaluate(arguments: argparse.Namespace) -> int:
     from core.model.inference import Classifier
     from core.training.evaluate import evaluate_files, format_report
 
+    if arguments.write_card and arguments.split is None:
+        raise BrainScanError("--write-card records one split's figures: pass --split validation or --split test")
     classifier = Classifier.load(Path(arguments.model) if arguments.model else None)
     files = _labelled_files(arguments, classifier)
     flagged = None
@@ -233,7 +236,14 @@ def _command_evaluate(arguments: argparse.Namespace) -> int:
 
     report = evaluate_files(classifier, files, _manifest(arguments, classifier), flagged, read_not_mri_manifest())
     report["data"] = _data_label(arguments)
+    report["served"] = f"{classifier.runtime} {classifier.precision}"
     _emit(report, format_report(report, classifier.card.display_names), arguments.json)
+    if arguments.write_card:
+        _record_in_card(classifier, ("served_metrics", arguments.split), {
+            "runtime": classifier.runtime, "precision": classifier.precision, "data": report["data"],
+            **{key: report[key] for key in ("n", "accuracy", "macro_f1", "ece", "confusion_matrix")},
+            "recall": {name: figures["recall"] for name, figures in report["per_class"].items()},
+        }, _invoked_command(), f"the {arguments.split} figures as served ({classifier.precision})")
     return 0
 
 
@@ -870,7 +880,9 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--write-card", action="store_true", help=write_card)
         return command
 
-    evaluate = measuring("evaluate", "measure a model on folders of class subfolders", "write the metrics JSON here")
+    evaluate = measuring("evaluate", "measure a model on folders of class subfolders", "write the metrics JSON here",
+                         write_card="record the figures, as this machine serves the model (runtime and precision), "
+                         "under served_metrics.<split> in the card (needs --split)")
     evaluate.add_argument("--leave-out-flagged", metavar="AUDIT_CSV",
                           help="also report the figures without the files a label audit flags (label-audit)")
     evaluate.set_defaults(handler=_command_evaluate)

@@ -11,6 +11,8 @@
 | BRAINSCAN_LOW_CONFIDENCE    | probability under which a prediction is flagged  | 0.80                            |
 | BRAINSCAN_RUNTIME           | inference runtime: auto, openvino or tensorflow  | auto (see core/inference.py)    |
 | BRAINSCAN_RUNTIME_CACHE     | folder of converted models, keyed by sha256      | data/runtime-cache              |
+| BRAINSCAN_PRECISION         | auto: the card's int8 network where this CPU     | auto                            |
+|                             | reproduces it; f32: never (core/model/inference) |                                 |
 | BRAINSCAN_BLIND_READS       | 1: a reviewer sees that a scan was read before,  | 1                               |
 |                             | not by whom or what; 0: every reader sees reads  |                                 |
 | BRAINSCAN_ROLES_CLAIM       | ID-token claim holding roles (team mode)         | roles                           |

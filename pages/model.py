@@ -175,6 +175,53 @@ def render_metrics(data: dict, card) -> None:
             st.markdown(NOT_RECORDED)
 
 
+def render_serving(data: dict, classifier) -> None:
+    """Which network answers on this machine (f32, or the card's int8 network), and the figures measured as served."""
+    serving = data.get("serving") if isinstance(data.get("serving"), dict) else {}
+    served = data.get("served_metrics") if isinstance(data.get("served_metrics"), dict) else {}
+    if not serving and not served:
+        return
+    _section("How this machine serves it")
+    precision = getattr(classifier, "precision", "f32")
+    if precision == "int8":
+        st.markdown("The answers come from the **int8 network** the card names (8-bit arithmetic, "
+                    f"{_text(serving.get('network', '-'))}), which this machine reproduces exactly as it was recorded. "
+                    "The figures above are the full-precision network's; the table below gives both as served.")
+    elif serving.get("precision") == "int8":
+        st.markdown("The card names an int8 network, but this machine serves the **full-precision (f32)** network: "
+                    "its processor does not reproduce the int8 network's recorded answers (or it was switched off "
+                    "with BRAINSCAN_PRECISION=f32). The figures above are the ones that apply.")
+    else:
+        st.markdown(f"The answers come from the **{_text(precision)}** network.")
+    rows = []
+    validation = serving.get("validation") if isinstance(serving.get("validation"), dict) else {}
+    for name in ("f32", "int8"):
+        figures = validation.get(name)
+        if isinstance(figures, dict):
+            rows.append({"Network": name, "Split": "validation", "Scans": _number(figures.get("n"), "{:.0f}"),
+                         "Accuracy": _number(figures.get("accuracy"), "{:.1%}"),
+                         "Macro F1": _number(figures.get("macro_f1")), "ECE": _number(figures.get("ece")),
+                         "Lowest class recall": "-", "Measured by": str(serving.get("command", NOT_RECORDED))})
+    for split in ("validation", "test"):
+        figures = served.get(split)
+        if isinstance(figures, dict):
+            recall = figures.get("recall") if isinstance(figures.get("recall"), dict) else {}
+            lowest = min(((value, name) for name, value in recall.items() if isinstance(value, (int, float))),
+                         default=None)
+            rows.append({"Network": str(figures.get("precision", "-")), "Split": split,
+                         "Scans": _number(figures.get("n"), "{:.0f}"),
+                         "Accuracy": _number(figures.get("accuracy"), "{:.1%}"),
+                         "Macro F1": _number(figures.get("macro_f1")), "ECE": _number(figures.get("ece")),
+                         "Lowest class recall": "-" if lowest is None else
+                         f"{_number(lowest[0])} ({str(data.get('display_names', {}).get(lowest[1], lowest[1]))})",
+                         "Measured by": str(figures.get("command", NOT_RECORDED))})
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="model_serving")
+    if serving.get("validation", {}).get("same_class") is not None:
+        st.caption(f"On validation the two networks give the same class on {serving['validation']['same_class']} of "
+                   f"{_number(validation.get('f32', {}).get('n'), '{:.0f}')} slices.")
+
+
 def render_calibration(data: dict) -> None:
     """Temperature scaling and its effect, and the out-of-distribution gate."""
     _section("Calibration and out-of-distribution gate")
@@ -228,6 +275,7 @@ def render() -> None:
     render_overview(data, card)
     render_summary(data, card)
     render_metrics(data, card)
+    render_serving(data, status.classifier)
     render_robustness(data)
     # Function names, thresholds, commands and the raw card are for engineers and auditors: one closed
     # expander, so what a clinician reads above stays in a clinician's words.

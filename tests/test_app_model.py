@@ -165,3 +165,27 @@ def test_an_ensemble_lists_its_networks_at_the_top(tiny_model_path, tmp_path, mo
     members = next(element.value for element in app.dataframe if "Network" in element.value.columns)
     assert list(members["Version"]) == ["2.2.0", "1.2.0"] and list(members["sha256"]) == ["ab" * 6, "cd" * 6]
     assert "The networks in this model" in page_text(app)
+
+
+def test_the_serving_section_says_which_network_answers_and_shows_its_figures(tiny_model_path, tmp_path, monkeypatch):
+    model_path = copy_model(tiny_model_path, tmp_path / "model")
+    card = json.loads(card_path_for(model_path).read_text())
+    figures = {"n": 40, "right": 38, "accuracy": 0.95, "macro_f1": 0.949, "ece": 0.012}
+    # A card naming an int8 network whose files are not there: the page must say f32 answers, and why.
+    card["serving"] = {"precision": "int8", "network": "tiny.int8.xml", "source_model_sha256": card["model_sha256"],
+                       "command": "python -m core quantize --data d",
+                       "validation": {"f32": figures, "int8": {**figures, "right": 39, "accuracy": 0.975},
+                                      "same_class": 39}}
+    card["served_metrics"] = {"test": {"precision": "f32", "runtime": "openvino", "n": 8, "accuracy": 0.5,
+                                       "macro_f1": 0.45, "ece": 0.05, "recall": {"glioma": 0.25, "meningioma": 0.75},
+                                       "command": "python -m core evaluate --split test --write-card"}}
+    card_path_for(model_path).write_text(json.dumps(card))
+    app = model_page(model_path, tmp_path / "history.sqlite3", monkeypatch)
+    text = page_text(app)
+    assert "How this machine serves it" in text
+    assert "this machine serves the **full-precision (f32)** network" in text
+    frame = next(element.value for element in app.dataframe if "Lowest class recall" in element.value.columns)
+    assert list(frame["Network"]) == ["f32", "int8", "f32"]
+    assert list(frame["Accuracy"]) == ["95.0%", "97.5%", "50.0%"]
+    assert frame.iloc[2]["Lowest class recall"] == "0.250 (Glioma)"
+    assert "same class on 39 of 40" in text

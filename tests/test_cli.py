@@ -249,3 +249,31 @@ def test_predict_on_a_path_that_does_not_exist_says_so(tmp_path, tiny_model_path
     assert main(["predict", str(tmp_path / "no-such-folder"), "--model", str(tiny_model_path), "--csv", str(out)]) == 1
     [row] = _rows(out)
     assert row["status"] == "rejected" and "no such file or folder" in row["message"]
+
+
+def test_evaluate_records_one_splits_figures_as_served_in_the_card(tmp_path, tiny_model_path, capsys):
+    import shutil
+
+    from core.model.card import load_card
+    from core.training.dataset import find_labelled_files
+    from core.training.split import ManifestRow, write_manifest
+
+    data = tmp_path / "data"
+    write_class_folders(data, per_class=3)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_path.parent, model_dir)
+    model = model_dir / tiny_model_path.name
+    manifest = model_dir / "manifest.csv"
+    files = find_labelled_files(data)
+    write_manifest([ManifestRow(item.relative_path, hashlib.sha256(item.path.read_bytes()).hexdigest(), item.label,
+                                index, "test") for index, item in enumerate(files)], manifest)
+    arguments = ["evaluate", "--data", str(data), "--model", str(model), "--manifest", str(manifest), "--write-card"]
+    assert main(arguments) == 2  # which split the figures are of must be said
+    assert "pass --split" in capsys.readouterr().err
+    assert "served_metrics" not in load_card(model).data
+    assert main([*arguments, "--split", "test"]) == 0
+    assert "served by openvino f32" in capsys.readouterr().out
+    recorded = load_card(model).data["served_metrics"]["test"]
+    assert (recorded["n"], recorded["precision"], recorded["runtime"]) == (len(files), "f32", "openvino")
+    assert set(recorded["recall"]) == {"glioma", "meningioma", "pituitary", "no_tumor"}
+    assert recorded["command"].startswith("python -m core") and recorded["measured"]

@@ -158,6 +158,7 @@ def format_report(report: dict, display_names: dict[str, str]) -> str:
     """A plain-text report: headline figures, per-class table and confusion matrix."""
     names = list(report["per_class"])
     lines = [
+        *([f"model {report['model']}, served by {report['served']}"] if report.get("served") else []),
         f"n = {report['n']}   accuracy = {report['accuracy']:.4f}   macro-F1 = {report['macro_f1']:.4f}   "
         f"ECE = {report['ece']:.4f}",
         f"out-of-distribution gate: {report.get('ood_flagged', 0)} flagged "
