@@ -295,6 +295,8 @@ def _record_in_card(classifier, keys: tuple[str, ...], figures: dict, command: s
         section = section[key]
     section[keys[-1]] = {
         **figures,
+        # Which network gave these figures: the card may name an int8 network that some CPUs do not serve.
+        "served": f"{classifier.runtime} {classifier.precision}",
         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
     }

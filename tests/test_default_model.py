@@ -93,9 +93,39 @@ def _held_out_mri_slices() -> list[dict]:
             and (SHARED / row["path"]).is_file()]
 
 
-@pytest.fixture(scope="module")
-def default_classifier():
-    return Classifier.load(DEFAULT_MODEL_PATH)
+@pytest.fixture(scope="module", params=["auto", "f32"])
+def default_classifier(request):
+    """The bundled model as served: its int8 network where this CPU reproduces it ("auto"), and in f32."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BRAINSCAN_PRECISION", request.param)
+        return Classifier.load(DEFAULT_MODEL_PATH)
+
+
+def test_the_bundled_int8_network_is_the_one_the_card_names_and_agrees_with_f32_where_served(monkeypatch):
+    from core.model.inference import int8_files, quantized_serving
+
+    card = load_card(DEFAULT_MODEL_PATH)
+    serving = quantized_serving(card)
+    assert serving is not None, "the card names no int8 network made from this model file (python -m core quantize)"
+    for role, path in int8_files(card, serving).items():
+        assert file_sha256(path) == serving[f"{role}_sha256"], path.name
+    validation = serving["validation"]
+    # The adoption rule (docs/model-adoption.md): no fewer validation slices right than f32, ECE <= 0.02.
+    assert validation["int8"]["right"] >= validation["f32"]["right"] and validation["int8"]["ece"] <= 0.02
+    monkeypatch.delenv("BRAINSCAN_PRECISION", raising=False)
+    served = Classifier.load(DEFAULT_MODEL_PATH)
+    rows = _held_out_mri_slices()[::10]
+    if served.precision != "int8" or not rows:
+        pytest.skip("this CPU does not reproduce the int8 network (no 8-bit dot-product units), or no held-out slices")
+    monkeypatch.setenv("BRAINSCAN_PRECISION", "f32")
+    full = Classifier.load(DEFAULT_MODEL_PATH)
+    def top_class(classifier, data: bytes) -> str:
+        probabilities = analyse_bytes(classifier, data, "slice.jpg").probabilities
+        return max(probabilities, key=probabilities.get)
+
+    same = sum(top_class(served, data) == top_class(full, data)
+               for data in ((SHARED / row["path"]).read_bytes() for row in rows))
+    assert same >= 0.98 * len(rows), f"int8 and f32 agree on {same} of {len(rows)} held-out slices"
 
 
 @pytest.mark.parametrize("kind", ["head_ct", "xray", "photo"])
