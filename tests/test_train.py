@@ -300,6 +300,10 @@ def test_quantize_writes_an_int8_network_that_serves_only_while_it_is_the_one_th
         write_card(path, {**card_data, "serving": {**serving, "reference_sha256": file_sha256(reference)}})
 
     assert served_after(other_outputs) == "f32" and "differ from the recorded ones" in caplog.text
+    # Remembered for this CPU: the next load of that network does not compile and check it again.
+    last = sorted(tmp_path.glob("case-*"))[-1] / model_path.name
+    caplog.clear()
+    assert Classifier.load(last).precision == "f32" and "when last checked" in caplog.text
 
     def another_model(path):
         write_card(path, {**load_card(path).data, "serving": {**serving, "source_model_sha256": "0" * 64}})

@@ -463,9 +463,16 @@ def _openvino_engine(card: ModelCard, required: bool):
         precision = os.environ.get("BRAINSCAN_PRECISION") or "auto"
         if precision not in PRECISIONS:
             raise ValueError(f"BRAINSCAN_PRECISION must be one of {PRECISIONS}, got {precision!r}")
-        if precision == "auto":
+        refusal = _int8_refusal_marker(serving)
+        if precision == "auto" and refusal is not None and refusal.is_file():
+            logger.warning("serving %s in f32, not int8: this CPU did not reproduce its int8 network when last "
+                           "checked (%s)", card.model_path.name, refusal)
+        elif precision == "auto":
             try:
                 return _int8_engine(card, serving), None
+            except _Int8Differs as error:
+                logger.warning("serving %s in f32, not int8: %s", card.model_path.name, error)
+                _remember_int8_refusal(refusal)
             except Exception as error:  # Any failure leaves the f32 network, which the card also measured.
                 logger.warning("serving %s in f32, not int8: %s", card.model_path.name, error)
     folder = _cache_folder(card)
@@ -539,6 +546,36 @@ def int8_files(card: ModelCard, serving: dict) -> dict[str, Path]:
             "reference": folder / Path(str(serving["reference"])).name}
 
 
+class _Int8Differs(ModelContractError):
+    """This CPU computes the int8 network's outputs otherwise than where it was quantized."""
+
+
+def _int8_refusal_marker(serving: dict) -> Path | None:
+    """The file that remembers that this CPU (its instruction-set flags, OpenVINO and oneDNN's ISA limit)
+    does not reproduce this int8 network, so later loads skip the 0.5-1 s attempt; None where unknown."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    import hashlib
+
+    import openvino
+
+    key = "|".join((flags, openvino.__version__, os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+                    str(serving.get("weights_sha256")), str(serving.get("reference_sha256"))))
+    return cache_root() / f".int8-refused-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+
+
+def _remember_int8_refusal(marker: Path | None) -> None:
+    if marker is None:
+        return
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("this CPU does not reproduce the int8 network's recorded outputs\n", encoding="utf-8")
+    except OSError:
+        pass  # Only a saving of time: without the file the next load checks again.
+
+
 def _int8_engine(card: ModelCard, serving: dict) -> "_OpenVinoEngine":
     """The card's int8 network, its files checked by sha256 and its outputs against the recorded ones."""
     import openvino
@@ -563,7 +600,7 @@ def _int8_engine(card: ModelCard, serving: dict) -> "_OpenVinoEngine":
     gap = outputs_agree(reference, engine.run(probes) + engine.run_with_activations(probes)[1:], card.temperature,
                         INT8_TOLERANCE, INT8_PROBABILITY_TOLERANCE)
     if gap is None:
-        raise ModelContractError("this machine's int8 outputs differ from the recorded ones by more than the "
+        raise _Int8Differs("this machine's int8 outputs differ from the recorded ones by more than the "
                                  f"tolerance ({INT8_PROBABILITY_TOLERANCE} in probabilities, "
                                  f"{INT8_TOLERANCE:g} relative elsewhere)")
     logger.info("openvino int8 network for %s, largest difference from its recorded outputs %.2g",
