@@ -311,3 +311,13 @@ def test_quantize_writes_an_int8_network_that_serves_only_while_it_is_the_one_th
     assert served_after(another_model) == "f32" and "another model file" in caplog.text
     assert served_after(lambda path: int8_files(load_card(path), serving)["network"].unlink()) == "f32"
     assert "missing" in caplog.text
+
+    def mirror_now(path):
+        from core.model.inference import MIRROR_MEAN
+
+        write_card(path, {**load_card(path).data, "test_time_augmentation": MIRROR_MEAN})
+
+    assert served_after(mirror_now) == "f32" and "other test-time augmentation" in caplog.text
+    # Recalibrating changes temperature, gate and perhaps the mirror pass: the int8 network and its figures go.
+    calibrate(model_path, [data], mirror=True)
+    assert "serving" not in load_card(model_path).data and Classifier.load(model_path).precision == "f32"

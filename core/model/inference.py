@@ -535,6 +535,10 @@ def quantized_serving(card: ModelCard) -> dict | None:
         logger.warning("the card's int8 network was made from another model file; serving %s in f32",
                        card.model_path.name)
         return None
+    if serving.get("test_time_augmentation") != card.data.get("test_time_augmentation"):
+        logger.warning("the card's int8 network was made for other test-time augmentation; serving %s in f32",
+                       card.model_path.name)
+        return None
     return serving
 
 

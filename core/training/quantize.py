@@ -134,6 +134,8 @@ def quantize_model(model_path: Path, data_dirs: list[Path], command: str,
         "weights_sha256": file_sha256(folder / f"{stem}.bin"),
         "reference": f"{stem}.npz", "reference_sha256": file_sha256(folder / f"{stem}.npz"),
         "source_model_sha256": card.data["model_sha256"],
+        # The network was converted as the card serves it (with or without the mirror pass).
+        "test_time_augmentation": card.data.get("test_time_augmentation"),
         "calibration": {"split": "train", "slices": int(len(calibration)), "seed": seed,
                         "method": "nncf.quantize, default (performance) preset, fast bias correction"},
         "validation": {

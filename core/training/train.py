@@ -571,6 +571,10 @@ def calibrate(model_path: Path, data_dirs: list[Path], command: str | None = Non
         if resized_path is not None:
             resized_path.unlink(missing_ok=True)
     card["version"] = version or _next_minor(card["version"])
+    # An int8 network was quantized from the network as it was served then (mirror or not) and its figures
+    # measured with the old temperature and gate: `python -m core quantize` makes a new one.
+    card.pop("serving", None)
+    card.pop("served_metrics", None)
     # Calibration and metrics now come from this command, not from the training run's own last step.
     card["calibration_command"] = command or "python -m core calibrate " + " ".join(f"--data {d}" for d in data_dirs)
     write_card(model_path, card)
