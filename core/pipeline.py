@@ -175,7 +175,7 @@ def _intake_one(item: tuple[str, Callable[[], bytes]], image_size: int, keep_sca
 
 
 def analyse_many(classifier, items: Iterable[tuple[str, Callable[[], bytes]]], batch_size: int = BATCH_SIZE,
-                 workers: int = 2, keep_scans: bool = False) -> Iterator[ScanResult]:
+                 workers: int | None = None, keep_scans: bool = False) -> Iterator[ScanResult]:
     """Classify many files in order: (name, reader) pairs in, one `ScanResult` per pair out.
 
     Reading, decoding and preprocessing run in a thread pool (file reads, OpenCV and the inference
@@ -186,6 +186,8 @@ def analyse_many(classifier, items: Iterable[tuple[str, Callable[[], bytes]]], b
     from concurrent.futures import ThreadPoolExecutor
     from itertools import islice
 
+    # The runtime says how many decoding threads suit it (`Classifier.decode_workers`); 2 otherwise.
+    workers = workers or getattr(classifier, "decode_workers", 2)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     iterator = iter(items)

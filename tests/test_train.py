@@ -1,6 +1,7 @@
 """The training pipeline end to end on a tiny synthetic dataset (seconds, not the real model)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -264,6 +265,9 @@ def test_quantize_writes_an_int8_network_that_serves_only_while_it_is_the_one_th
     tensors = np.random.default_rng(3).random((5, 32, 32, 1), dtype=np.float32)
     int8 = Classifier.load(model_path)
     assert (int8.runtime, int8.precision) == ("openvino", "int8")
+    # The batch path splits the cores between int8 inference and decoding (f32 decodes in 2 threads beside all).
+    cores = len(os.sched_getaffinity(0))
+    assert int8.decode_workers == max(1, cores - max(1, cores // 2))
     output = int8.predict_tensors(tensors, with_maps=True)
     assert output.probabilities.shape == (5, 4) and np.allclose(output.probabilities.sum(1), 1.0)
     assert output.maps is not None and int8.class_activation_maps(tensors[0]) is not None
