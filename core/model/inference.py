@@ -78,6 +78,8 @@ def activation_tolerance(card) -> float:
     architecture = card.data.get("architecture")
     name = architecture.get("name") if isinstance(architecture, dict) else None
     return DEEP_NETWORK_TOLERANCE if name in DEEP_NETWORKS else TOLERANCE
+
+
 # How far the int8 network may stray from the outputs it gave where it was quantized. A CPU with
 # 8-bit dot-product units (VNNI, AMX) computes the quantized layers in exact integers: on session
 # 16's AVX-512 VNNI machine the outputs were identical on 1 and 2 cores. Without them (oneDNN's
@@ -491,12 +493,7 @@ def _openvino_engine(card: ModelCard, required: bool):
                 logger.warning("serving %s in f32, not int8: %s", card.model_path.name, error)
     folder = _cache_folder(card)
     try:
-        if not (folder / "network.xml").is_file():
-            model = _load_keras_model(card.model_path)
-            _check_keras_model(card, model)
-            _convert_to_cache(model, card, folder)
-        network = openvino.Core().read_model(folder / "network.xml")
-        _check_network(card, network)
+        network, model = _f32_network_and_model(card)
         with np.load(folder / "reference.npz") as stored:
             probes, reference = stored["probes"], (stored["features"], stored["logits"], stored["activations"])
             head_kernel = stored["head_kernel"] if "head_kernel" in stored else None
@@ -522,16 +519,22 @@ def _openvino_engine(card: ModelCard, required: bool):
 
 def f32_network(card: ModelCard):
     """The model's f32 OpenVINO network from the runtime cache, converted (with TensorFlow) if not there yet."""
+    return _f32_network_and_model(card)[0]
+
+
+def _f32_network_and_model(card: ModelCard):
+    """(the cached f32 network, the Keras model if this call had to load it to convert it, else None)."""
     import openvino
 
     folder = _cache_folder(card)
+    model = None
     if not (folder / "network.xml").is_file():
         model = _load_keras_model(card.model_path)
         _check_keras_model(card, model)
         _convert_to_cache(model, card, folder)
     network = openvino.Core().read_model(folder / "network.xml")
     _check_network(card, network)
-    return network
+    return network, model
 
 
 def f32_head_kernel(card: ModelCard) -> np.ndarray | None:
@@ -626,8 +629,8 @@ def _int8_engine(card: ModelCard, serving: dict) -> "_OpenVinoEngine":
                         INT8_TOLERANCE, INT8_PROBABILITY_TOLERANCE)
     if gap is None:
         raise _Int8Differs("this machine's int8 outputs differ from the recorded ones by more than the "
-                                 f"tolerance ({INT8_PROBABILITY_TOLERANCE} in probabilities, "
-                                 f"{INT8_TOLERANCE:g} relative elsewhere)")
+                           f"tolerance ({INT8_PROBABILITY_TOLERANCE} in probabilities, "
+                           f"{INT8_TOLERANCE:g} relative elsewhere)")
     logger.info("openvino int8 network for %s, largest difference from its recorded outputs %.2g",
                 card.model_path.name, gap)
     return engine
