@@ -19,6 +19,8 @@ from core.model.summary import (
     is_count_matrix,
     member_rows,
     plain_summary,
+    robustness_rows,
+    serving_section,
     training_commands,
 )
 
@@ -177,49 +179,12 @@ def render_metrics(data: dict, card) -> None:
 
 def render_serving(data: dict, classifier) -> None:
     """Which network answers on this machine (f32, or the card's int8 network), and the figures measured as served."""
-    serving = data.get("serving") if isinstance(data.get("serving"), dict) else {}
-    served = data.get("served_metrics") if isinstance(data.get("served_metrics"), dict) else {}
-    if not serving and not served:
-        return
-    _section("How this machine serves it")
-    precision = getattr(classifier, "precision", "f32")
-    if precision == "int8":
-        st.markdown("The answers come from the **int8 network** the card names (8-bit arithmetic, "
-                    f"{_text(serving.get('network', '-'))}), which this machine reproduces exactly as it was recorded. "
-                    "The figures above are the full-precision network's; the table below gives both as served.")
-    elif serving.get("precision") == "int8":
-        st.markdown("The card names an int8 network, but this machine serves the **full-precision (f32)** network: "
-                    "its processor does not reproduce the int8 network's recorded answers (or it was switched off "
-                    "with BRAINSCAN_PRECISION=f32). The figures above are the ones that apply.")
-    else:
-        st.markdown(f"The answers come from the **{_text(precision)}** network.")
-    rows = []
-    validation = serving.get("validation") if isinstance(serving.get("validation"), dict) else {}
-    for name in ("f32", "int8"):
-        figures = validation.get(name)
-        if isinstance(figures, dict):
-            rows.append({"Network": name, "Split": "validation", "Scans": _number(figures.get("n"), "{:.0f}"),
-                         "Accuracy": _number(figures.get("accuracy"), "{:.1%}"),
-                         "Macro F1": _number(figures.get("macro_f1")), "ECE": _number(figures.get("ece")),
-                         "Lowest class recall": "-", "Measured by": str(serving.get("command", NOT_RECORDED))})
-    for split in ("validation", "test"):
-        figures = served.get(split)
-        if isinstance(figures, dict):
-            recall = figures.get("recall") if isinstance(figures.get("recall"), dict) else {}
-            lowest = min(((value, name) for name, value in recall.items() if isinstance(value, (int, float))),
-                         default=None)
-            rows.append({"Network": str(figures.get("precision", "-")), "Split": split,
-                         "Scans": _number(figures.get("n"), "{:.0f}"),
-                         "Accuracy": _number(figures.get("accuracy"), "{:.1%}"),
-                         "Macro F1": _number(figures.get("macro_f1")), "ECE": _number(figures.get("ece")),
-                         "Lowest class recall": "-" if lowest is None else
-                         f"{_number(lowest[0])} ({str(data.get('display_names', {}).get(lowest[1], lowest[1]))})",
-                         "Measured by": str(figures.get("command", NOT_RECORDED))})
-    if rows:
-        st.dataframe(pd.DataFrame(rows), hide_index=True, key="model_serving")
-    if serving.get("validation", {}).get("same_class") is not None:
-        st.caption(f"On validation the two networks give the same class on {serving['validation']['same_class']} of "
-                   f"{_number(validation.get('f32', {}).get('n'), '{:.0f}')} slices.")
+    section = serving_section(data, getattr(classifier, "precision", "f32"))
+    if section is not None:
+        _section("How this machine serves it")
+        st.markdown(section.status)
+        st.dataframe(pd.DataFrame(section.rows), hide_index=True, key="model_serving")
+        st.caption(section.note)
 
 
 def render_calibration(data: dict) -> None:
@@ -246,17 +211,9 @@ def render_robustness(data: dict) -> None:
     if not isinstance(robustness, dict) or not isinstance(robustness.get("accuracy"), dict):
         return
     _section("Other scanners and exports")
-    clean = robustness.get("clean_accuracy")
-    conditions = {name: value for name, value in robustness["accuracy"].items() if isinstance(value, (int, float))}
-    st.dataframe(pd.DataFrame({
-        "Condition": ["as exported"] + list(conditions),
-        "Accuracy": [_number(clean, "{:.1%}")] + [_number(value, "{:.1%}") for value in conditions.values()],
-        "Change": [""] + [f"{(value - clean) * 100:+.1f} points" if isinstance(clean, (int, float)) else "-"
-                          for value in conditions.values()],
-    }), hide_index=True, key="model_robustness")
+    st.dataframe(pd.DataFrame(robustness_rows(robustness)), hide_index=True, key="model_robustness")
     measured_on = robustness.get("data", NOT_RECORDED)
-    if isinstance(measured_on, list):
-        measured_on = ", ".join(map(str, measured_on))
+    measured_on = ", ".join(map(str, measured_on)) if isinstance(measured_on, list) else measured_on
     st.caption(f"Each held-out slice changed as another scanner or export would change it, then classified; "
                f"measured on {_text(measured_on)} "
                f"(n = {_number(robustness.get('n'), '{:.0f}')}) by {_text(robustness.get('command', NOT_RECORDED))}.")

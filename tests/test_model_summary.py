@@ -108,3 +108,14 @@ def test_an_ensemble_card_names_its_networks_and_each_ones_figures_alone():
         "It is an ensemble of 2 networks that each read the slice; its answer is the mean of theirs: "
         "2.2.0 (EfficientNet-Lite0, 160 px); 1.2.0 (residual CNN from scratch, 128 px).")
     assert member_rows(CARD) == [] and not any("ensemble" in line for line in summary()["What it is"])
+
+
+def test_the_serving_section_is_absent_without_an_int8_network_and_says_which_network_answers():
+    from core.model.summary import serving_section
+
+    assert serving_section({"metrics": {}}, "f32") is None
+    card = {"serving": {"precision": "int8", "validation": {"f32": {"n": 10, "accuracy": 0.9}, "same_class": 9}}}
+    served = serving_section(card, "int8")
+    assert "**int8 network**" in served.status and served.note.endswith("same class on 9 of 10 slices.")
+    assert [row["Network"] for row in served.rows] == ["f32"] and served.rows[0]["Accuracy"] == "90.0%"
+    assert "**full-precision (f32)**" in serving_section(card, "f32").status

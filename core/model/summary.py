@@ -8,6 +8,7 @@ never a guess. The Model page shows these lines above the engineering detail.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 
 def _percent(value: float) -> str:
@@ -221,3 +222,78 @@ def gate_facts(ood: Mapping) -> dict[str, str]:
     if "meets_floors" in evaluation:
         facts["Gate floors met (ood-eval)"] = "yes" if evaluation["meets_floors"] else "no"
     return facts
+
+
+
+@dataclass(frozen=True)
+class ServingSection:
+    """The Model page's "How this machine serves it": a sentence (Markdown, no card text in it), the figures
+    by the network that produced them, and how often the two networks agree."""
+
+    status: str
+    rows: list[dict[str, str]]
+    note: str
+
+
+def serving_section(data: Mapping, precision: str) -> ServingSection | None:
+    """Which network answers here and what it measured, or None when the card names no int8 network and
+    records no served figures."""
+    serving = data.get("serving") if isinstance(data.get("serving"), Mapping) else {}
+    if not serving and not isinstance(data.get("served_metrics"), Mapping):
+        return None
+    if precision == "int8":
+        status = ("The answers come from the **int8 network** the card names (8-bit arithmetic), which this machine "
+                  "reproduces exactly as it was recorded. The figures above are the full-precision network's; the "
+                  "table below gives both as served.")
+    elif serving.get("precision") == "int8":
+        status = ("The card names an int8 network, but this machine serves the **full-precision (f32)** network: its "
+                  "processor does not reproduce the int8 network's recorded answers (or it was switched off with "
+                  "BRAINSCAN_PRECISION=f32). The figures above are the ones that apply.")
+    else:
+        status = "The answers come from the **full-precision (f32)** network."
+    validation = serving.get("validation") if isinstance(serving.get("validation"), Mapping) else {}
+    same, f32 = validation.get("same_class"), validation.get("f32")
+    note = (f"On validation the two networks give the same class on {same} of {f32['n']:.0f} slices."
+            if _is_number(same) and isinstance(f32, Mapping) and _is_number(f32.get("n")) else "")
+    return ServingSection(status, serving_rows(data), note)
+
+
+def _serving_row(network, split: str, figures: Mapping, lowest: str, command) -> dict[str, str]:
+    number = lambda value, style: style.format(value) if _is_number(value) else "-"  # noqa: E731
+    return {"Network": str(network), "Split": split, "Scans": number(figures.get("n"), "{:.0f}"),
+            "Accuracy": number(figures.get("accuracy"), "{:.1%}"), "Macro F1": number(figures.get("macro_f1"), "{:.3f}"),
+            "ECE": number(figures.get("ece"), "{:.3f}"), "Lowest class recall": lowest,
+            "Measured by": str(command or "not recorded in the card")}
+
+
+def serving_rows(data: Mapping) -> list[dict[str, str]]:
+    """Rows of figures by the network that produced them: quantize's validation figures of f32 and int8, then
+    each split recorded as served (`evaluate --write-card`), with its lowest class recall."""
+    serving = data.get("serving") if isinstance(data.get("serving"), Mapping) else {}
+    served = data.get("served_metrics") if isinstance(data.get("served_metrics"), Mapping) else {}
+    names = data.get("display_names") if isinstance(data.get("display_names"), Mapping) else {}
+    validation = serving.get("validation") if isinstance(serving.get("validation"), Mapping) else {}
+    rows = [_serving_row(name, "validation", validation[name], "-", serving.get("command"))
+            for name in ("f32", "int8") if isinstance(validation.get(name), Mapping)]
+    for split in ("validation", "test"):
+        figures = served.get(split)
+        if not isinstance(figures, Mapping):
+            continue
+        recall = figures.get("recall") if isinstance(figures.get("recall"), Mapping) else {}
+        lowest = min(((value, name) for name, value in recall.items() if _is_number(value)), default=None)
+        shown = "-" if lowest is None else f"{lowest[0]:.3f} ({names.get(lowest[1], lowest[1])})"
+        rows.append(_serving_row(figures.get("precision", "-"), split, figures, shown, figures.get("command")))
+    return rows
+
+
+def robustness_rows(robustness: Mapping) -> list[dict[str, str]]:
+    """The Model page's robustness table: accuracy as exported, then under each condition with its change."""
+    clean = robustness.get("clean_accuracy")
+    accuracy = robustness.get("accuracy") if isinstance(robustness.get("accuracy"), Mapping) else {}
+    shown = lambda value: f"{100 * value:.1f}%" if _is_number(value) else "-"  # noqa: E731
+    rows = [{"Condition": "as exported", "Accuracy": shown(clean), "Change": ""}]
+    for name, value in accuracy.items():
+        if _is_number(value):
+            rows.append({"Condition": str(name), "Accuracy": shown(value),
+                         "Change": f"{(value - clean) * 100:+.1f} points" if _is_number(clean) else "-"})
+    return rows
