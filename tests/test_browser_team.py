@@ -102,8 +102,21 @@ def sign_in(browser, url: str, subject: str):
 
 
 def adjudicate(page, reason: str) -> None:
-    """On Second reads: the first class offered as the final one, with a reason; wait until the queue is empty."""
-    page.get_by_role("combobox", name="Final label").click()
+    """On Second reads: the first class offered as the final one, with a reason; wait until the queue is empty.
+
+    The page must be idle before the list is opened: a click on the box while a rerun redraws it can be
+    swallowed, and the options then never appear (CI once waited 60 s for them). One more click if so.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    wait_until_idle(page)
+    box = page.get_by_role("combobox", name="Final label")
+    box.click()
+    try:
+        page.get_by_role("option").first.wait_for(timeout=10_000)
+    except PlaywrightTimeoutError:
+        wait_until_idle(page)
+        box.click()
     page.get_by_role("option").first.click()
     page.get_by_role("textbox", name="Reason (required)").fill(reason)
     page.get_by_role("textbox", name="Reason (required)").blur()
