@@ -106,11 +106,7 @@ def _run(arguments, model_path: Path, files: list[Path], scratch: Path, figures:
     # With an int8 network served, the same model in f32 is timed beside it (see the docstring).
     f32 = None
     if classifier.precision == "int8":
-        os.environ["BRAINSCAN_PRECISION"] = "f32"
-        try:
-            f32 = Classifier.load(model_path, runtime=arguments.runtime)
-        finally:
-            os.environ.pop("BRAINSCAN_PRECISION")
+        f32 = Classifier.load(model_path, runtime=arguments.runtime, precision="f32")
     temperature = load_card(model_path).temperature
     size = classifier.image_size
     model = keras.models.load_model(model_path, compile=False)

@@ -4,7 +4,7 @@
         [--model M.keras] [--every 4]
 
 Loads the model twice, as the card serves it (its int8 network, where this CPU reproduces it) and
-with BRAINSCAN_PRECISION=f32, and for every `--every`-th brain-MRI slice of the validation split
+in f32, and for every `--every`-th brain-MRI slice of the validation split
 computes the class activation map of the f32 network's class in both (the map the Review page
 draws, before upsampling: ReLU of the last activations weighted by that class's dense weights).
 Prints the Pearson correlation between the two maps over the slices (median, 5th percentile,
@@ -47,14 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if served.precision != "int8":
         print(f"this machine serves {model_path.name} in {served.precision}, not int8: nothing to compare")
         return 1
-    previous = os.environ.get("BRAINSCAN_PRECISION")
-    os.environ["BRAINSCAN_PRECISION"] = "f32"
-    try:
-        full = Classifier.load(model_path)
-    finally:
-        os.environ.pop("BRAINSCAN_PRECISION")
-        if previous is not None:
-            os.environ["BRAINSCAN_PRECISION"] = previous
+    full = Classifier.load(model_path, precision="f32")
     correlations, same = [], 0
     for tensor in tensors:
         int8_logits, int8_maps = served.class_activation_maps(tensor)

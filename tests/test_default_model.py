@@ -96,9 +96,7 @@ def _held_out_mri_slices() -> list[dict]:
 @pytest.fixture(scope="module", params=["auto", "f32"])
 def default_classifier(request):
     """The bundled model as served: its int8 network where this CPU reproduces it ("auto"), and in f32."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BRAINSCAN_PRECISION", request.param)
-        return Classifier.load(DEFAULT_MODEL_PATH)
+    return Classifier.load(DEFAULT_MODEL_PATH, precision=request.param)
 
 
 def test_the_bundled_int8_network_is_the_one_the_card_names_and_agrees_with_f32_where_served(monkeypatch):
@@ -117,8 +115,7 @@ def test_the_bundled_int8_network_is_the_one_the_card_names_and_agrees_with_f32_
     rows = _held_out_mri_slices()[::10]
     if served.precision != "int8" or not rows:
         pytest.skip("this CPU does not reproduce the int8 network (no 8-bit dot-product units), or no held-out slices")
-    monkeypatch.setenv("BRAINSCAN_PRECISION", "f32")
-    full = Classifier.load(DEFAULT_MODEL_PATH)
+    full = Classifier.load(DEFAULT_MODEL_PATH, precision="f32")
     def top_class(classifier, data: bytes) -> str:
         probabilities = analyse_bytes(classifier, data, "slice.jpg").probabilities
         return max(probabilities, key=probabilities.get)

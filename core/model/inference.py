@@ -141,23 +141,28 @@ class Classifier:
         self.runtime = engine.name
         self.precision = engine.precision
         # How many threads the batch path should decode in beside this runtime's inference.
-        self.decode_workers = getattr(engine, "decode_workers", 2)
+        self.decode_workers = engine.decode_workers
         self._engine = engine
         self._model = model
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_path: Path | None = None, runtime: str | None = None) -> "Classifier":
+    def load(cls, model_path: Path | None = None, runtime: str | None = None,
+             precision: str | None = None) -> "Classifier":
         """Load model, card and gate; raise `ModelContractError` saying what is wrong.
 
         `runtime` is "auto" (OpenVINO when it reproduces TensorFlow, else TensorFlow), "openvino"
         (raise `ModelContractError` if it cannot be used) or "tensorflow"; None reads
-        $BRAINSCAN_RUNTIME, default "auto".
+        $BRAINSCAN_RUNTIME, default "auto". `precision` is "auto" (the card's int8 network where this
+        machine reproduces it) or "f32"; None reads $BRAINSCAN_PRECISION, default "auto".
         """
         runtime = runtime or os.environ.get("BRAINSCAN_RUNTIME") or "auto"
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        precision = precision or os.environ.get("BRAINSCAN_PRECISION") or "auto"
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision (BRAINSCAN_PRECISION) must be one of {PRECISIONS}, got {precision!r}")
         single_threaded_blas()
         model_path = Path(model_path or config.model_path())
         card = load_card(model_path)
@@ -169,7 +174,7 @@ class Classifier:
         mirror = mirror_averaged(card)
         engine, model = None, None
         if runtime != "tensorflow":
-            engine, model = _openvino_engine(card, required=runtime == "openvino")
+            engine, model = _openvino_engine(card, required=runtime == "openvino", int8=precision == "auto")
         if engine is None:
             model = model or _load_keras_model(model_path)
             _check_keras_model(card, model)
@@ -239,6 +244,7 @@ class _TensorFlowEngine:
 
     name = "tensorflow"
     precision = "f32"
+    decode_workers = 2
 
     def __init__(self, model, image_size: int, mirror: bool = False):
         import tensorflow as tf
@@ -465,8 +471,10 @@ def _cache_folder(card: ModelCard) -> Path:
     return cache_root() / f"{card.model_path.stem}-{sha[:16]}{serving}-openvino-{version}-v{_CACHE_FORMAT}"
 
 
-def _openvino_engine(card: ModelCard, required: bool):
-    """(engine, keras model or None) for the converted network, or (None, model) to use TensorFlow."""
+def _openvino_engine(card: ModelCard, required: bool, int8: bool = True):
+    """(engine, keras model or None) for the converted network, or (None, model) to use TensorFlow.
+
+    With `int8`, the card's int8 network comes first where it is usable (`_int8_engine`)."""
     model = None
     try:
         import openvino
@@ -474,16 +482,13 @@ def _openvino_engine(card: ModelCard, required: bool):
         if required:
             raise ModelContractError("the openvino runtime was asked for but openvino is not installed") from None
         return None, None
-    serving = quantized_serving(card)
+    serving = quantized_serving(card) if int8 else None
     if serving is not None:
-        precision = os.environ.get("BRAINSCAN_PRECISION") or "auto"
-        if precision not in PRECISIONS:
-            raise ValueError(f"BRAINSCAN_PRECISION must be one of {PRECISIONS}, got {precision!r}")
         refusal = _int8_refusal_marker(serving)
-        if precision == "auto" and refusal is not None and refusal.is_file():
+        if refusal is not None and refusal.is_file():
             logger.warning("serving %s in f32, not int8: this CPU did not reproduce its int8 network when last "
                            "checked (%s)", card.model_path.name, refusal)
-        elif precision == "auto":
+        else:
             try:
                 return _int8_engine(card, serving), None
             except _Int8Differs as error:
@@ -494,13 +499,10 @@ def _openvino_engine(card: ModelCard, required: bool):
     folder = _cache_folder(card)
     try:
         network, model = _f32_network_and_model(card)
-        with np.load(folder / "reference.npz") as stored:
-            probes, reference = stored["probes"], (stored["features"], stored["logits"], stored["activations"])
-            head_kernel = stored["head_kernel"] if "head_kernel" in stored else None
+        probes, reference, head_kernel = recorded_outputs(folder / "reference.npz")
         engine = _OpenVinoEngine(network, card.image_size, head_kernel)
         tolerance = activation_tolerance(card)
-        gap = outputs_agree(reference, engine.run(probes) + engine.run_with_activations(probes)[1:], card.temperature,
-                            tolerance)
+        gap = outputs_agree(reference, probe_outputs(engine, probes), card.temperature, tolerance)
         if gap is None:
             raise ModelContractError("the converted network differs from the model by more than the tolerance "
                                      f"({TOLERANCE} in probabilities, {tolerance:g} relative elsewhere)")
@@ -539,8 +541,20 @@ def _f32_network_and_model(card: ModelCard):
 
 def f32_head_kernel(card: ModelCard) -> np.ndarray | None:
     """The dense head's kernel recorded with the model's f32 conversion (None for another head)."""
-    with np.load(_cache_folder(card) / "reference.npz") as stored:
-        return stored["head_kernel"] if "head_kernel" in stored else None
+    return recorded_outputs(_cache_folder(card) / "reference.npz")[2]
+
+
+def recorded_outputs(path: Path) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray | None]:
+    """A reference file's probe tensors, the (features, logits, activations) recorded for them, and the
+    dense head's kernel (None for another head)."""
+    with np.load(path) as stored:
+        return (stored["probes"], (stored["features"], stored["logits"], stored["activations"]),
+                stored["head_kernel"] if "head_kernel" in stored else None)
+
+
+def probe_outputs(engine: "_OpenVinoEngine", probes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(features, logits, activations) of `probes` through `engine`, as `recorded_outputs` holds them."""
+    return engine.run_with_features_and_activations(probes)
 
 
 def quantized_serving(card: ModelCard) -> dict | None:
@@ -611,10 +625,7 @@ def _int8_engine(card: ModelCard, serving: dict) -> "_OpenVinoEngine":
             raise ModelContractError(f"{path.name} is not the int8 {role} file the card names (sha256 differs)")
     network = openvino.Core().read_model(files["network"], files["weights"])
     _check_network(card, network)
-    with np.load(files["reference"]) as stored:
-        probes = stored["probes"]
-        reference = (stored["features"], stored["logits"], stored["activations"])
-        head_kernel = stored["head_kernel"] if "head_kernel" in stored else None
+    probes, reference, head_kernel = recorded_outputs(files["reference"])
     # The f32 hint is for the layers NNCF left in floating point; the quantized ones run in int8.
     # In int8 a batch's inference costs about what decoding and preprocessing it does, so the batch
     # path splits the cores between the two instead of both contending for all of them: on 2 cores
@@ -625,8 +636,8 @@ def _int8_engine(card: ModelCard, serving: dict) -> "_OpenVinoEngine":
     engine = _OpenVinoEngine(network, card.image_size, head_kernel, chunk_threads=inference_threads)
     engine.precision = "int8"
     engine.decode_workers = max(1, cores - inference_threads)
-    gap = outputs_agree(reference, engine.run(probes) + engine.run_with_activations(probes)[1:], card.temperature,
-                        INT8_TOLERANCE, INT8_PROBABILITY_TOLERANCE)
+    gap = outputs_agree(reference, probe_outputs(engine, probes), card.temperature, INT8_TOLERANCE,
+                        INT8_PROBABILITY_TOLERANCE)
     if gap is None:
         raise _Int8Differs("this machine's int8 outputs differ from the recorded ones by more than the "
                            f"tolerance ({INT8_PROBABILITY_TOLERANCE} in probabilities, "

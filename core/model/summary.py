@@ -16,6 +16,12 @@ def _percent(value: float) -> str:
     return f"{100 * float(value):.1f}".removesuffix(".0") + "%"
 
 
+def _mapping(data: Mapping, key: str) -> Mapping:
+    """`data[key]` when it is a mapping, else an empty one: a card's optional section, read safely."""
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -174,7 +180,7 @@ def member_rows(data: Mapping) -> list[dict[str, str]]:
     for member in members if isinstance(members, list) else []:
         if not isinstance(member, Mapping):
             continue
-        alone = member.get("alone") if isinstance(member.get("alone"), Mapping) else {}
+        alone = _mapping(member, "alone")
         figures = {split: (alone.get(split) or {}).get("accuracy") for split in ("validation", "test")}
         size = member.get("image_size")
         rows.append({
@@ -238,7 +244,7 @@ class ServingSection:
 def serving_section(data: Mapping, precision: str) -> ServingSection | None:
     """Which network answers here and what it measured, or None when the card names no int8 network and
     records no served figures."""
-    serving = data.get("serving") if isinstance(data.get("serving"), Mapping) else {}
+    serving = _mapping(data, "serving")
     if not serving and not isinstance(data.get("served_metrics"), Mapping):
         return None
     if precision == "int8":
@@ -251,7 +257,7 @@ def serving_section(data: Mapping, precision: str) -> ServingSection | None:
                   "BRAINSCAN_PRECISION=f32). The figures above are the ones that apply.")
     else:
         status = "The answers come from the **full-precision (f32)** network."
-    validation = serving.get("validation") if isinstance(serving.get("validation"), Mapping) else {}
+    validation = _mapping(serving, "validation")
     same, f32 = validation.get("same_class"), validation.get("f32")
     note = (f"On validation the two networks give the same class on {same} of {f32['n']:.0f} slices."
             if _is_number(same) and isinstance(f32, Mapping) and _is_number(f32.get("n")) else "")
@@ -269,17 +275,17 @@ def _serving_row(network, split: str, figures: Mapping, lowest: str, command) ->
 def serving_rows(data: Mapping) -> list[dict[str, str]]:
     """Rows of figures by the network that produced them: quantize's validation figures of f32 and int8, then
     each split recorded as served (`evaluate --write-card`), with its lowest class recall."""
-    serving = data.get("serving") if isinstance(data.get("serving"), Mapping) else {}
-    served = data.get("served_metrics") if isinstance(data.get("served_metrics"), Mapping) else {}
-    names = data.get("display_names") if isinstance(data.get("display_names"), Mapping) else {}
-    validation = serving.get("validation") if isinstance(serving.get("validation"), Mapping) else {}
+    serving = _mapping(data, "serving")
+    served = _mapping(data, "served_metrics")
+    names = _mapping(data, "display_names")
+    validation = _mapping(serving, "validation")
     rows = [_serving_row(name, "validation", validation[name], "-", serving.get("command"))
             for name in ("f32", "int8") if isinstance(validation.get(name), Mapping)]
     for split in ("validation", "test"):
         figures = served.get(split)
         if not isinstance(figures, Mapping):
             continue
-        recall = figures.get("recall") if isinstance(figures.get("recall"), Mapping) else {}
+        recall = _mapping(figures, "recall")
         lowest = min(((value, name) for name, value in recall.items() if _is_number(value)), default=None)
         shown = "-" if lowest is None else f"{lowest[0]:.3f} ({names.get(lowest[1], lowest[1])})"
         rows.append(_serving_row(figures.get("precision", "-"), split, figures, shown, figures.get("command")))
@@ -289,7 +295,7 @@ def serving_rows(data: Mapping) -> list[dict[str, str]]:
 def robustness_rows(robustness: Mapping) -> list[dict[str, str]]:
     """The Model page's robustness table: accuracy as exported, then under each condition with its change."""
     clean = robustness.get("clean_accuracy")
-    accuracy = robustness.get("accuracy") if isinstance(robustness.get("accuracy"), Mapping) else {}
+    accuracy = _mapping(robustness, "accuracy")
     shown = lambda value: f"{100 * value:.1f}%" if _is_number(value) else "-"  # noqa: E731
     rows = [{"Condition": "as exported", "Accuracy": shown(clean), "Change": ""}]
     for name, value in accuracy.items():

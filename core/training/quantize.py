@@ -61,12 +61,6 @@ def _brain_mri(files: list, image_size: int) -> tuple[np.ndarray, list]:
     return tensors[keep], [item for item, kept in zip(files, keep) if kept]
 
 
-def _served_logits(network, image_size: int, tensors: np.ndarray) -> np.ndarray:
-    from core.model.inference import _OpenVinoEngine
-
-    return _OpenVinoEngine(network, image_size).run(tensors)[1]
-
-
 def _figures(logits: np.ndarray, truths: np.ndarray, temperature: float, classes: tuple[str, ...]) -> dict:
     report = classification_report(truths, softmax(logits, temperature), classes)
     return {"n": report["n"], "right": int(round(report["accuracy"] * report["n"])),
@@ -110,8 +104,7 @@ def quantize_model(model_path: Path, data_dirs: list[Path], command: str,
         written = openvino.Core().read_model(staging / f"{stem}.xml")
         engine = inference._OpenVinoEngine(written, size)
         probes = inference.probe_tensors(size)
-        features, logits = engine.run(probes)
-        activations = engine.run_with_activations(probes)[1]
+        features, logits, activations = inference.probe_outputs(engine, probes)
         head_kernel = inference.f32_head_kernel(card)
         np.savez(staging / f"{stem}.npz", probes=probes, features=features, logits=logits, activations=activations,
                  **({"head_kernel": head_kernel} if head_kernel is not None else {}))
@@ -119,8 +112,8 @@ def quantize_model(model_path: Path, data_dirs: list[Path], command: str,
         validation_files = _split_files(manifest_path, data_dirs, "validation")
         tensors, kept = _brain_mri(validation_files, size)
         truths = np.array([card.classes.index(CLASS_NAMES[class_index(item.label)]) for item in kept])
-        f32_logits = _served_logits(network, size, tensors)
-        int8_logits = _served_logits(written, size, tensors)
+        f32_logits = inference._OpenVinoEngine(network, size).run(tensors)[1]
+        int8_logits = engine.run(tensors)[1]
         for suffix in (".xml", ".bin", ".npz"):
             os.replace(staging / f"{stem}{suffix}", folder / f"{stem}{suffix}")
     finally:
